@@ -1,0 +1,300 @@
+"""The catalogue bundle: the artifact format on disk, written and loaded with every check the app relies on.
+
+A bundle is a folder:
+    manifest.json     format version, model, weights fingerprint, preprocessing id, dim, count, dtype,
+                      sha256 of every other file, creation time, project version
+    embeddings.npy    float32 (N, 2048), unit rows, no pickle
+    filenames.json    N paths relative to the catalogue folder, in row order
+    sources.json      N sha256 of the source image files, in row order (lets a rebuild reuse unchanged rows)
+    metadata.jsonl    optional: one JSON object per row
+    images/           the catalogue images the app shows, at images/<filename>
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from fashion_search import __version__
+from fashion_search.files import sha256_file, write_atomic
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+EMBEDDINGS = "embeddings.npy"
+FILENAMES = "filenames.json"
+SOURCES = "sources.json"
+METADATA = "metadata.jsonl"
+IMAGES = "images"
+DATA_FILES = (EMBEDDINGS, FILENAMES, SOURCES, METADATA)
+UNIT_TOLERANCE = 1e-3
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served; the message names the file and the fix."""
+
+
+class BundleMissingFile(BundleError):
+    pass
+
+
+class BundleHashMismatch(BundleError):
+    pass
+
+
+class BundleVersionError(BundleError):
+    pass
+
+
+class BundleFormatError(BundleError):
+    pass
+
+
+class BundleShapeError(BundleError):
+    pass
+
+
+class BundleValueError(BundleError):
+    pass
+
+
+class BundleCountMismatch(BundleError):
+    pass
+
+
+class BundleUnsafePath(BundleError):
+    pass
+
+
+class BundleMismatch(BundleError):
+    """The bundle was made with other weights or preprocessing than the model that would query it."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    embeddings: np.ndarray  # (n, dim) float32, unit rows
+    filenames: list[str]
+    metadata: list[dict] | None
+    sources: list[str]
+    manifest: dict
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / IMAGES
+
+    @property
+    def weights(self) -> str:
+        return self.manifest["model"]["weights"]
+
+    def image_path(self, row: int) -> Path:
+        return self.images_dir / self.filenames[row]
+
+    def check_compatible(self, model: dict, preprocessing: str) -> None:
+        """Raise `BundleMismatch` unless this bundle was made by `model` (an `Embedder.describe()`) and preprocessing."""
+        mine = self.manifest["model"]
+        if mine != model:
+            raise BundleMismatch(
+                f"The catalogue at {self.root} was made with weights {mine.get('weights')!r}, but the app runs "
+                f"{model.get('weights')!r}. Rebuild it with precompute.py and the same --weights, or start the app "
+                f"with the weights the catalogue was made with."
+            )
+        if self.manifest["preprocessing"] != preprocessing:
+            raise BundleMismatch(
+                f"The catalogue at {self.root} was made with preprocessing {self.manifest['preprocessing']!r}, "
+                f"this version uses {preprocessing!r}. Rebuild it with precompute.py."
+            )
+
+
+def write_bundle(
+    root: Path,
+    *,
+    embeddings: np.ndarray,
+    filenames: list[str],
+    model: dict,
+    preprocessing: str,
+    sources: list[str] | None = None,
+    metadata: list[dict] | None = None,
+) -> dict:
+    """Write the data files and the manifest into `root`, whose images/<filename> files must already be there.
+
+    The manifest is written last, so a folder without one is never mistaken for a finished bundle.
+    """
+    root = Path(root)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n = len(filenames)
+    sources = sources if sources is not None else [sha256_file(root / IMAGES / name) for name in filenames]
+    if embeddings.ndim != 2 or embeddings.shape[0] != n or len(sources) != n:
+        raise ValueError(f"{embeddings.shape} embeddings for {n} filenames and {len(sources)} sources")
+    if metadata is not None and len(metadata) != n:
+        raise ValueError(f"{len(metadata)} metadata rows for {n} filenames")
+    with open(root / EMBEDDINGS, "wb") as handle:
+        np.save(handle, embeddings, allow_pickle=False)
+    _write_json(root / FILENAMES, filenames)
+    _write_json(root / SOURCES, sources)
+    files = [EMBEDDINGS, FILENAMES, SOURCES]
+    if metadata is not None:
+        lines = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in metadata)
+        (root / METADATA).write_text(lines, encoding="utf-8")
+        files.append(METADATA)
+    files += [f"{IMAGES}/{name}" for name in filenames]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "preprocessing": preprocessing,
+        "dim": int(embeddings.shape[1]),
+        "count": n,
+        "dtype": "float32",
+        "files": {name: sha256_file(root / name) for name in files},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "project_version": __version__,
+    }
+    write_atomic(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
+
+
+def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
+    """Load and verify a bundle; raise a `BundleError` subclass naming what is wrong.
+
+    Args:
+        verify_images: also hash every image against the manifest (the data files are always hashed).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleMissingFile(f"No catalogue bundle at {root}: the folder does not exist. Build one with precompute.py.")
+    manifest = _read_manifest(root)
+    files: dict = manifest["files"]
+    for required in (EMBEDDINGS, FILENAMES, SOURCES):
+        if required not in files:
+            raise BundleFormatError(f"{root / MANIFEST} does not list {required}. Rebuild the bundle with precompute.py.")
+    filenames = _read_json_list(root, FILENAMES)
+    for name in filenames:
+        _check_relative(root, name)
+    for name, digest in files.items():
+        if verify_images or not name.startswith(f"{IMAGES}/"):
+            _check_file(root, name, digest)
+    embeddings = _read_embeddings(root, manifest)
+    sources = _read_json_list(root, SOURCES)
+    metadata = _read_metadata(root) if METADATA in files else None
+    n = len(embeddings)
+    counts = {EMBEDDINGS: n, FILENAMES: len(filenames), SOURCES: len(sources), "manifest count": manifest["count"]}
+    if metadata is not None:
+        counts[METADATA] = len(metadata)
+    if len(set(counts.values())) != 1:
+        raise BundleCountMismatch(f"The bundle at {root} disagrees on its row count: {counts}. Rebuild it.")
+    for name in filenames:
+        if f"{IMAGES}/{name}" not in files:
+            raise BundleFormatError(f"{root / MANIFEST} does not list the image of row {name!r}. Rebuild the bundle.")
+    return Bundle(root, embeddings, filenames, metadata, sources, manifest)
+
+
+def _read_manifest(root: Path) -> dict:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleMissingFile(f"{path} is missing: this is not a finished bundle. Build it with precompute.py.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleFormatError(f"{path} is not valid JSON ({exc}).") from exc
+    if not isinstance(manifest, dict):
+        raise BundleFormatError(f"{path} is not a JSON object.")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleVersionError(
+            f"{path} has format version {version!r}; this version of the app reads version {FORMAT_VERSION}. "
+            "Rebuild the bundle with this version's precompute.py."
+        )
+    for key, kind in (("files", dict), ("model", dict), ("preprocessing", str), ("dim", int), ("count", int)):
+        if not isinstance(manifest.get(key), kind):
+            raise BundleFormatError(f"{path} has no valid {key!r}.")
+    if manifest.get("dtype") != "float32":
+        raise BundleFormatError(f"{path} declares dtype {manifest.get('dtype')!r}; bundles hold float32.")
+    return manifest
+
+
+def _check_relative(root: Path, name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}, which is not a file name.")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~") or ":" in pure.parts[0]:
+        raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}: file names must be relative and stay inside images/.")
+    images = (root / IMAGES).resolve()
+    target = (root / IMAGES / name).resolve()
+    if not target.is_relative_to(images):
+        raise BundleUnsafePath(f"images/{name} leads outside the bundle's images/ folder (to {target}).")
+
+
+def _check_file(root: Path, name: str, digest: str) -> None:
+    if name.startswith(f"{IMAGES}/"):
+        _check_relative(root, name[len(IMAGES) + 1 :])
+    elif name not in DATA_FILES:
+        raise BundleUnsafePath(f"{root / MANIFEST} lists {name!r}, which is not a bundle file.")
+    path = root / name
+    if not path.is_file():
+        raise BundleMissingFile(f"{path} is missing from the bundle. Rebuild or re-download it.")
+    actual = sha256_file(path)
+    if actual != digest:
+        raise BundleHashMismatch(
+            f"{path} does not match the manifest (sha256 {actual[:12]}…, expected {str(digest)[:12]}…): "
+            "the file was changed or damaged. Rebuild or re-download the bundle."
+        )
+
+
+def _read_json_list(root: Path, name: str) -> list:
+    path = root / name
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleFormatError(f"{path} could not be read as JSON ({exc}).") from exc
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise BundleFormatError(f"{path} must be a JSON list of strings.")
+    return value
+
+
+def _read_embeddings(root: Path, manifest: dict) -> np.ndarray:
+    path = root / EMBEDDINGS
+    try:
+        embeddings = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle, which we refuse
+        raise BundleFormatError(f"{path} is not a plain numeric array ({exc}).") from exc
+    except (OSError, EOFError) as exc:
+        raise BundleFormatError(f"{path} could not be read as a .npy array ({exc}).") from exc
+    if embeddings.dtype != np.float32:
+        raise BundleFormatError(f"{path} holds {embeddings.dtype}, expected float32.")
+    if embeddings.ndim != 2 or embeddings.shape[1] != manifest["dim"]:
+        raise BundleShapeError(f"{path} has shape {embeddings.shape}, expected (N, {manifest['dim']}).")
+    if len(embeddings) == 0:
+        raise BundleShapeError(f"{path} has no rows: the catalogue is empty.")
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)[:5].tolist()
+        raise BundleValueError(f"{path} has non-finite values (NaN or inf) in rows {rows}.")
+    norms = np.linalg.norm(embeddings, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > UNIT_TOLERANCE)
+    if bad.size:
+        raise BundleValueError(
+            f"{path} has {bad.size} rows that are not unit vectors (row {bad[0]} has norm {norms[bad[0]]:.4g})."
+        )
+    return np.ascontiguousarray(embeddings)
+
+
+def _read_metadata(root: Path) -> list[dict]:
+    path = root / METADATA
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BundleFormatError(f"{path} line {number} is not JSON ({exc}).") from exc
+            if not isinstance(row, dict):
+                raise BundleFormatError(f"{path} line {number} is not a JSON object.")
+            rows.append(row)
+    return rows
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")

@@ -1,0 +1,140 @@
+"""Image decoding and normalising: any upload or catalogue file -> the seed's 224x224 caffe-preprocessed array."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+IMAGE_SIZE = (224, 224)  # (height, width), as Keras' target_size
+# Keras' caffe mode: RGB -> BGR, then subtract ImageNet's per-channel mean (BGR order), no scaling.
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+PREPROCESSING_ID = "keras-load_img-rgb-nearest-224x224+caffe/v1"
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that; a public upload path refuses at the limit itself.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+
+
+class ImageError(ValueError):
+    """An upload or catalogue file that cannot be turned into a picture; the message says why, for a person."""
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Decode `source` into an upright RGB picture.
+
+    Ordinary RGB JPEG/PNG files come out exactly as Keras' `load_img` would give them (PIL, RGB). Beyond that:
+    EXIF orientation is applied, animations give their first frame, transparency is composited on white,
+    CMYK / 16-bit / grey are converted properly, and bombs, truncated files and non-images raise `ImageError`.
+    """
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        img = _open(source)
+    try:
+        _check_pixels(img)
+        img.load()  # decode now, so truncation and corrupt data surface here, inside the try
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
+        raise ImageError(f"The image could not be decoded ({_describe(exc)}). Is the file complete?") from exc
+
+
+def image_to_input(img: Image.Image) -> np.ndarray:
+    """Resize like Keras `load_img(target_size=(224, 224))` (nearest) and apply `preprocess_input` (caffe).
+
+    Returns:
+        (224, 224, 3) float32, BGR, mean-subtracted.
+    """
+    width_height = (IMAGE_SIZE[1], IMAGE_SIZE[0])
+    if img.size != width_height:
+        img = img.resize(width_height, Image.NEAREST)
+    x = np.asarray(img, dtype=np.float32)
+    return np.ascontiguousarray(x[..., ::-1] - CAFFE_MEAN_BGR)
+
+
+def load_input(source: ImageSource) -> np.ndarray:
+    """`image_to_input(open_image(source))`: the one path both catalogue and query images take."""
+    return image_to_input(open_image(source))
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise ImageError(f"The file could not be read ({_describe(exc)}).") from exc
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = source.read()
+    if not data:
+        raise ImageError("The file is empty.")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(_bomb_message()) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            "This file is not an image that can be read. Please upload a JPEG, PNG, WebP, GIF or BMP photo."
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"The image could not be decoded ({_describe(exc)}).") from exc
+
+
+def _check_pixels(img: Image.Image) -> None:
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageError("The image has no pixels.")
+    if width * height > MAX_PIXELS:
+        raise ImageError(_bomb_message(width, height))
+
+
+def _bomb_message(width: int | None = None, height: int | None = None) -> str:
+    size = f" ({width}x{height} pixels)" if width else ""
+    return f"The image is too large{size}; the limit is {MAX_PIXELS:,} pixels. Please upload a smaller photo."
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey: Pillow's convert("RGB") clips at 255 instead of scaling, turning most pictures white.
+        grey = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
+    elif mode == "F":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), mode="L")
+    if _has_alpha(img):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile: fall back to Pillow's plain conversion
+    return img.convert("RGB")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__

@@ -1,0 +1,80 @@
+"""The nearest-neighbour index: scikit-learn brute-force euclidean search, fitted once per bundle."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+DEFAULT_K = 5
+_SUBSET_CACHE_SIZE = 16  # fitted indexes over filtered subsets kept for repeat queries
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    rank: int  # 1 = nearest
+    row: int  # row in the bundle's embeddings
+    distance: float  # euclidean, between unit vectors: in [0, 2]
+
+
+class NeighbourIndex:
+    """`NearestNeighbors(n_neighbors=5, algorithm="brute", metric="euclidean")` over the catalogue, as the seed."""
+
+    def __init__(self, embeddings: np.ndarray):
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self._all = _fit(self.embeddings)
+        self._subsets: OrderedDict[bytes, tuple[np.ndarray, NearestNeighbors]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def search(self, queries: np.ndarray, k: int = DEFAULT_K, rows: np.ndarray | None = None) -> list[list[Neighbour]]:
+        """The k nearest catalogue rows for each query, nearest first.
+
+        Args:
+            queries: (m, d) or (d,) float32 unit vectors.
+            k: how many neighbours; fewer come back when fewer rows are eligible.
+            rows: if given, only these catalogue rows are eligible (an exact filter: the nearest among them).
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if rows is None:
+            subset, model = None, self._all
+        else:
+            subset, model = self._subset(np.unique(np.asarray(rows, dtype=np.int64)))
+            if subset.size == 0:
+                return [[] for _ in queries]
+        n_eligible = len(self.embeddings) if subset is None else len(subset)
+        distances, indices = model.kneighbors(queries, n_neighbors=min(k, n_eligible))
+        if subset is not None:
+            indices = subset[indices]
+        return [
+            [Neighbour(rank + 1, int(row), float(dist)) for rank, (row, dist) in enumerate(zip(idx, dist_row))]
+            for idx, dist_row in zip(indices, distances)
+        ]
+
+    def _subset(self, rows: np.ndarray) -> tuple[np.ndarray, NearestNeighbors | None]:
+        if rows.size == len(self.embeddings):
+            return np.arange(len(self.embeddings)), self._all
+        key = rows.tobytes()
+        with self._lock:
+            if key in self._subsets:
+                self._subsets.move_to_end(key)
+                return self._subsets[key]
+        entry = (rows, _fit(self.embeddings[rows]) if rows.size else None)
+        with self._lock:
+            self._subsets[key] = entry
+            while len(self._subsets) > _SUBSET_CACHE_SIZE:
+                self._subsets.popitem(last=False)
+        return entry
+
+
+def _fit(embeddings: np.ndarray) -> NearestNeighbors:
+    return NearestNeighbors(
+        n_neighbors=min(DEFAULT_K, max(len(embeddings), 1)), algorithm="brute", metric="euclidean"
+    ).fit(embeddings)

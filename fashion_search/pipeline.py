@@ -1,0 +1,272 @@
+"""The precompute pipeline: a folder of catalogue images -> a bundle; resumable, incremental, written aside then swapped.
+
+Work happens in a staging folder beside the output (`.NAME.partial`). Each batch of images is embedded and saved
+there as a content-addressed chunk (named by the hash of its file names and contents), so a run killed at any
+moment and started again picks up every finished chunk and makes the same bundle. Rows of an existing bundle whose
+source file is unchanged (same name, same sha256) are reused. The previous bundle is replaced only at the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from fashion_search.bundle import IMAGES, BundleError, load_bundle, write_bundle
+from fashion_search.catalogue import list_images, metadata_for, read_styles
+from fashion_search.files import backup_path, restore_interrupted_swap, sha256_file, swap_in, write_atomic
+from fashion_search.imaging import PREPROCESSING_ID, ImageError, image_to_input, open_image
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 256  # longest side of the images a bundle carries for the gallery
+_STATE = "state.json"
+_CHUNKS = "chunks"
+
+
+class PrecomputeError(Exception):
+    """A fatal precompute failure; the message names the fix."""
+
+
+@dataclass
+class BuildSummary:
+    out_dir: Path
+    count: int = 0  # rows in the bundle
+    embedded: int = 0  # images run through the model in this run
+    resumed: int = 0  # images taken from chunks of an interrupted run
+    reused: int = 0  # rows taken unchanged from the previous bundle
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        return (
+            f"{self.count} images in {self.out_dir}: {self.embedded} embedded ({self.rate:.1f} images/s), "
+            f"{self.resumed} resumed, {self.reused} reused, {len(self.skipped)} skipped, in {self.seconds:.1f} s"
+        )
+
+
+def build_bundle(
+    images_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    embedder,
+    *,
+    metadata: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    quiet: bool = False,
+    workers: int = 2,
+) -> BuildSummary:
+    """Embed every image under `images_dir` into the bundle `out_dir` (created, or updated in place)."""
+    if batch_size < 1:
+        raise PrecomputeError(f"--batch-size must be at least 1, got {batch_size}.")
+    started = time.perf_counter()
+    images_dir, out = Path(images_dir), Path(out_dir)
+    staging = out.with_name(f".{out.name}.partial")
+    try:
+        restore_interrupted_swap(out)
+        styles = read_styles(metadata) if metadata else None
+        files = list_images(images_dir, exclude=[out, staging, backup_path(out)])
+        if not files:
+            raise PrecomputeError(f"No images (jpg, jpeg, png, webp, bmp, gif) found under {images_dir}.")
+        summary = BuildSummary(out)
+        _prepare_staging(staging, embedder, batch_size)
+        digests = _hash_sources(images_dir, files, quiet)
+        vectors = _reuse_previous(out, staging, embedder, digests, summary)
+        todo = [name for name in files if name in digests and name not in vectors]
+        _embed(images_dir, staging, embedder, todo, digests, vectors, batch_size, workers, quiet, summary)
+        if not vectors:
+            raise PrecomputeError(f"None of the {len(files)} images under {images_dir} could be read.")
+        names = sorted(vectors)
+        _drop_stale_images(staging / IMAGES, set(names))
+        write_bundle(
+            staging,
+            embeddings=np.stack([vectors[name] for name in names]),
+            filenames=names,
+            sources=[digests[name] for name in names],
+            metadata=metadata_for(names, styles) if styles is not None else None,
+            model=embedder.describe(),
+            preprocessing=PREPROCESSING_ID,
+        )
+        shutil.rmtree(staging / _CHUNKS)
+        (staging / _STATE).unlink()
+        swap_in(staging, out)
+    except OSError as exc:
+        raise PrecomputeError(_os_error_message(exc, out)) from exc
+    summary.count = len(names)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _prepare_staging(staging: Path, embedder, batch_size: int) -> None:
+    """Keep an interrupted run's staging folder only if it was made by the same model, preprocessing and batching."""
+    state = {"model": embedder.describe(), "preprocessing": PREPROCESSING_ID, "batch_size": batch_size}
+    state_path = staging / _STATE
+    if staging.exists():
+        try:
+            same = json.loads(state_path.read_text()) == state
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            log.info("Discarding %s: it was started with other settings.", staging)
+            shutil.rmtree(staging)
+    (staging / _CHUNKS).mkdir(parents=True, exist_ok=True)
+    (staging / IMAGES).mkdir(exist_ok=True)
+    write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
+
+
+def _hash_sources(images_dir: Path, files: list[str], quiet: bool) -> dict[str, str]:
+    digests = {}
+    for name in tqdm(files, desc="hashing", unit="file", disable=quiet, leave=False):
+        try:
+            digests[name] = sha256_file(images_dir / name)
+        except OSError as exc:
+            log.warning("Skipping %s: cannot read it (%s).", name, exc.strerror or exc)
+    return digests
+
+
+def _reuse_previous(out: Path, staging: Path, embedder, digests: dict[str, str], summary: BuildSummary) -> dict:
+    """Rows of the existing bundle whose source file is unchanged, with their images linked into staging."""
+    if not (out / "manifest.json").exists():
+        return {}
+    try:
+        previous = load_bundle(out)
+        previous.check_compatible(embedder.describe(), PREPROCESSING_ID)
+    except BundleError as exc:
+        log.warning("Not reusing the existing bundle at %s: %s", out, exc)
+        return {}
+    vectors = {}
+    for row, (name, digest) in enumerate(zip(previous.filenames, previous.sources)):
+        if digests.get(name) == digest:
+            _link_or_copy(previous.image_path(row), staging / IMAGES / name)
+            vectors[name] = previous.embeddings[row]
+    summary.reused = len(vectors)
+    return vectors
+
+
+def _embed(images_dir, staging, embedder, todo, digests, vectors, batch_size, workers, quiet, summary) -> None:
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=quiet, smoothing=0.1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[tuple[Path, list[str], list[Future] | None]] = deque()
+
+        def schedule(chunk: list[str]) -> None:
+            path = staging / _CHUNKS / f"{_chunk_key(chunk, digests)}.npz"
+            futures = None if path.exists() else [
+                pool.submit(_prepare_image, images_dir / name, staging / IMAGES / name) for name in chunk
+            ]
+            pending.append((path, chunk, futures))
+
+        queue = iter(chunks)
+        for chunk in queue:  # decode up to two batches ahead of the forward pass
+            schedule(chunk)
+            if len(pending) == 2:
+                break
+        while pending:
+            path, chunk, futures = pending.popleft()
+            next_chunk = next(queue, None)
+            if next_chunk is not None:
+                schedule(next_chunk)
+            if futures is None:
+                names, rows, skipped = _load_chunk(path)
+                summary.resumed += len(names)
+            else:
+                names, rows, skipped = _run_chunk(embedder, chunk, [f.result() for f in futures])
+                _save_chunk(path, names, rows, skipped)
+                summary.embedded += len(names)
+            vectors.update(zip(names, rows))
+            for name, reason in skipped:
+                log.warning("Skipped %s: %s", name, reason)
+            summary.skipped += skipped
+            bar.update(len(chunk))
+    bar.close()
+
+
+def _prepare_image(source: Path, target: Path) -> np.ndarray | ImageError:
+    """Decode one catalogue file into the model's input and write the copy the gallery shows.
+
+    A file that cannot be decoded comes back as its ImageError (skipped); a failure to write is raised (fatal).
+    """
+    try:
+        data = source.read_bytes()
+        img = open_image(data)
+    except OSError as exc:
+        return ImageError(f"cannot read it ({exc.strerror or exc})")
+    except ImageError as exc:
+        return exc
+    if max(img.size) <= THUMBNAIL_SIZE:
+        shown = data
+    else:
+        thumb = img.copy()
+        thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        thumb.save(buffer, format=Image.registered_extensions()[source.suffix.lower()])
+        shown = buffer.getvalue()
+    write_atomic(target, shown)
+    return image_to_input(img)
+
+
+def _run_chunk(embedder, chunk: list[str], prepared: list) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    names = [name for name, item in zip(chunk, prepared) if isinstance(item, np.ndarray)]
+    skipped = [(name, str(item)) for name, item in zip(chunk, prepared) if not isinstance(item, np.ndarray)]
+    arrays = [item for item in prepared if isinstance(item, np.ndarray)]
+    rows = embedder.embed(np.stack(arrays)) if arrays else np.zeros((0, 0), np.float32)
+    return names, rows, skipped
+
+
+def _chunk_key(chunk: list[str], digests: dict[str, str]) -> str:
+    text = "\n".join(f"{name}\t{digests[name]}" for name in chunk)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _save_chunk(path: Path, names: list[str], rows: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, names=np.array(names, dtype=str), rows=rows, skipped=np.array(json.dumps(skipped)))
+    write_atomic(path, buffer.getvalue())
+
+
+def _load_chunk(path: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    with np.load(path, allow_pickle=False) as data:
+        names = data["names"].tolist()
+        rows = data["rows"]
+        skipped = [tuple(item) for item in json.loads(str(data["skipped"]))]
+    return names, rows, skipped
+
+
+def _drop_stale_images(images: Path, keep: set[str]) -> None:
+    for path in list(images.rglob("*")):
+        if path.is_file() and path.relative_to(images).as_posix() not in keep:
+            path.unlink()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _os_error_message(exc: OSError, out: Path) -> str:
+    where = exc.filename or out
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"Out of disk space while writing {where}. Free some space and run the same command again: it resumes."
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"No permission to write {where}. Choose an --out folder you can write to."
+    return f"Could not write {where}: {exc.strerror or exc}."

@@ -1,0 +1,98 @@
+"""Search: an uploaded picture -> the nearest catalogue products, optionally among those matching filters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fashion_search.bundle import Bundle
+from fashion_search.imaging import PREPROCESSING_ID, ImageSource, load_input
+from fashion_search.index import DEFAULT_K, NeighbourIndex
+
+MAX_K = 20
+FILTER_COLUMNS = ("gender", "masterCategory", "articleType", "baseColour")
+
+
+class NoMatch(ValueError):
+    """No catalogue product satisfies the filters."""
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int
+    row: int
+    filename: str  # exactly as in filenames.json
+    distance: float
+    image_path: Path
+    metadata: dict
+
+    def listing(self) -> dict:
+        """The JSON the API returns for this result."""
+        return {"rank": self.rank, "filename": self.filename, "distance": round(self.distance, 6), **self.metadata}
+
+
+class Searcher:
+    """Holds a loaded model and bundle; the index is fitted once here, never per query."""
+
+    def __init__(self, embedder, bundle: Bundle):
+        bundle.check_compatible(embedder.describe(), PREPROCESSING_ID)
+        self.embedder = embedder
+        self.bundle = bundle
+        self.index = NeighbourIndex(bundle.embeddings)
+        self._columns = _column_values(bundle.metadata)
+
+    def filter_choices(self) -> dict[str, list[str]]:
+        """For each filterable column the bundle has: its values, sorted."""
+        return {column: sorted(values) for column, values in self._columns.items()}
+
+    def embed(self, images: list[ImageSource]) -> np.ndarray:
+        """(n, 2048) unit vectors; raises ImageError for the first image that cannot be decoded."""
+        return self.embedder.embed(np.stack([load_input(image) for image in images]))
+
+    def recommend(self, image: ImageSource, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None) -> list[Match]:
+        return self.matches(self.embed([image]), k, filters)[0]
+
+    def matches(self, vectors: np.ndarray, k: int = DEFAULT_K, filters: dict | None = None) -> list[list[Match]]:
+        """The k nearest products for each query vector, among those matching `filters` (exact, not a post-filter)."""
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+        rows = self.rows_matching(filters)
+        if rows is not None and rows.size == 0:
+            raise NoMatch("No product in the catalogue matches these filters. Remove a filter and try again.")
+        return [
+            [self._match(n) for n in neighbours] for neighbours in self.index.search(vectors, k=k, rows=rows)
+        ]
+
+    def rows_matching(self, filters: dict[str, list[str]] | None) -> np.ndarray | None:
+        """Rows whose metadata matches every given filter (a value among the chosen ones); None = no filter."""
+        active = {column: set(values) for column, values in (filters or {}).items() if values}
+        if not active:
+            return None
+        unknown = set(active) - set(self._columns)
+        if unknown:
+            raise ValueError(f"Cannot filter on {sorted(unknown)}: the catalogue has {sorted(self._columns)}.")
+        metadata = self.bundle.metadata
+        return np.array(
+            [row for row, meta in enumerate(metadata) if all(meta.get(c) in v for c, v in active.items())],
+            dtype=np.int64,
+        )
+
+    def _match(self, neighbour) -> Match:
+        row = neighbour.row
+        metadata = self.bundle.metadata[row] if self.bundle.metadata is not None else {}
+        return Match(
+            neighbour.rank, row, self.bundle.filenames[row], neighbour.distance, self.bundle.image_path(row), metadata
+        )
+
+
+def _column_values(metadata: list[dict] | None) -> dict[str, set[str]]:
+    if metadata is None:
+        return {}
+    columns = {}
+    for column in FILTER_COLUMNS:
+        values = {str(row[column]) for row in metadata if row.get(column)}
+        if values:
+            columns[column] = values
+    return columns
