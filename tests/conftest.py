@@ -1,0 +1,100 @@
+"""Shared fixtures: generated catalogues, a seeded random ResNet50 saved as a Keras .h5 file, a built bundle."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_SEED = 1234
+
+
+def draw_product(rng: np.random.Generator, size: tuple[int, int] = (60, 80)) -> Image.Image:
+    """A product-like picture: a few coloured shapes on a light background, different for every draw."""
+    width, height = size
+    background = tuple(int(v) for v in rng.integers(200, 256, 3))
+    img = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 5))):
+        x0, y0 = int(rng.integers(0, width - 10)), int(rng.integers(0, height - 10))
+        x1, y1 = int(rng.integers(x0 + 5, width + 1)), int(rng.integers(y0 + 5, height + 1))
+        colour = tuple(int(v) for v in rng.integers(0, 200, 3))
+        if rng.random() < 0.5:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+    return img
+
+
+def make_catalogue(folder: Path, count: int, seed: int = 0) -> list[str]:
+    """`count` generated product images as Kaggle-style `<id>.jpg` (and every fourth a PNG) under `folder`."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        name = f"{1000 + i}.png" if i % 4 == 3 else f"{1000 + i}.jpg"
+        draw_product(rng).save(folder / name)
+        names.append(name)
+    return sorted(names)
+
+
+def write_styles(path: Path, ids: list[str]) -> Path:
+    """A styles.csv in Kaggle's layout, one row per id, with an unquoted comma in a product name as Kaggle has."""
+    genders, colours, types = ["Men", "Women"], ["Blue", "Red", "Black"], ["Tshirts", "Watches", "Casual Shoes"]
+    lines = ["id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"]
+    for i, ident in enumerate(ids):
+        kind = types[i % 3]
+        master = {"Tshirts": "Apparel", "Watches": "Accessories", "Casual Shoes": "Footwear"}[kind]
+        name = f"Product {ident}, {colours[i % 3]} {kind}" if i % 5 == 0 else f"Product {ident} {kind}"
+        lines.append(f"{ident},{genders[i % 2]},{master},Sub,{kind},{colours[i % 3]},Summer,2012,Casual,{name}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> Path:
+    """A seeded random ResNet50 (no top), saved in the legacy Keras .h5 layout Keras ships ImageNet weights in."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    keras.utils.set_random_seed(WEIGHTS_SEED)
+    model = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(224, 224, 3))
+    path = tmp_path_factory.mktemp("weights") / "resnet50_random_notop.h5"
+    with h5py.File(path, "w") as handle:
+        save_weights_to_hdf5_group(handle, model)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedder(weights_file):
+    from fashion_search.embedder import Embedder
+
+    return Embedder.load(weights_file)
+
+
+@pytest.fixture(scope="session")
+def catalogue(tmp_path_factory) -> Path:
+    """A generated catalogue folder: 20 images and a styles.csv beside it."""
+    root = tmp_path_factory.mktemp("catalogue")
+    names = make_catalogue(root / "images", 20)
+    write_styles(root / "styles.csv", [Path(n).stem for n in names])
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory, catalogue, embedder) -> Path:
+    from fashion_search.pipeline import build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "catalogue"
+    build_bundle(catalogue / "images", out, embedder, metadata=catalogue / "styles.csv", batch_size=8, quiet=True)
+    return out
