@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the whole test suite: Debian packages (headless Chromium for the browser test,
+# Fashion-MNIST for the demo-asset test), the Python packages, then pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 TF_CPP_MIN_LOG_LEVEL=2
+
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+python3 -m pytest "$@"

@@ -1,0 +1,298 @@
+"""fashion_search.hub against the loopback Hub stand-in, over real HTTP with the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashion_search.bundle import load_bundle, write_bundle
+from fashion_search.hub import CatalogNotFound, HubUnavailable, fetch_bundle, parse_catalog_spec, push_bundle
+from hub_standin import HubStandIn
+
+REPO = "fashion-team/catalogue"
+TOKEN = "hf_standin_token"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # read by huggingface_hub on every request, as a real login would be
+    with HubStandIn(tmp_path / "hub-store", token=TOKEN) as standin:
+        yield standin
+
+
+def make_bundle(root: Path, images: dict[str, bytes]) -> Path:
+    """A folder shaped like a bundle: data files, images/ (nested too) and a manifest listing their sha256."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for name, content in images.items():
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "images" / name).write_bytes(content)
+    rng = np.random.default_rng(len(images))
+    rows = rng.standard_normal((len(images), 8)).astype(np.float32)
+    np.save(root / "embeddings.npy", rows / np.linalg.norm(rows, axis=1, keepdims=True))
+    (root / "filenames.json").write_text(json.dumps(sorted(images)))
+    files = ["embeddings.npy", "filenames.json"] + [f"images/{name}" for name in sorted(images)]
+    digests = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in files}
+    (root / "manifest.json").write_text(json.dumps({"format_version": 1, "files": digests}, sort_keys=True))
+    return root
+
+
+def image_bytes(seed: int, size: int = 700) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Relative posix path -> content of every file under root, huggingface_hub's own .cache/ left out."""
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and ".cache" not in path.relative_to(root).parts
+    }
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    images = {"1163.jpg": image_bytes(1), "1164.jpg": image_bytes(2), "shoes/9.png": image_bytes(3)}
+    return make_bundle(tmp_path / "bundle", images)
+
+
+# ---------------------------------------------------------------- parse_catalog_spec
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("owner/name", ("owner/name", None)),
+        ("  Owner-1/my_cat.v2  ", ("Owner-1/my_cat.v2", None)),
+        ("owner/name@main", ("owner/name", "main")),
+        ("owner/name@" + "a" * 40, ("owner/name", "a" * 40)),
+        ("owner/name@release--2", ("owner/name", "release--2")),
+    ],
+)
+def test_parse_catalog_spec_accepts_repo_and_revision(spec, expected):
+    assert parse_catalog_spec(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", "name", "owner/", "/name", "a/b/c", "owner/name@", "owner/name@x@y", "owner/na me", "owner/name@rev ision",
+     "-owner/name", "owner/name-", "own--er/name", "owner/na..me", "https://huggingface.co/datasets/owner/name"],
+)
+def test_parse_catalog_spec_rejects_junk_with_the_expected_form(spec):
+    with pytest.raises(ValueError, match=r"use OWNER/NAME or OWNER/NAME@REVISION"):
+        parse_catalog_spec(spec)
+
+
+# ---------------------------------------------------------------- push
+
+
+def test_push_creates_the_dataset_repo_and_returns_the_commit_to_pin(hub, bundle):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+
+    assert result.created_commit is True
+    assert result.commit_sha == hub.head(REPO)
+    assert result.catalog_value == f"{REPO}@{result.commit_sha}"
+    assert hub.repo(REPO).repo_type == "dataset" and hub.repo(REPO).private is False
+    remote = hub.files(REPO, result.commit_sha)
+    assert {path: content for path, content in remote.items() if path != ".gitattributes"} == tree(bundle)
+    # Every byte went through the commit payload: no LFS batch, no Xet token request.
+    assert not [path for _, path in hub.requests if "lfs" in path or "xet" in path]
+
+
+def test_push_private_creates_a_private_repo_that_anonymous_callers_cannot_read(hub, bundle, tmp_path, monkeypatch):
+    result = push_bundle(bundle, REPO, private=True, endpoint=hub.url)
+    assert hub.repo(REPO).private is True
+
+    monkeypatch.delenv("HF_TOKEN")  # a saved login, if any, is not the stand-in's token either
+    with pytest.raises(CatalogNotFound, match=rf"{REPO}@{result.commit_sha}.*HF_TOKEN"):
+        fetch_bundle(result.catalog_value, cache_dir=tmp_path / "anon", endpoint=hub.url)
+    fetched = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "owner", token=TOKEN, endpoint=hub.url)
+    assert tree(fetched) == tree(bundle)
+
+
+def test_unchanged_repush_makes_no_commit(hub, bundle):
+    first = push_bundle(bundle, REPO, endpoint=hub.url)
+    commits = hub.commit_count(REPO)
+    commit_posts = [r for r in hub.requests if r[0] == "POST" and "/commit/" in r[1]]
+
+    again = push_bundle(bundle, REPO, endpoint=hub.url)
+
+    assert again.created_commit is False
+    assert again.commit_sha == first.commit_sha and again.catalog_value == first.catalog_value
+    assert hub.commit_count(REPO) == commits
+    assert [r for r in hub.requests if r[0] == "POST" and "/commit/" in r[1]] == commit_posts
+
+
+def test_push_of_a_shrunk_catalogue_removes_the_stale_images_only(hub, bundle, tmp_path):
+    push_bundle(bundle, REPO, endpoint=hub.url)
+    (bundle / "images" / "1164.jpg").unlink()
+    make_bundle(bundle, {"1163.jpg": image_bytes(1), "shoes/9.png": image_bytes(3)})
+
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+
+    assert result.created_commit is True
+    assert sorted(hub.files(REPO)) == [
+        ".gitattributes", "embeddings.npy", "filenames.json", "images/1163.jpg", "images/shoes/9.png", "manifest.json"
+    ]
+
+
+def test_push_refuses_a_folder_that_is_not_a_finished_bundle(hub, tmp_path):
+    (tmp_path / "half" / "images").mkdir(parents=True)
+    (tmp_path / "half" / "embeddings.npy").write_bytes(b"x")
+    with pytest.raises(ValueError, match="no manifest.json"):
+        push_bundle(tmp_path / "half", REPO, endpoint=hub.url)
+    with pytest.raises(ValueError, match="not a revision"):
+        push_bundle(tmp_path / "half", f"{REPO}@main", endpoint=hub.url)
+    assert hub.repos == {}
+
+
+# ---------------------------------------------------------------- fetch
+
+
+def test_fetch_in_a_fresh_cache_gives_the_pushed_bytes_as_plain_files(hub, bundle, tmp_path):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+
+    folder = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+
+    assert folder == tmp_path / "cache" / "bundles" / "datasets--fashion-team--catalogue" / result.commit_sha
+    assert tree(folder) == tree(bundle)  # and no .gitattributes: it is the Hub's, not the bundle's
+    assert not [p for p in folder.rglob("*") if p.is_symlink()]
+
+
+def test_fetch_follows_main_and_a_pinned_revision_stays_put_after_a_newer_push(hub, bundle, tmp_path):
+    old = push_bundle(bundle, REPO, endpoint=hub.url)
+    old_files = tree(bundle)
+    (bundle / "images" / "1164.jpg").unlink()
+    make_bundle(bundle, {"1163.jpg": image_bytes(1), "shoes/9.png": image_bytes(4), "bags/7.jpg": image_bytes(5)})
+    new = push_bundle(bundle, REPO, endpoint=hub.url)
+    assert new.commit_sha != old.commit_sha
+    cache = tmp_path / "cache"
+
+    assert tree(fetch_bundle(old.catalog_value, cache_dir=cache, endpoint=hub.url)) == old_files
+    latest = fetch_bundle(REPO, cache_dir=cache, endpoint=hub.url)
+    assert latest.name == new.commit_sha and tree(latest) == tree(bundle)
+    assert tree(fetch_bundle(f"{REPO}@main", cache_dir=cache, endpoint=hub.url)) == tree(bundle)
+    # the pinned copy was not touched by fetching main into the same cache
+    assert tree(fetch_bundle(old.catalog_value, cache_dir=cache, endpoint=hub.url)) == old_files
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "main"])
+def test_hub_gone_serves_the_cached_copy_and_says_so(hub, bundle, tmp_path, caplog, pinned):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    spec = result.catalog_value if pinned else REPO
+    cache = tmp_path / "cache"
+    online = fetch_bundle(spec, cache_dir=cache, endpoint=hub.url)
+    hub.stop()
+
+    with caplog.at_level(logging.WARNING, logger="fashion_search.hub"):
+        offline = fetch_bundle(spec, cache_dir=cache, endpoint=hub.url)
+
+    assert offline == online and tree(offline) == tree(bundle)
+    ours = [record for record in caplog.records if record.name == "fashion_search.hub"]
+    warnings = [record.getMessage() for record in ours if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "Cannot reach the Hub" in warnings[0] and "cached copy" in warnings[0]
+    assert REPO in warnings[0] and result.commit_sha in warnings[0]
+
+
+def test_hub_answering_server_errors_counts_as_unreachable(hub, bundle, tmp_path, caplog):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    online = fetch_bundle(REPO, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    hub.outage = 503
+
+    with caplog.at_level(logging.WARNING, logger="fashion_search.hub"):
+        assert fetch_bundle(REPO, cache_dir=tmp_path / "cache", endpoint=hub.url) == online
+    assert "HfHubHTTPError" in caplog.text and result.commit_sha in caplog.text
+    with pytest.raises(HubUnavailable, match=rf"{REPO}@main"):
+        fetch_bundle(REPO, cache_dir=tmp_path / "empty", endpoint=hub.url)
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "main"])
+def test_hub_gone_and_nothing_cached_names_repo_and_revision(hub, bundle, tmp_path, pinned):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    hub.stop()
+    spec = result.catalog_value if pinned else REPO
+    revision = result.commit_sha if pinned else "main"
+
+    with pytest.raises(HubUnavailable) as caught:
+        fetch_bundle(spec, cache_dir=tmp_path / "empty", endpoint=hub.url)
+
+    message = str(caught.value)
+    assert f"{REPO}@{revision}" in message
+    assert "Cannot reach the Hub" in message and "start once with the Hub reachable" in message
+
+
+def test_hub_gone_and_an_incomplete_cached_copy_is_not_served(hub, bundle, tmp_path):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    folder = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    (folder / "images" / "shoes" / "9.png").unlink()
+    hub.stop()
+
+    with pytest.raises(HubUnavailable, match=rf"{REPO}@{result.commit_sha}"):
+        fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+
+
+def test_hub_back_again_completes_a_damaged_copy(hub, bundle, tmp_path):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    folder = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    (folder / "images" / "shoes" / "9.png").unlink()
+    hub.stop()
+    hub.start()  # same port, same repos
+
+    assert tree(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)) == tree(bundle)
+
+
+def test_unknown_repo_or_revision_is_not_found_rather_than_unavailable(hub, bundle, tmp_path):
+    push_bundle(bundle, REPO, endpoint=hub.url)
+    with pytest.raises(CatalogNotFound, match=r"fashion-team/nope@main"):
+        fetch_bundle("fashion-team/nope", cache_dir=tmp_path / "c", endpoint=hub.url)
+    missing = "0" * 40
+    with pytest.raises(CatalogNotFound, match=rf"{REPO}@{missing}"):
+        fetch_bundle(f"{REPO}@{missing}", cache_dir=tmp_path / "c", endpoint=hub.url)
+
+
+def test_hf_endpoint_in_the_environment_is_what_a_fresh_process_uses(hub, bundle, tmp_path):
+    """How the app is pointed at the stand-in: HF_ENDPOINT must be set before huggingface_hub is imported."""
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "home")}
+    code = "import sys; from fashion_search.hub import fetch_bundle; print(fetch_bundle(sys.argv[1]))"
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, result.catalog_value],
+        env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True,
+    )
+
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.parent.parent == tmp_path / "home" / "fashion-search" / "bundles"  # default cache: $HF_HOME
+    assert tree(folder) == tree(bundle)
+    assert ("GET", f"/api/datasets/{REPO}/revision/{result.commit_sha}") in hub.requests
+
+
+def test_a_fetched_bundle_loads_like_a_local_one(hub, tmp_path):
+    root = tmp_path / "real"
+    names = ["a.jpg", "b/c.jpg"]
+    for name in names:
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "images" / name).write_bytes(image_bytes(len(name)))
+    rows = np.random.default_rng(0).standard_normal((2, 2048)).astype(np.float32)
+    write_bundle(
+        root,
+        embeddings=rows / np.linalg.norm(rows, axis=1, keepdims=True),
+        filenames=names,
+        model={"name": "test", "weights": "random:0"},
+        preprocessing="test",
+    )
+    result = push_bundle(root, REPO, endpoint=hub.url)
+
+    loaded = load_bundle(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
+
+    assert loaded.filenames == names
+    np.testing.assert_array_equal(loaded.embeddings, np.load(root / "embeddings.npy"))
+    assert loaded.image_path(1).read_bytes() == (root / "images" / "b/c.jpg").read_bytes()

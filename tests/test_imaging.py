@@ -1,0 +1,142 @@
+"""Image loading: seed-exact for ordinary files, correct for the unusual ones, clear errors for the rest."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import draw_product
+from fashion_search.imaging import CAFFE_MEAN_BGR, ImageError, image_to_input, load_input, open_image
+
+
+def keras_seed_input(path) -> np.ndarray:
+    from keras.applications.resnet50 import preprocess_input
+    from keras.preprocessing import image
+
+    return preprocess_input(np.expand_dims(image.img_to_array(image.load_img(path, target_size=(224, 224))), 0))[0]
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def product():
+    return draw_product(np.random.default_rng(11), (120, 160))
+
+
+@pytest.mark.parametrize("fmt,size", [("JPEG", (60, 80)), ("PNG", (60, 80)), ("JPEG", (640, 480)), ("PNG", (224, 224))])
+def test_ordinary_files_equal_keras_load_img_and_preprocess_input(tmp_path, fmt, size):
+    path = tmp_path / f"x.{fmt.lower()}"
+    draw_product(np.random.default_rng(1), size).save(path, format=fmt)
+    ours = load_input(path)
+    assert ours.shape == (224, 224, 3) and ours.dtype == np.float32 and ours.flags.c_contiguous
+    np.testing.assert_array_equal(ours, keras_seed_input(path))
+
+
+def test_all_sources_agree(tmp_path, product):
+    path = tmp_path / "p.png"
+    product.save(path)
+    data = path.read_bytes()
+    expected = load_input(path)
+    for source in (str(path), data, io.BytesIO(data), Image.open(io.BytesIO(data))):
+        np.testing.assert_array_equal(load_input(source), expected)
+
+
+def test_white_pixel_is_caffe_centred(product):
+    white = image_to_input(Image.new("RGB", (224, 224), "white"))
+    np.testing.assert_allclose(white[0, 0], 255 - CAFFE_MEAN_BGR)
+
+
+def test_exif_orientation_is_applied(product):
+    rotated = product.transpose(Image.Transpose.ROTATE_90)  # what a camera stored: the picture turned on its side
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": undoes ROTATE_90 (counter-clockwise)
+    data = encode(rotated, "PNG", exif=exif)
+    np.testing.assert_array_equal(np.asarray(open_image(data)), np.asarray(product))
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    img = open_image(encode(rgba, "PNG"))
+    assert img.mode == "RGB"
+    assert img.getpixel((5, 5)) == (255, 255, 255)
+    assert img.getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    palette.putpixel((1, 1), 1)
+    img = open_image(encode(palette, "PNG", transparency=0))
+    assert img.getpixel((0, 0)) == (255, 255, 255)
+    assert img.getpixel((1, 1)) == (200, 10, 10)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped():
+    grey = Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16))  # mid-grey in 16 bits = 128 in 8 bits
+    img = open_image(encode(grey, "PNG"))
+    assert img.getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_grey_and_cmyk_become_rgb():
+    assert open_image(encode(Image.new("L", (4, 4), 77), "PNG")).getpixel((0, 0)) == (77, 77, 77)
+    cmyk = open_image(encode(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG", quality=100))
+    r, g, b = cmyk.getpixel((0, 0))
+    assert cmyk.mode == "RGB" and r > 240 and g < 20 and b < 20  # full magenta + yellow = red
+
+
+def test_animation_gives_its_first_frame():
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert open_image(buffer.getvalue()).getpixel((4, 4)) == (255, 0, 0)
+
+
+def test_one_pixel_image_works():
+    assert load_input(encode(Image.new("RGB", (1, 1), "red"), "PNG")).shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"", "The file is empty."),
+        (b"<html><body>hello</body></html>", "not an image that can be read"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "not an image that can be read"),
+        (b"%PDF-1.4\n%\xe2\xe3\n", "not an image that can be read"),
+    ],
+)
+def test_non_images_are_refused_with_a_clear_message(data, message):
+    with pytest.raises(ImageError, match=message):
+        open_image(data)
+
+
+def test_truncated_jpeg_is_refused(product):
+    data = encode(product, "JPEG")
+    with pytest.raises(ImageError, match="could not be decoded"):
+        open_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    # A real PNG header declaring 40000 x 40000 pixels: refused from the header alone.
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageError, match="too large"):
+        open_image(data)
+
+
+def test_missing_file_is_an_image_error(tmp_path):
+    with pytest.raises(ImageError, match="could not be read"):
+        open_image(tmp_path / "nope.jpg")

@@ -1,0 +1,172 @@
+"""The precompute pipeline and its command: bad files skipped, kill-and-resume, incremental updates, write-aside."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, make_catalogue
+from fashion_search.bundle import load_bundle
+from fashion_search.imaging import load_input
+from fashion_search.pipeline import PrecomputeError, build_bundle
+
+
+def precompute(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "precompute.py"), *map(str, args)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, **kwargs,
+    )  # fmt: skip
+
+
+def bundle_contents(root: Path) -> dict:
+    """Everything in a bundle but the manifest's creation time."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest.pop("created")
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    files.pop("manifest.json")
+    return {"manifest": manifest, "files": files}
+
+
+def test_bundle_rows_are_the_catalogue(bundle_dir, catalogue, embedder):
+    bundle = load_bundle(bundle_dir)
+    assert bundle.filenames == sorted(p.name for p in (catalogue / "images").iterdir())
+    assert bundle.embeddings.shape == (20, 2048)
+    np.testing.assert_allclose(np.linalg.norm(bundle.embeddings, axis=1), 1.0, atol=1e-6)
+    expected = embedder.embed(np.stack([load_input(catalogue / "images" / n) for n in bundle.filenames[:3]]))
+    assert np.abs(bundle.embeddings[:3] - expected).max() <= 1e-5
+    for row, name in enumerate(bundle.filenames):  # small images are carried as exact copies
+        assert bundle.image_path(row).read_bytes() == (catalogue / "images" / name).read_bytes()
+        assert bundle.metadata[row]["id"] == Path(name).stem
+    assert bundle.metadata[0]["productDisplayName"] == "Product 1000, Blue Tshirts"  # Kaggle's unquoted comma
+
+
+def test_near_duplicate_finds_its_original_first(bundle_dir, catalogue, embedder, tmp_path):
+    from fashion_search.search import Searcher
+
+    searcher = Searcher(embedder, load_bundle(bundle_dir))
+    for row in (0, 7, 13):
+        name = searcher.bundle.filenames[row]
+        original = Image.open(catalogue / "images" / name).convert("RGB")
+        copy = tmp_path / f"copy-{row}.jpg"
+        original.resize((original.width * 2, original.height * 2), Image.BICUBIC).save(copy, quality=70)
+        assert searcher.recommend(copy)[0].filename == name
+
+
+def test_large_images_are_carried_as_thumbnails(tmp_path, embedder):
+    images = tmp_path / "images"
+    make_catalogue(images, 2)
+    Image.new("RGB", (1000, 500), "navy").save(images / "big.jpg")
+    build_bundle(images, tmp_path / "out", embedder, quiet=True)
+    with Image.open(tmp_path / "out" / "images" / "big.jpg") as thumb:
+        assert thumb.size == (256, 128) and thumb.format == "JPEG"
+
+
+def test_command_skips_and_lists_bad_files(tmp_path, weights_file):
+    images = tmp_path / "images"
+    make_catalogue(images / "nested", 5)
+    (images / "notes.jpg").write_text("this is text, not a picture")
+    (images / "empty.png").write_bytes(b"")
+    good = (images / "nested" / "1000.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    result = precompute(images, "--out", tmp_path / "out", "--weights", weights_file, "--batch-size", "3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "5 images in" in result.stdout and "3 skipped" in result.stdout
+    for name, reason in [
+        ("notes.jpg", "not an image that can be read"),
+        ("empty.png", "The file is empty."),
+        ("truncated.jpg", "could not be decoded"),
+    ]:
+        assert f"skipped {name}: " in result.stderr and reason in result.stderr
+    assert load_bundle(tmp_path / "out").filenames == [f"nested/{1000 + i}.{'png' if i == 3 else 'jpg'}" for i in range(5)]
+
+
+def test_command_fatal_errors_name_the_fix(tmp_path, weights_file):
+    missing = precompute(tmp_path / "nowhere", "--out", tmp_path / "out", "--weights", weights_file)
+    assert missing.returncode == 1 and "is not a folder of images" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = precompute(tmp_path / "empty", "--out", tmp_path / "out", "--weights", weights_file)
+    assert empty.returncode == 1 and "No images (jpg, jpeg, png, webp, bmp, gif) found" in empty.stderr
+    weights = precompute(tmp_path / "empty", "--out", tmp_path / "out", "--weights", tmp_path / "none.h5")
+    assert weights.returncode == 1 and "--weights PATH" in weights.stderr
+    assert "Traceback" not in missing.stderr + empty.stderr + weights.stderr
+
+
+def test_killed_run_resumes_to_the_identical_bundle(tmp_path, weights_file):
+    images = tmp_path / "images"
+    make_catalogue(images, 24, seed=5)
+    reference = precompute(images, "--out", tmp_path / "reference", "--weights", weights_file, "--batch-size", "4", "--quiet")
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "resumed"
+    chunks = tmp_path / ".resumed.partial" / "chunks"
+    args = [sys.executable, str(ROOT / "precompute.py"), images, "--out", out, "--weights", weights_file, "--batch-size", "4"]
+    process = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(chunks.glob("*.npz"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before_kill = len(list(chunks.glob("*.npz")))
+    assert 2 <= finished_before_kill < 6 and not out.exists(), "the kill should land mid-run"
+
+    resumed = precompute(images, "--out", out, "--weights", weights_file, "--batch-size", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{finished_before_kill * 4} resumed" in resumed.stdout
+    assert bundle_contents(out) == bundle_contents(tmp_path / "reference")
+    assert not chunks.parent.exists()
+
+
+def test_incremental_update_reuses_adds_and_drops(tmp_path, embedder):
+    images = tmp_path / "images"
+    names = make_catalogue(images, 10, seed=9)
+    out = tmp_path / "out"
+    build_bundle(images, out, embedder, batch_size=4, quiet=True)
+    before = load_bundle(out)
+
+    (images / names[0]).unlink()
+    make_catalogue(tmp_path / "new", 2, seed=10)
+    shutil.copy(tmp_path / "new" / "1000.jpg", images / "2000.jpg")
+    shutil.copy(tmp_path / "new" / "1001.jpg", images / names[5])  # changed content under an old name
+    summary = build_bundle(images, out, embedder, batch_size=4, quiet=True)
+    after = load_bundle(out)
+
+    assert summary.reused == 8 and summary.embedded == 2 and summary.count == 10
+    assert after.filenames == sorted(set(names) - {names[0]} | {"2000.jpg"})
+    for row, name in enumerate(after.filenames):
+        if name in before.filenames and name != names[5]:
+            np.testing.assert_array_equal(after.embeddings[row], before.embeddings[before.filenames.index(name)])
+    fresh = tmp_path / "fresh"
+    build_bundle(images, fresh, embedder, batch_size=4, quiet=True)
+    assert np.abs(load_bundle(fresh).embeddings - after.embeddings).max() <= 1e-5
+    assert not (out / "images" / names[0]).exists()
+
+
+def test_failed_run_leaves_the_previous_bundle_intact(tmp_path, embedder):
+    images = tmp_path / "images"
+    make_catalogue(images, 4)
+    out = tmp_path / "out"
+    build_bundle(images, out, embedder, quiet=True)
+    before = bundle_contents(out)
+    for path in images.iterdir():
+        path.write_bytes(b"garbage")
+    with pytest.raises(PrecomputeError, match="None of the 4 images"):
+        build_bundle(images, out, embedder, quiet=True)
+    assert bundle_contents(out) == before
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, embedder):
+    images = tmp_path / "images"
+    make_catalogue(images, 2)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    with pytest.raises(PrecomputeError, match="Could not write|No permission"):
+        build_bundle(images, blocker / "out", embedder, quiet=True)
