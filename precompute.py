@@ -2,7 +2,8 @@
 
 Usage:
     python precompute.py IMAGES_DIR --out BUNDLE_DIR [--weights imagenet|random|PATH] [--metadata styles.csv]
-                         [--batch-size N] [--quiet]
+                         [--batch-size N] [--quiet] [--push-to-hub OWNER/NAME [--private]]
+    python precompute.py --out BUNDLE_DIR --push-to-hub OWNER/NAME     # push an existing bundle, no rebuild
     python precompute.py fashion-product-images-small/images --out bundles/kaggle \\
                          --metadata fashion-product-images-small/styles.csv
 """
@@ -19,16 +20,28 @@ from fashion_search.pipeline import PrecomputeError, build_bundle
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("images_dir", help="folder of catalogue images (walked recursively)")
+    parser.add_argument("images_dir", nargs="?", help="folder of catalogue images (walked recursively); "
+                        "leave out to push the existing bundle as it is")
     parser.add_argument("--out", required=True, help="bundle folder to create or update")
     parser.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a Keras .h5 weights file")
     parser.add_argument("--metadata", help="Kaggle styles.csv: product metadata matched by file stem = id")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the bundle to this Hugging Face dataset "
+                        "repo (token from HF_TOKEN or `hf auth login`)")
+    parser.add_argument("--private", action="store_true", help="create the dataset repo private")
     args = parser.parse_args(argv)
+    if args.images_dir is None and not args.push_to_hub:
+        parser.error("give IMAGES_DIR to build a bundle, or --push-to-hub to push an existing one")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
 
-    from fashion_search.embedder import Embedder, WeightsUnavailable  # TensorFlow loads only past --help
+    if args.images_dir is not None and (status := build(args)) != 0:
+        return status
+    return push(args) if args.push_to_hub else 0
+
+
+def build(args: argparse.Namespace) -> int:
+    from fashion_search.embedder import Embedder, WeightsUnavailable  # TensorFlow loads only when building
 
     try:
         embedder = Embedder.load(args.weights)
@@ -45,6 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     for name, reason in summary.skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     print(summary.describe())
+    return 0
+
+
+def push(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from fashion_search.bundle import BundleError, load_bundle
+    from fashion_search.hub import HubError, push_bundle
+
+    try:
+        load_bundle(args.out)  # never publish a bundle the app would refuse
+        result = push_bundle(args.out, args.push_to_hub, private=args.private)
+    except (BundleError, HubError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except HfHubHTTPError as exc:
+        print(f"error: the Hub refused the upload ({exc}). Check HF_TOKEN or `hf auth login`.", file=sys.stderr)
+        return 1
+    print(f"{'Pushed' if result.created_commit else 'Unchanged, no new commit:'} {args.push_to_hub} at {result.commit_sha}")
+    print(f"Set this in the Space's variables: FASHION_CATALOG={result.catalog_value}")
     return 0
 
 

@@ -296,3 +296,41 @@ def test_a_fetched_bundle_loads_like_a_local_one(hub, tmp_path):
     assert loaded.filenames == names
     np.testing.assert_array_equal(loaded.embeddings, np.load(root / "embeddings.npy"))
     assert loaded.image_path(1).read_bytes() == (root / "images" / "b/c.jpg").read_bytes()
+
+
+# ---------------------------------------------------------------- precompute.py --push-to-hub
+
+
+def run_precompute(hub, tmp_path, *args):
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "home")}
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, str(root / "precompute.py"), *map(str, args)], env=env, cwd=root, capture_output=True, text=True
+    )
+
+
+def test_precompute_builds_pushes_and_prints_the_value_to_set(hub, tmp_path, catalogue, weights_file):
+    out = tmp_path / "bundle"
+    first = run_precompute(
+        hub, tmp_path, catalogue / "images", "--out", out, "--weights", weights_file, "--quiet", "--push-to-hub", REPO
+    )
+    assert first.returncode == 0, first.stderr
+    sha = hub.head(REPO)
+    assert f"Pushed {REPO} at {sha}" in first.stdout
+    assert f"FASHION_CATALOG={REPO}@{sha}" in first.stdout
+    fetched = fetch_bundle(f"{REPO}@{sha}", cache_dir=tmp_path / "cache", endpoint=hub.url)
+    assert tree(fetched) == tree(out)
+
+    commits = hub.commit_count(REPO)
+    again = run_precompute(hub, tmp_path, "--out", out, "--push-to-hub", REPO)  # push only, no rebuild
+    assert again.returncode == 0, again.stderr
+    assert f"Unchanged, no new commit: {REPO} at {sha}" in again.stdout
+    assert hub.commit_count(REPO) == commits
+
+
+def test_precompute_refuses_to_push_a_broken_bundle(hub, tmp_path):
+    make_bundle(tmp_path / "broken", {"a.jpg": image_bytes(1)})  # a manifest the app would refuse
+    result = run_precompute(hub, tmp_path, "--out", tmp_path / "broken", "--push-to-hub", REPO)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "manifest.json has no valid 'model'" in result.stderr
+    assert ("dataset", REPO) not in hub.repos  # nothing was published
