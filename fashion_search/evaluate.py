@@ -9,7 +9,7 @@ a neighbour is relevant when it has the same label value as the query. Definitio
 label is shared by R other products and whose k nearest others have relevance rel_1..rel_k (rank order):
 
     P@k  = (rel_1 + ... + rel_k) / k
-    AP@k = (1 / min(k, R)) * sum_{i=1..k} P@i * rel_i          (AP@k = 0 when R = 0)
+    AP@k = (1 / min(k, R)) * sum_{i=1..k} P@i * rel_i
 
 Choices, all deliberate:
   * Ranking is by euclidean distance, computed as ||x||^2 - 2 q.x in float32 (for the unit rows of a bundle
@@ -19,9 +19,10 @@ Choices, all deliberate:
   * Rows whose label is missing (None, or an empty/blank string) are left out entirely -- neither queries
     nor candidates -- because whether they are relevant is unknown, and counting them as misses would
     charge the model for gaps in the catalogue.
-  * Queries whose label no other product shares (R = 0) stay in as candidates (they are known misses for
-    everybody else) but are not counted in the means: no ranking can score on them, and keeping them
-    would make mAP@k = 1 unreachable. "count" is the number of queries that were counted.
+  * A query whose label no other product shares (R = 0) can only score P@k = 0 and AP@k = 0 (taking
+    0/0 as 0). Such queries are not counted in the means -- no ranking could do better on them, and
+    counting them would make mAP@k = 1 unreachable -- but the products stay in as candidates (known
+    misses for everybody else). "count" is the number of queries that were counted.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def evaluate_leave_one_out(
     if queries.size == 0:
         raise ValueError("no product shares its label with another product; nothing to evaluate")
 
-    neighbours = nearest_other_rows(x[kept], k, queries=queries, block_size=block_size, progress=progress)
+    candidates = x if kept.size == x.shape[0] else x[kept]  # no 360 MB copy at 44k when nothing is missing
+    neighbours = nearest_other_rows(candidates, k, queries=queries, block_size=block_size, progress=progress)
     hits = codes[neighbours] == codes[queries][:, None]  # (q, k) relevance in rank order
     precision = hits.sum(axis=1) / k
     precision_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
@@ -259,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fashion_search.bundle import BundleError, load_bundle
 
     try:
-        bundle = load_bundle(args.bundle)
+        bundle = load_bundle(args.bundle, verify_images=False)  # only embeddings and metadata are used (always hashed)
     except BundleError as e:
         parser.error(f"cannot load bundle {args.bundle}: {e}")
     if bundle.metadata is None:
