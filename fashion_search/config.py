@@ -1,0 +1,93 @@
+"""App settings: command-line flags over environment variables over defaults, and where the catalogue comes from.
+
+    FASHION_CATALOG / --catalog   a bundle folder, or a Hub dataset OWNER/NAME[@REVISION]; unset = the demo catalogue
+    FASHION_WEIGHTS / --weights   imagenet (default), random, or a Keras .h5 weights file
+    FASHION_CACHE                 where the demo bundle is built and kept (default ~/.cache/fashion-search)
+    GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are Gradio's own: read by Gradio, overridden only by --host / --port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_WEIGHTS = "imagenet"
+# OWNER/NAME[@REVISION] as the Hub spells repo ids; fashion_search.hub.parse_catalog_spec has the exact rules.
+_HUB_SPEC = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@\S+)?")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    catalog: str | None  # as given: a folder or a Hub spec; None = the embedded demo catalogue
+    weights: str  # "imagenet", "random" or a path
+    cache_dir: Path  # the demo bundle's home
+    server_name: str | None = None  # only from --host; None leaves GRADIO_SERVER_NAME / Gradio's default in charge
+    server_port: int | None = None  # only from --port; None leaves GRADIO_SERVER_PORT / Gradio's default in charge
+
+
+def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `argv` (flags win) and `env` (default: os.environ)."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="Fashion visual search: upload a photo, see the most similar catalogue products."
+    )
+    parser.add_argument("--catalog", help="bundle folder or Hub dataset OWNER/NAME[@REV] (env FASHION_CATALOG); "
+                        "default: the embedded Fashion-MNIST demo catalogue")  # fmt: skip
+    parser.add_argument("--weights", help="imagenet (default), random, or a Keras .h5 weights file (env FASHION_WEIGHTS)")
+    parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: GRADIO_SERVER_PORT or 7860)")
+    args = parser.parse_args(list(argv))
+    catalog = args.catalog or env.get("FASHION_CATALOG") or None
+    weights = args.weights or env.get("FASHION_WEIGHTS") or DEFAULT_WEIGHTS
+    return Settings(
+        catalog=catalog.strip() if catalog else None,
+        weights=weights.strip(),
+        cache_dir=default_cache_dir(env),
+        server_name=args.host,
+        server_port=args.port,
+    )
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    if env.get("FASHION_CACHE"):
+        return Path(env["FASHION_CACHE"]).expanduser()
+    base = env.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "fashion-search"
+
+
+def catalog_to_folder(catalog: str) -> Path:
+    """The local bundle folder for a FASHION_CATALOG value: the folder itself, or a Hub dataset fetched into the cache.
+
+    Raises:
+        ConfigError: neither an existing folder nor a Hub dataset that could be fetched (the message says why).
+    """
+    path = Path(catalog).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConfigError(f"FASHION_CATALOG={catalog!r} is a file; it must be a bundle folder made by precompute.py.")
+    if not looks_like_hub_spec(catalog):
+        raise ConfigError(
+            f"FASHION_CATALOG={catalog!r}: there is no folder there, and it is not a Hub dataset reference "
+            "(OWNER/NAME or OWNER/NAME@REVISION). Build a bundle with precompute.py and pass its folder."
+        )
+    from fashion_search.hub import HubError, fetch_bundle  # huggingface_hub loads only for a Hub catalogue
+
+    try:
+        return Path(fetch_bundle(catalog))
+    except ValueError as exc:  # parse_catalog_spec is stricter than the shape check above
+        raise ConfigError(str(exc)) from exc
+    except HubError as exc:
+        raise ConfigError(f"FASHION_CATALOG={catalog!r} is no local folder, so it was read as a Hub dataset: {exc}") from exc
+
+
+def looks_like_hub_spec(value: str) -> bool:
+    return bool(_HUB_SPEC.fullmatch(value)) and not value.startswith((".", "~"))
