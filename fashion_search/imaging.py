@@ -9,6 +9,7 @@ from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 
 IMAGE_SIZE = (224, 224)  # (height, width), as Keras' target_size
 # Keras' caffe mode: RGB -> BGR, then subtract ImageNet's per-channel mean (BGR order), no scaling.
@@ -16,6 +17,9 @@ CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 PREPROCESSING_ID = "keras-load_img-rgb-nearest-224x224+caffe/v1"
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a public upload path refuses at the limit itself.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# The formats a photo comes in, their readers registered by the imports above (JPEG's also reads phones' MPO files).
+# Pillow's other readers stay shut: rarely exercised parsers are attack surface, and EPS would run Ghostscript.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
@@ -77,7 +81,7 @@ def _open(source: ImageSource) -> Image.Image:
     if not data:
         raise ImageError("The file is empty.")
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(_bomb_message()) from exc
     except UnidentifiedImageError as exc:

@@ -1,0 +1,209 @@
+"""Hostile uploads: each file of the corpus gives the right result or its own clear message, never anything else.
+
+Checked at three depths: the decoder (`fashion_search.imaging`), the search (`Searcher.recommend`, as the app
+calls it, on a file path), and the running app through gradio_client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from app_process import running_app
+
+from fashion_search.bundle import load_bundle
+from fashion_search.imaging import ImageError, load_input, open_image
+from fashion_search.search import Searcher
+from hostile_corpus import build_corpus, encode
+
+CORPUS = {upload.name: upload for upload in build_corpus()}
+GOOD = [name for name, upload in CORPUS.items() if upload.good]
+BAD = [name for name, upload in CORPUS.items() if not upload.good]
+LOSSY_MEAN_ERROR = 4.0  # mean |difference| per channel allowed for the lossy cases (CMYK, MPO): JPEG noise only
+
+
+@pytest.fixture(scope="module")
+def searcher(embedder, bundle_dir) -> Searcher:
+    return Searcher(embedder, load_bundle(bundle_dir))
+
+
+@pytest.fixture
+def upload_path(tmp_path):
+    """Write an upload where the app would find it: a file with the name the browser sent."""
+
+    def write(name: str, data: bytes | None = None):
+        path = tmp_path / name
+        path.write_bytes(CORPUS[name].data if data is None else data)
+        return path
+
+    return write
+
+
+def results(matches) -> list[tuple[str, float]]:
+    return [(m.filename, m.distance) for m in matches]
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_good_uploads_decode_to_the_picture_a_person_sees(name):
+    upload = CORPUS[name]
+    img = open_image(upload.data)
+    assert img.mode == "RGB" and img.size == upload.expected.size
+    ours, expected = np.asarray(img, dtype=np.int16), np.asarray(upload.expected, dtype=np.int16)
+    if upload.exact:
+        np.testing.assert_array_equal(ours, expected)
+    else:
+        assert np.abs(ours - expected).mean() < LOSSY_MEAN_ERROR
+    x = load_input(upload.data)
+    assert x.shape == (224, 224, 3) and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_uploads_are_refused_with_their_message(name):
+    with pytest.raises(ImageError, match=re.escape(CORPUS[name].message)):
+        open_image(CORPUS[name].data)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_good_uploads_search_as_their_picture(name, searcher, upload_path):
+    """Top-5 of the upload = top-5 of its expected picture stored as a plain PNG (exactly, where decoding is exact)."""
+    upload = CORPUS[name]
+    path, reference_path = upload_path(name), upload_path("reference.png", encode(upload.expected, "PNG"))
+    got, reference = searcher.recommend(path), searcher.recommend(reference_path)
+    assert len(got) == 5 and [m.rank for m in got] == [1, 2, 3, 4, 5]
+    if upload.exact:
+        assert results(got) == results(reference)
+    else:  # JPEG noise moves the vector a little: less than the distance to any catalogue product
+        vectors = searcher.embed([path, reference_path])
+        nearest_product = np.linalg.norm(searcher.bundle.embeddings - vectors[1], axis=1).min()
+        assert np.linalg.norm(vectors[0] - vectors[1]) < nearest_product / 2
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_uploads_give_their_message_through_search(name, searcher, upload_path):
+    with pytest.raises(ImageError, match=re.escape(CORPUS[name].message)):
+        searcher.recommend(upload_path(name))
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_rotated_photo_searches_as_the_upright_photo(orientation, searcher, upload_path):
+    """Same vector and same top-5 as the upright picture; and the test has teeth: ignoring EXIF would change both."""
+    name = f"exif-orientation-{orientation}.jpg"
+    upright = upload_path("upright.png", encode(CORPUS[name].expected, "PNG"))
+    rotated = upload_path(name)
+    np.testing.assert_array_equal(searcher.embed([rotated]), searcher.embed([upright]))
+    assert results(searcher.recommend(rotated)) == results(searcher.recommend(upright))
+
+    with Image.open(rotated) as stored:  # the pixels as stored, EXIF ignored
+        sideways = upload_path("sideways.png", encode(stored.convert("RGB"), "PNG"))
+    assert not np.array_equal(searcher.embed([sideways]), searcher.embed([upright]))
+    assert results(searcher.recommend(sideways)) != results(searcher.recommend(upright))
+
+
+# Through the running app: gradio_client uploads the file as a browser would, the app answers or says why not.
+
+
+@pytest.fixture(scope="module")
+def app(bundle_dir, weights_file, tmp_path_factory):
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with running_app("--catalog", bundle_dir, "--weights", weights_file, log=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Client:
+    return Client(app.url, verbose=False)
+
+
+def expected_listing(searcher, path) -> list[dict]:
+    return [match.listing() for match in searcher.recommend(path)]
+
+
+def assert_same_listing(got: list[dict], expected: list[dict]) -> None:
+    assert [{k: v for k, v in row.items() if k != "distance"} for row in got] == [
+        {k: v for k, v in row.items() if k != "distance"} for row in expected
+    ]
+    np.testing.assert_allclose([row["distance"] for row in got], [row["distance"] for row in expected], atol=2e-6)
+
+
+def assert_server_answers(client, searcher, upload_path) -> None:
+    """A good request after a bad one gets its right answer: the bad one did not break the server."""
+    path = upload_path("after.jpg", encode(Image.open(searcher.bundle.image_path(4)).convert("RGB"), "JPEG"))
+    gallery, listing = client.predict(handle_file(str(path)), api_name="/recommend")
+    assert_same_listing(listing, expected_listing(searcher, path))
+    assert len(gallery) == 5
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_app_answers_good_uploads_like_the_searcher(name, client, searcher, upload_path):
+    path = upload_path(name)
+    gallery, listing = client.predict(handle_file(str(path)), api_name="/recommend")
+    assert_same_listing(listing, expected_listing(searcher, path))
+    assert [item["caption"].splitlines()[0] for item in gallery] == [row["productDisplayName"] for row in listing]
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_app_gives_our_message_for_bad_uploads(name, client, searcher, upload_path):
+    path = upload_path(name)
+    with pytest.raises(ImageError) as ours:
+        open_image(path)
+    with pytest.raises(AppError) as answer:
+        client.predict(handle_file(str(path)), api_name="/recommend")
+    assert str(answer.value) == str(ours.value)  # our sentence, word for word: not Gradio's bare "Error"
+    assert CORPUS[name].message in str(answer.value)
+    assert_server_answers(client, searcher, upload_path)
+
+
+def test_app_refuses_a_file_over_the_size_limit(app, client, searcher, upload_path):
+    """20 MB is the limit: gradio_client refuses before sending, and the server refuses a raw upload with 413."""
+    big = upload_path("huge.jpg", encode(Image.new("RGB", (8, 8)), "JPEG") + bytes(21 * 1024 * 1024))
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):
+        client.predict(handle_file(str(big)), api_name="/recommend")
+
+    boundary = "----hostile-upload"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="huge.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        app.url + "gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "File size exceeded maximum allowed size of 20971520 bytes" in refused.value.read().decode()
+    assert_server_answers(client, searcher, upload_path)
+
+
+def _call_api(app, data: list) -> tuple[str, str]:
+    """A raw API call (what a script can send without gradio_client): returns the SSE event name and its data."""
+    request = urllib.request.Request(
+        app.url + "gradio_api/call/recommend", data=json.dumps({"data": data}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        event_id = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{app.url}gradio_api/call/recommend/{event_id}", timeout=120) as response:
+        lines = response.read().decode().splitlines()
+    event = next(line.split(": ", 1)[1] for line in lines if line.startswith("event: "))
+    payload = next(line.split(": ", 1)[1] for line in lines if line.startswith("data: "))
+    return event, payload
+
+
+def test_app_serves_no_server_file_named_in_a_raw_api_call(app, client, searcher, upload_path):
+    """A request naming a server path instead of uploading a file is refused by Gradio, and nothing of it leaks."""
+    options = [5] + [[]] * len(searcher.filter_choices())  # top_k, then no filter
+    for path in ("/etc/passwd", str(upload_path("elsewhere.png", encode(Image.new("RGB", (4, 4)), "PNG")))):
+        event, payload = _call_api(app, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *options])
+        assert event == "error" and "root:" not in payload
+        assert "was not uploaded by a user" in app.output()  # refused for the right reason (Gradio's path check)
+    event, payload = _call_api(app, [None, *options])
+    assert event == "error" and "Please upload a photo of a product first" in payload
+    assert_server_answers(client, searcher, upload_path)
