@@ -22,7 +22,7 @@ from PIL import Image
 from conftest import draw_product
 from fashion_search.imaging import ImageError, load_input, open_image
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1500"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
