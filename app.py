@@ -107,7 +107,10 @@ ARTICLE = (
 demo = gr.Interface(
     fn=recommend,
     inputs=pass_upload_through(
-        gr.Image(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Your photo", height=340)
+        gr.Image(
+            type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Your photo", height=340,
+            elem_id="query",
+        )  # fmt: skip
     ),
     outputs=[
         gr.Gallery(label="Similar products", columns=3, object_fit="contain", height="auto", elem_id="products"),

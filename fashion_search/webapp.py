@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 8  # queries per forward pass; the app runs as many requests at once
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
 NAME_COLUMN = "productDisplayName"
+NO_IMAGE = "Please upload a photo of a product first (or take one with the webcam, or paste one)."
 
 
 class StartupError(RuntimeError):
@@ -116,7 +117,7 @@ class Recommender:
             QueryError: no image, an image that cannot be read, k out of range, or no product matching the filters.
         """
         if image is None:
-            raise QueryError("Please upload a photo of a product first (or take one with the webcam, or paste one).")
+            raise QueryError(NO_IMAGE)
         if not 1 <= k <= MAX_K:
             raise QueryError(f"The number of results must be between 1 and {MAX_K}; got {k}.")
         try:

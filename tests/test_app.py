@@ -1,0 +1,208 @@
+"""The app as programs see it: launched in this process on 127.0.0.1, called with gradio_client as the README shows."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import draw_product
+from fashion_search import webapp
+from fashion_search.bundle import load_bundle
+from fashion_search.imaging import ImageError, open_image
+from fashion_search.search import NoMatch, Searcher
+from inprocess_app import launch_app
+
+
+@pytest.fixture(scope="module")
+def app_url(bundle_dir, weights_file) -> str:
+    return launch_app(bundle_dir, weights_file)[1]
+
+
+@pytest.fixture(scope="module")
+def client(app_url) -> Client:
+    return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def searcher(embedder, bundle_dir) -> Searcher:
+    """The search core called directly: the reference the app's answers must agree with."""
+    return Searcher(embedder, load_bundle(bundle_dir))
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory) -> list[Path]:
+    """Product pictures that are not in the catalogue."""
+    folder = tmp_path_factory.mktemp("queries")
+    rng = np.random.default_rng(99)
+    paths = []
+    for i in range(4):
+        path = folder / f"query{i}.jpg"
+        draw_product(rng, size=(90, 120)).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+def write(folder: Path, name: str, data: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def listing_of(matches) -> list[dict]:
+    return [match.listing() for match in matches]
+
+
+def assert_same_results(listing: list[dict], reference: list[dict]) -> None:
+    """Same products in the same order with the same metadata; distances equal to float32 noise."""
+    assert [row["filename"] for row in listing] == [row["filename"] for row in reference]
+    assert [row["rank"] for row in listing] == list(range(1, len(reference) + 1))
+    for got, want in zip(listing, reference):
+        assert got["distance"] == pytest.approx(want["distance"], abs=1e-5)
+        assert {k: v for k, v in got.items() if k != "distance"} == {k: v for k, v in want.items() if k != "distance"}
+
+
+def test_readme_call_returns_five_catalogue_images_with_a_matching_listing(client, searcher, bundle_dir, queries):
+    gallery, listing = client.predict(handle_file(str(queries[0])), api_name="/recommend")
+
+    assert len(gallery) == 5 and len(listing) == 5
+    assert_same_results(listing, listing_of(searcher.recommend(queries[0])))
+    for item, row in zip(gallery, listing):
+        # The gallery shows the bundle's own image files, byte for byte, in the listing's order.
+        assert Path(item["image"]).read_bytes() == (bundle_dir / "images" / row["filename"]).read_bytes()
+        assert item["caption"] == f"{row['productDisplayName']}\ndistance {row['distance']:.3f}"
+    distances = [row["distance"] for row in listing]
+    assert distances == sorted(distances)
+
+
+def test_a_catalogue_image_re_encoded_as_jpeg_finds_itself_first(client, catalogue, tmp_path):
+    for name in ("1003.png", "1010.jpg"):
+        original = Image.open(catalogue / "images" / name).convert("RGB")
+        buffer = io.BytesIO()
+        original.resize((original.width * 2, original.height * 2)).save(buffer, format="JPEG", quality=75)
+        near_duplicate = write(tmp_path, f"copy-of-{Path(name).stem}.jpg", buffer.getvalue())
+
+        _, listing = client.predict(handle_file(str(near_duplicate)), api_name="/recommend")
+
+        assert listing[0]["filename"] == name
+        assert listing[0]["distance"] < listing[1]["distance"]
+
+
+def test_api_parameters_are_the_image_top_k_and_one_filter_per_metadata_column(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/recommend"]
+    names = [parameter["parameter_name"] for parameter in info["parameters"]]
+    assert names == ["image", "top_k", "gender", "masterCategory", "articleType", "baseColour"]
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in info["parameters"] if p["parameter_has_default"]}
+    assert defaults == {"top_k": 5, "gender": [], "masterCategory": [], "articleType": [], "baseColour": []}
+
+
+@pytest.mark.parametrize("k", [1, 12, 20])
+def test_top_k_through_the_api(client, searcher, queries, k):
+    _, listing = client.predict(handle_file(str(queries[1])), k, api_name="/recommend")
+    assert len(listing) == k
+    assert_same_results(listing, listing_of(searcher.recommend(queries[1], k=k)))
+
+
+def test_filters_through_the_api_give_the_nearest_matching_products(client, searcher, queries):
+    filters = {"gender": ["Men"], "articleType": ["Tshirts", "Watches"]}
+    gallery, listing = client.predict(
+        handle_file(str(queries[2])), top_k=20, gender=["Men"], articleType=["Tshirts", "Watches"], api_name="/recommend"
+    )
+    eligible = [row for row in searcher.bundle.metadata if row["gender"] == "Men" and row["articleType"] in ("Tshirts", "Watches")]
+    assert 0 < len(listing) == len(eligible) < len(searcher.bundle.filenames)
+    assert all(row["gender"] == "Men" and row["articleType"] in ("Tshirts", "Watches") for row in listing)
+    assert len(gallery) == len(listing)
+    assert_same_results(listing, listing_of(searcher.recommend(queries[2], k=20, filters=filters)))
+
+    _, top3 = client.predict(handle_file(str(queries[2])), 3, ["Men"], [], ["Tshirts", "Watches"], api_name="/recommend")
+    assert top3 == listing[:3]
+
+
+def expected_image_error(data: bytes) -> str:
+    with pytest.raises(ImageError) as caught:
+        open_image(data)
+    return str(caught.value)
+
+
+def test_bad_uploads_get_their_message_and_the_app_keeps_serving(client, searcher, queries, tmp_path):
+    not_an_image = b"name,price\nshirt,12\n"
+    jpeg = queries[0].read_bytes()
+    truncated = jpeg[: len(jpeg) // 2]
+    for name, data in [("photo.png", not_an_image), ("photo.jpg", truncated), ("empty.jpg", b"")]:
+        with pytest.raises(AppError) as caught:
+            client.predict(handle_file(str(write(tmp_path, name, data))), api_name="/recommend")
+        assert str(caught.value) == expected_image_error(data)
+
+    with pytest.raises(AppError) as caught:
+        client.predict(None, api_name="/recommend")
+    assert str(caught.value) == webapp.NO_IMAGE
+
+    with pytest.raises(NoMatch) as reference:
+        searcher.recommend(queries[0], filters={"masterCategory": ["Footwear"], "articleType": ["Tshirts"]})
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(queries[0])), masterCategory=["Footwear"], articleType=["Tshirts"], api_name="/recommend")
+    assert str(caught.value) == str(reference.value)
+
+    for k in (0, 21):
+        with pytest.raises(AppError, match="(less|greater) than (minimum|maximum) value"):
+            client.predict(handle_file(str(queries[0])), k, api_name="/recommend")
+
+    _, listing = client.predict(handle_file(str(queries[0])), api_name="/recommend")
+    assert_same_results(listing, listing_of(searcher.recommend(queries[0])))
+
+
+def test_an_upload_over_the_size_limit_is_refused_with_a_message(client, app_url, tmp_path):
+    big = tmp_path / "huge.jpg"
+    with open(big, "wb") as handle:
+        handle.truncate(21 * 1024 * 1024)  # a sparse file: over the 20 MB limit in any unit
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(big)), api_name="/recommend")  # gradio_client checks before uploading
+
+    with open(big, "rb") as handle:  # a client that does not check: the server refuses the upload itself
+        response = httpx.post(f"{app_url}gradio_api/upload", files={"files": ("huge.jpg", handle, "image/jpeg")}, timeout=60)
+    assert response.status_code == 413
+    assert "maximum allowed size" in response.text
+
+
+def test_concurrent_requests_each_get_their_own_answer_or_their_own_error(client, searcher, queries, tmp_path):
+    bad = write(tmp_path, "bad.png", b"\x89PNG\r\n\x1a\n but not really")
+    requests = [(queries[i % 4], 1 + i) for i in range(6)] + [(bad, 5), (bad, 3)]
+    jobs = [client.submit(handle_file(str(path)), k, api_name="/recommend") for path, k in requests]
+    for (path, k), job in zip(requests, jobs):
+        if path == bad:
+            with pytest.raises(AppError) as caught:
+                job.result(timeout=300)
+            assert str(caught.value) == expected_image_error(bad.read_bytes())
+        else:
+            _, listing = job.result(timeout=300)
+            assert_same_results(listing, listing_of(searcher.recommend(path, k=k)))
+
+
+def test_only_the_bundle_images_are_served(app_url, bundle_dir):
+    image = (bundle_dir / "images" / "1000.jpg").resolve()
+    served = httpx.get(f"{app_url}gradio_api/file={image}", timeout=30)
+    assert served.status_code == 200 and served.content == image.read_bytes()
+    for path in [bundle_dir / "embeddings.npy", bundle_dir / "manifest.json", Path(__file__).resolve()]:
+        refused = httpx.get(f"{app_url}gradio_api/file={path.resolve()}", timeout=30)
+        assert refused.status_code in (403, 404), path
+
+
+def test_the_page_names_the_catalogue_and_shows_no_random_weights_warning(app_url, bundle_dir):
+    config = httpx.get(f"{app_url}config", timeout=30).json()
+    page = str(config)
+    assert f"among the 20 of the catalogue <b>{bundle_dir.name}</b>" in page
+    assert "not meaningful" not in page
+    assert str(bundle_dir.parent) not in page  # the server's folders stay private
+
+
+def test_the_app_loaded_the_catalogue_and_weights_it_was_given(bundle_dir, weights_file):
+    app, _ = launch_app(bundle_dir, weights_file)
+    assert app.recommender.bundle.root == bundle_dir
+    assert app.recommender.info.weights == load_bundle(bundle_dir).weights
+    assert app.recommender.info.weights.startswith("sha256:")

@@ -1,0 +1,93 @@
+"""The page in a real browser: headless Debian Chromium driven by Playwright, an upload through the file input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect, sync_playwright
+
+from fashion_search.bundle import load_bundle
+from fashion_search.imaging import ImageError, open_image
+from inprocess_app import launch_app
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+TIMEOUT_MS = 120_000  # generous: the first query on a busy 2-core machine
+ALL_IMAGES_LOADED = """n => {
+    const images = [...document.querySelectorAll('#products img')];
+    return images.length === n && images.every(img => img.complete && img.naturalWidth > 0);
+}"""
+
+
+@pytest.fixture(scope="module")
+def app_url(bundle_dir, weights_file) -> str:
+    return launch_app(bundle_dir, weights_file)[1]
+
+
+@pytest.fixture()
+def page(tmp_path):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        context.close()
+        browser.close()
+
+
+def upload_and_submit(page: Page, path: Path) -> None:
+    page.set_input_files("#query input[type=file]", str(path))
+    page.locator("#query img[src*='gradio_api/file=']").wait_for(state="attached")  # uploaded: the preview shows it
+    page.get_by_role("button", name="Submit").click()
+
+
+def test_upload_shows_five_similar_products_with_captions(page, app_url, catalogue, bundle_dir, tmp_path):
+    # A catalogue product photographed again, as it were: re-encoded and resized.
+    original = Image.open(catalogue / "images" / "1006.jpg").convert("RGB")
+    query = tmp_path / "my-photo.jpg"
+    original.resize((original.width * 3, original.height * 3)).save(query, quality=80)
+
+    page.goto(app_url)
+    page.get_by_text("Fashion visual search").first.wait_for()
+    upload_and_submit(page, query)
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+
+    screenshot = tmp_path / "results.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")
+
+    sizes = page.eval_on_selector_all("#products img", "images => images.map(img => [img.naturalWidth, img.naturalHeight])")
+    assert len(sizes) == 5 and all(w > 0 and h > 0 for w, h in sizes)
+    source = Image.open(bundle_dir / "images" / "1006.jpg")
+    assert sizes[0] == [source.width, source.height]
+    captions = page.locator("#products .caption-label").all_inner_texts()
+    assert len(captions) == 5
+    bundle = load_bundle(bundle_dir)
+    assert captions[0].startswith(bundle.metadata[bundle.filenames.index("1006.jpg")]["productDisplayName"] + "\n")
+    assert all("distance " in caption for caption in captions)
+
+
+def test_a_file_that_is_not_a_picture_shows_the_reason(page, app_url, tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_bytes(b"this is a text file with a picture's name")
+    with pytest.raises(ImageError) as expected:
+        open_image(fake.read_bytes())
+
+    page.goto(app_url)
+    upload_and_submit(page, fake)
+    toast = page.get_by_text(str(expected.value))
+    toast.wait_for()
+    assert toast.is_visible()
+
+
+def test_the_options_offer_top_k_and_a_filter_per_metadata_column(page, app_url):
+    page.goto(app_url)
+    page.get_by_text("Options: number of results and filters").click()
+    for label in ["Number of results", "Gender", "Category", "Article type", "Colour"]:
+        expect(page.get_by_text(label, exact=True).first).to_be_visible()

@@ -1,0 +1,175 @@
+"""Configuration: flags over environment over defaults, and `python app.py` run as a Space runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+
+from conftest import ROOT, draw_product, make_catalogue, write_styles
+from fashion_search import config
+from fashion_search.bundle import load_bundle
+from fashion_search.search import Searcher
+from hub_standin import HubStandIn
+from inprocess_app import free_port
+
+START_TIMEOUT = 300  # seconds for `python app.py` to answer: TensorFlow and the model load on a busy 2-core machine
+
+
+def test_defaults_without_flags_or_environment():
+    assert config.resolve([], {}) == config.Settings(
+        catalog=None, weights="imagenet", cache_dir=Path.home() / ".cache" / "fashion-search", server_name=None, server_port=None
+    )
+
+
+def test_environment_and_flags_flags_win():
+    env = {"FASHION_CATALOG": "bundles/kaggle", "FASHION_WEIGHTS": "w.h5", "FASHION_CACHE": "/var/cache/fs"}
+    from_env = config.resolve([], env)
+    assert (from_env.catalog, from_env.weights, from_env.cache_dir) == ("bundles/kaggle", "w.h5", Path("/var/cache/fs"))
+    from_flags = config.resolve(["--catalog", "shop/cat@abc", "--weights", "random", "--host", "0.0.0.0", "--port", "8000"], env)
+    assert (from_flags.catalog, from_flags.weights) == ("shop/cat@abc", "random")
+    assert (from_flags.server_name, from_flags.server_port) == ("0.0.0.0", 8000)
+    assert config.resolve([], {"FASHION_CATALOG": "", "FASHION_WEIGHTS": ""}).weights == "imagenet"
+    assert config.resolve([], {"XDG_CACHE_HOME": "/xdg"}).cache_dir == Path("/xdg/fashion-search")
+
+
+def test_gradio_server_settings_are_left_to_gradio():
+    settings = config.resolve([], {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7999"})
+    assert (settings.server_name, settings.server_port) == (None, None)  # app.py then passes no address to launch()
+
+
+@pytest.mark.parametrize(
+    ("value", "hub"),
+    [("shop/catalogue", True), ("shop/catalogue@0123abc", True), ("user-1/fashion.v2@main", True),
+     ("./bundle", False), ("/srv/bundles/kaggle", False), ("a/b/c", False), ("bundle", False), ("~/x", False)],
+)  # fmt: skip
+def test_what_counts_as_a_hub_reference(value, hub):
+    assert config.looks_like_hub_spec(value) is hub
+
+
+def test_a_local_catalogue_is_used_as_it_is(bundle_dir, tmp_path):
+    assert config.catalog_to_folder(str(bundle_dir)) == bundle_dir
+    with pytest.raises(config.ConfigError, match="is a file"):
+        config.catalog_to_folder(str(bundle_dir / "manifest.json"))
+    with pytest.raises(config.ConfigError, match="there is no folder there, and it is not a Hub dataset reference"):
+        config.catalog_to_folder(str(tmp_path / "missing"))
+
+
+# --- `python app.py` in a subprocess ---------------------------------------------------------------------------------
+
+
+def app_env(tmp_path: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "GRADIO_SERVER_", "HF_"))}
+    env.update(
+        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hf"),
+        FASHION_CACHE=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"), PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    env.update(extra)
+    return env
+
+
+class AppProcess:
+    def __init__(self, args: list[str], env: dict, log: Path):
+        self.log = log
+        self._handle = open(log, "wb")
+        self.process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=self._handle, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, port: int) -> str:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"app.py exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(url + "config", timeout=5).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"app.py did not answer on {url} in {START_TIMEOUT} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._handle.close()
+
+
+@pytest.fixture()
+def query(tmp_path) -> Path:
+    path = tmp_path / "query.jpg"
+    draw_product(np.random.default_rng(5), size=(100, 100)).save(path)
+    return path
+
+
+def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(bundle_dir, weights_file, embedder, query, tmp_path):
+    hub = HubStandIn(tmp_path / "hub").start()
+    try:
+        from fashion_search.hub import push_bundle
+
+        pushed = push_bundle(bundle_dir, "shop/catalogue", endpoint=hub.url, token="test-token")
+        port = free_port()
+        app = AppProcess([], app_env(
+            tmp_path, FASHION_CATALOG=pushed.catalog_value, FASHION_WEIGHTS=str(weights_file),
+            GRADIO_SERVER_PORT=str(port), HF_ENDPOINT=hub.url, HF_TOKEN="test-token",
+        ), tmp_path / "app.log")  # fmt: skip
+        try:
+            url = app.wait_ready(port)
+            _, listing = Client(url, verbose=False).predict(handle_file(str(query)), api_name="/recommend")
+        finally:
+            app.stop()
+    finally:
+        hub.stop()
+    reference = Searcher(embedder, load_bundle(bundle_dir)).recommend(query)
+    assert [row["filename"] for row in listing] == [m.filename for m in reference]
+    assert [row["distance"] for row in listing] == pytest.approx([m.distance for m in reference], abs=1e-5)
+
+
+@pytest.fixture()
+def random_weights_bundle(tmp_path) -> Path:
+    """A small bundle made with random weights (what `precompute.py --weights random` makes)."""
+    from fashion_search.embedder import Embedder
+    from fashion_search.pipeline import build_bundle
+
+    images = tmp_path / "catalogue" / "images"
+    names = make_catalogue(images, 6, seed=3)
+    styles = write_styles(tmp_path / "catalogue" / "styles.csv", [Path(n).stem for n in names])
+    out = tmp_path / "random-bundle"
+    build_bundle(images, out, Embedder.load("random"), metadata=styles, quiet=True)
+    return out
+
+
+def test_flags_win_over_the_environment_and_random_weights_are_flagged_on_the_page(random_weights_bundle, tmp_path):
+    port, env_port = free_port(), free_port()
+    env = app_env(tmp_path, FASHION_CATALOG=str(tmp_path / "not-this-one"), GRADIO_SERVER_PORT=str(env_port))
+    app = AppProcess(["--catalog", str(random_weights_bundle), "--weights", "random", "--port", str(port)], env, tmp_path / "app.log")
+    try:
+        url = app.wait_ready(port)
+        page = str(httpx.get(url + "config", timeout=30).json())
+    finally:
+        app.stop()
+    assert "random model weights (FASHION_WEIGHTS=random): the results are not meaningful" in page
+    assert f"among the 6 of the catalogue <b>{random_weights_bundle.name}</b>" in page
+
+
+def test_without_imagenet_weights_the_app_stops_at_once_saying_how_to_pass_a_file(tmp_path):
+    refused = "http://127.0.0.1:9"  # nothing listens there: the download fails as it does offline, online or not
+    env = app_env(tmp_path, https_proxy=refused, HTTPS_PROXY=refused, http_proxy=refused, HTTP_PROXY=refused)
+    env.pop("no_proxy", None), env.pop("NO_PROXY", None)
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: The ImageNet weights for ResNet50 could not be downloaded")
+    assert "--weights PATH" in last_line and "FASHION_WEIGHTS=PATH" in last_line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()  # no demo catalogue was built with other weights

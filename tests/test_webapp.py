@@ -1,0 +1,156 @@
+"""The app's non-UI half: the forward-pass batcher, per-request errors, captions and listings, start-up errors."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashion_search import webapp
+from fashion_search.bundle import load_bundle
+from fashion_search.config import Settings
+from fashion_search.search import Match, Searcher
+
+
+class BlockingModel:
+    """A stand-in forward pass that holds its first call until released, so requests pile up behind it."""
+
+    def __init__(self, fail_on_call: int | None = None):
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.started.set()
+        self.release.wait()
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("the forward pass failed")
+        return batch[:, 0, 0, :] * 2  # each query's own answer: its first pixel, doubled
+
+
+def query(value: float) -> np.ndarray:
+    return np.full((4, 4, 3), value, dtype=np.float32)
+
+
+def run_in_threads(batcher: webapp.EmbedBatcher, values: list[float], results: dict) -> list[threading.Thread]:
+    def worker(value):
+        try:
+            results[value] = batcher.embed(query(value))
+        except Exception as exc:  # noqa: BLE001 - the test looks at what each request got
+            results[value] = exc
+
+    threads = [threading.Thread(target=worker, args=(v,)) for v in values]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        done.wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_queries_arriving_during_a_forward_pass_share_the_next_one():
+    model = BlockingModel()
+    batcher = webapp.EmbedBatcher(model, max_batch_size=8)
+    results: dict = {}
+    first = run_in_threads(batcher, [1.0], results)
+    model.started.wait(30)
+    waiting = run_in_threads(batcher, [2.0, 3.0, 4.0, 5.0, 6.0], results)
+    wait_until(lambda: batcher._queue.qsize() == 5)
+    model.release.set()
+    for thread in first + waiting:
+        thread.join(30)
+
+    assert batcher.batch_sizes == [1, 5]
+    assert model.calls == 2
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+        np.testing.assert_array_equal(results[value], np.full(3, 2 * value, dtype=np.float32))
+
+
+def test_a_batch_never_exceeds_the_maximum_size():
+    model = BlockingModel()
+    batcher = webapp.EmbedBatcher(model, max_batch_size=4)
+    results: dict = {}
+    threads = run_in_threads(batcher, [0.5], results)
+    model.started.wait(30)
+    threads += run_in_threads(batcher, [float(v) for v in range(1, 11)], results)
+    wait_until(lambda: batcher._queue.qsize() == 10)
+    model.release.set()
+    for thread in threads:
+        thread.join(30)
+    assert batcher.batch_sizes == [1, 4, 4, 2]
+    assert all(np.array_equal(results[v], np.full(3, 2 * v, np.float32)) for v in results)
+
+
+def test_a_failed_forward_pass_reaches_its_requests_and_the_batcher_keeps_serving():
+    model = BlockingModel(fail_on_call=1)
+    batcher = webapp.EmbedBatcher(model)
+    model.release.set()
+    with pytest.raises(RuntimeError, match="the forward pass failed"):
+        batcher.embed(query(1.0))
+    np.testing.assert_array_equal(batcher.embed(query(3.0)), np.full(3, 6.0, np.float32))
+
+
+@pytest.fixture(scope="module")
+def recommender(embedder, bundle_dir) -> webapp.Recommender:
+    searcher = Searcher(embedder, load_bundle(bundle_dir))
+    info = webapp.CatalogueInfo("test", "test", len(searcher.bundle.filenames), embedder.fingerprint, False)
+    return webapp.Recommender(searcher, info)
+
+
+def test_recommend_agrees_with_the_search_core(recommender, catalogue):
+    query_path = catalogue / "images" / "1005.jpg"
+    got = recommender.recommend(str(query_path), k=7, filters={"gender": ["Women"]})
+    want = recommender.searcher.recommend(query_path, k=7, filters={"gender": ["Women"]})
+    assert [m.filename for m in got] == [m.filename for m in want]
+    assert [m.distance for m in got] == pytest.approx([m.distance for m in want], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("image", "k", "filters", "message"),
+    [
+        (None, 5, None, webapp.NO_IMAGE),
+        (b"not a picture", 5, None, "This file is not an image that can be read"),
+        ("IMAGE", 0, None, "between 1 and 20"),
+        ("IMAGE", 5, {"masterCategory": ["Footwear"], "articleType": ["Watches"]}, "No product in the catalogue matches"),
+        ("IMAGE", 5, {"season": ["Summer"]}, "Cannot filter on ['season']"),
+    ],
+)
+def test_requests_that_cannot_be_answered_raise_query_error(recommender, catalogue, image, k, filters, message):
+    image = str(catalogue / "images" / "1000.jpg") if image == "IMAGE" else image
+    with pytest.raises(webapp.QueryError) as caught:
+        recommender.recommend(image, k, filters)
+    assert message in str(caught.value)
+
+
+def match(filename: str, distance: float, metadata: dict) -> Match:
+    return Match(1, 0, filename, distance, Path("/bundle/images") / filename, metadata)
+
+
+def test_captions_name_the_product_or_else_the_file_and_give_the_distance():
+    named = match("shirts/42.jpg", 0.12345, {"productDisplayName": "Blue Oxford Shirt", "gender": "Men"})
+    unnamed = match("shirts/43.jpg", 1.5, {})
+    blank = match("44.png", 0.5, {"productDisplayName": "  "})
+    assert webapp.caption(named) == "Blue Oxford Shirt\ndistance 0.123"
+    assert webapp.caption(unnamed) == "43.jpg\ndistance 1.500"
+    assert webapp.caption(blank) == "44.png\ndistance 0.500"
+    assert webapp.gallery_items([named]) == [("/bundle/images/shirts/42.jpg", "Blue Oxford Shirt\ndistance 0.123")]
+    assert webapp.listing([named]) == [
+        {"rank": 1, "filename": "shirts/42.jpg", "distance": 0.12345, "productDisplayName": "Blue Oxford Shirt", "gender": "Men"}
+    ]
+
+
+def test_startup_errors_carry_the_fix(bundle_dir, weights_file, tmp_path):
+    with pytest.raises(webapp.StartupError, match="not a Hub dataset reference|there is no folder there"):
+        webapp.load_recommender(Settings(str(tmp_path / "no" / "such" / "bundle"), str(weights_file), tmp_path))
+    with pytest.raises(webapp.StartupError, match="was made with weights .* but the app runs 'random:0'"):
+        webapp.load_recommender(Settings(str(bundle_dir), "random", tmp_path))
