@@ -145,7 +145,7 @@ def launch_options() -> dict:
         "css": CSS,
         # System fonts: the page asks no third party for anything.
         "theme": gr.themes.Default(primary_hue="neutral", font=["ui-sans-serif", "system-ui", "sans-serif"]),
-        "ssr_mode": False,
+        # SSR is left to GRADIO_SSR_MODE, as Gradio does: on for Spaces, tested that way in tests/test_browser.py.
     }
 
 

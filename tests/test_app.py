@@ -17,7 +17,7 @@ from fashion_search import webapp
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
 from fashion_search.search import NoMatch, Searcher
-from inprocess_app import launch_app
+from app_runner import launch_app
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
-from inprocess_app import launch_app
+from app_runner import AppProcess, app_env, build_random_weights_bundle, free_port, launch_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -30,7 +30,7 @@ def app_url(bundle_dir, weights_file) -> str:
 
 
 @pytest.fixture()
-def page(tmp_path):
+def page():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -91,3 +91,23 @@ def test_the_options_offer_top_k_and_a_filter_per_metadata_column(page, app_url)
     page.get_by_text("Options: number of results and filters").click()
     for label in ["Number of results", "Gender", "Category", "Article type", "Colour"]:
         expect(page.get_by_text(label, exact=True).first).to_be_visible()
+
+
+def test_a_space_like_run_with_ssr_and_random_weights(page, tmp_path):
+    """`python app.py` configured only by environment, as on a Space (SSR on there): the page warns, and works."""
+    bundle = build_random_weights_bundle(tmp_path / "random")
+    port = free_port()
+    env = app_env(
+        tmp_path, FASHION_CATALOG=str(bundle), FASHION_WEIGHTS="random", GRADIO_SERVER_PORT=str(port),
+        GRADIO_SSR_MODE="true",
+    )  # fmt: skip
+    with AppProcess([], env, tmp_path / "app.log") as app:
+        url = app.wait_ready(port)
+        page.goto(url)
+        expect(page.get_by_text("This app runs with random model weights")).to_be_visible()
+        upload_and_submit(page, bundle / "images" / "1002.jpg")
+        page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+        screenshot = tmp_path / "space-like.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        print(f"screenshot: {screenshot}")
+    assert "with SSR" in (tmp_path / "app.log").read_text()

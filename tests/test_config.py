@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,14 +11,12 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import ROOT, draw_product, make_catalogue, write_styles
+from conftest import draw_product
 from fashion_search import config
 from fashion_search.bundle import load_bundle
 from fashion_search.search import Searcher
 from hub_standin import HubStandIn
-from inprocess_app import free_port
-
-START_TIMEOUT = 300  # seconds for `python app.py` to answer: TensorFlow and the model load on a busy 2-core machine
+from app_runner import ROOT, AppProcess, app_env, build_random_weights_bundle, free_port
 
 
 def test_defaults_without_flags_or_environment():
@@ -65,46 +61,6 @@ def test_a_local_catalogue_is_used_as_it_is(bundle_dir, tmp_path):
 # --- `python app.py` in a subprocess ---------------------------------------------------------------------------------
 
 
-def app_env(tmp_path: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "GRADIO_SERVER_", "HF_"))}
-    env.update(
-        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hf"),
-        FASHION_CACHE=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"), PYTHONUNBUFFERED="1",
-    )  # fmt: skip
-    env.update(extra)
-    return env
-
-
-class AppProcess:
-    def __init__(self, args: list[str], env: dict, log: Path):
-        self.log = log
-        self._handle = open(log, "wb")
-        self.process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=self._handle, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, port: int) -> str:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"app.py exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(url + "config", timeout=5).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"app.py did not answer on {url} in {START_TIMEOUT} s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._handle.close()
-
-
 @pytest.fixture()
 def query(tmp_path) -> Path:
     path = tmp_path / "query.jpg"
@@ -119,15 +75,13 @@ def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(bu
 
         pushed = push_bundle(bundle_dir, "shop/catalogue", endpoint=hub.url, token="test-token")
         port = free_port()
-        app = AppProcess([], app_env(
+        env = app_env(
             tmp_path, FASHION_CATALOG=pushed.catalog_value, FASHION_WEIGHTS=str(weights_file),
             GRADIO_SERVER_PORT=str(port), HF_ENDPOINT=hub.url, HF_TOKEN="test-token",
-        ), tmp_path / "app.log")  # fmt: skip
-        try:
+        )  # fmt: skip
+        with AppProcess([], env, tmp_path / "app.log") as app:
             url = app.wait_ready(port)
             _, listing = Client(url, verbose=False).predict(handle_file(str(query)), api_name="/recommend")
-        finally:
-            app.stop()
     finally:
         hub.stop()
     reference = Searcher(embedder, load_bundle(bundle_dir)).recommend(query)
@@ -137,27 +91,16 @@ def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(bu
 
 @pytest.fixture()
 def random_weights_bundle(tmp_path) -> Path:
-    """A small bundle made with random weights (what `precompute.py --weights random` makes)."""
-    from fashion_search.embedder import Embedder
-    from fashion_search.pipeline import build_bundle
-
-    images = tmp_path / "catalogue" / "images"
-    names = make_catalogue(images, 6, seed=3)
-    styles = write_styles(tmp_path / "catalogue" / "styles.csv", [Path(n).stem for n in names])
-    out = tmp_path / "random-bundle"
-    build_bundle(images, out, Embedder.load("random"), metadata=styles, quiet=True)
-    return out
+    return build_random_weights_bundle(tmp_path / "random")
 
 
 def test_flags_win_over_the_environment_and_random_weights_are_flagged_on_the_page(random_weights_bundle, tmp_path):
     port, env_port = free_port(), free_port()
     env = app_env(tmp_path, FASHION_CATALOG=str(tmp_path / "not-this-one"), GRADIO_SERVER_PORT=str(env_port))
-    app = AppProcess(["--catalog", str(random_weights_bundle), "--weights", "random", "--port", str(port)], env, tmp_path / "app.log")
-    try:
+    args = ["--catalog", str(random_weights_bundle), "--weights", "random", "--port", str(port)]
+    with AppProcess(args, env, tmp_path / "app.log") as app:
         url = app.wait_ready(port)
         page = str(httpx.get(url + "config", timeout=30).json())
-    finally:
-        app.stop()
     assert "random model weights (FASHION_WEIGHTS=random): the results are not meaningful" in page
     assert f"among the 6 of the catalogue <b>{random_weights_bundle.name}</b>" in page
 

@@ -1,0 +1,115 @@
+"""Running the app for tests: app.py imported and launched in this process (once per session), or `python app.py`
+in a subprocess with the environment a Space would give it."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 300  # seconds for `python app.py` to answer: TensorFlow and the model load on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@functools.cache
+def launch_app(bundle_dir: Path, weights_file: Path):
+    """(the imported app module, its URL) for a catalogue and weights given as FASHION_CATALOG / FASHION_WEIGHTS.
+
+    One app per session: app.py loads the model and builds its demo when imported.
+    """
+    env = {"FASHION_CATALOG": str(bundle_dir), "FASHION_WEIGHTS": str(weights_file)}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        app = importlib.import_module("app")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    _, url, _ = app.demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **app.launch_options()
+    )
+    atexit.register(app.demo.close)
+    return app, url
+
+
+def app_env(tmp_path: Path, **extra: str) -> dict:
+    """This environment without any app, Gradio-server or Hub settings, caches under `tmp_path`, plus `extra`."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "GRADIO_SERVER_", "GRADIO_SSR", "HF_"))
+    }
+    env.update(
+        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hf"),
+        FASHION_CACHE=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"), PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    env.update(extra)
+    return env
+
+
+class AppProcess:
+    """`python app.py ARGS` with `env`, its output in `log`; a context manager that stops it."""
+
+    def __init__(self, args: list[str], env: dict, log: Path):
+        self.log = log
+        self._handle = open(log, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py", *args], cwd=ROOT, env=env, stdout=self._handle, stderr=subprocess.STDOUT
+        )
+
+    def __enter__(self) -> AppProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def wait_ready(self, port: int) -> str:
+        """Poll until the app answers on `port`; its URL. Fails with the app's output if it exits or never answers."""
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"app.py exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(url + "config", timeout=5).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"app.py did not answer on {url} in {START_TIMEOUT} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._handle.close()
+
+
+def build_random_weights_bundle(root: Path, count: int = 6) -> Path:
+    """A small catalogue with metadata, embedded with `--weights random` into root/"bundle"."""
+    from conftest import make_catalogue, write_styles
+    from fashion_search.embedder import Embedder
+    from fashion_search.pipeline import build_bundle
+
+    names = make_catalogue(root / "catalogue" / "images", count, seed=3)
+    styles = write_styles(root / "catalogue" / "styles.csv", [Path(n).stem for n in names])
+    build_bundle(root / "catalogue" / "images", root / "bundle", Embedder.load("random"), metadata=styles, quiet=True)
+    return root / "bundle"
