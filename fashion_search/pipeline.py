@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,7 +87,7 @@ def build_bundle(
             raise PrecomputeError(f"No images (jpg, jpeg, png, webp, bmp, gif) found under {images_dir}.")
         summary = BuildSummary(out)
         _prepare_staging(staging, embedder, batch_size)
-        digests = _hash_sources(images_dir, files, quiet)
+        digests = _hash_sources(images_dir, files, quiet, summary)
         vectors = _reuse_previous(out, staging, embedder, digests, summary)
         todo = [name for name in files if name in digests and name not in vectors]
         _embed(images_dir, staging, embedder, todo, digests, vectors, batch_size, workers, quiet, summary)
@@ -130,13 +131,21 @@ def _prepare_staging(staging: Path, embedder, batch_size: int) -> None:
     write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
 
 
-def _hash_sources(images_dir: Path, files: list[str], quiet: bool) -> dict[str, str]:
+def _hash_sources(images_dir: Path, files: list[str], quiet: bool, summary: BuildSummary) -> dict[str, str]:
+    """sha256 of each readable file; the others (dangling links, FIFOs, devices...) are skipped and listed."""
     digests = {}
     for name in tqdm(files, desc="hashing", unit="file", disable=quiet, leave=False):
+        path = images_dir / name
         try:
-            digests[name] = sha256_file(images_dir / name)
+            if not stat.S_ISREG(path.stat().st_mode):  # reading a FIFO would wait forever for a writer
+                reason = "not a regular file"
+            else:
+                digests[name] = sha256_file(path)
+                continue
         except OSError as exc:
-            log.warning("Skipping %s: cannot read it (%s).", name, exc.strerror or exc)
+            reason = f"cannot read it ({exc.strerror or exc})"
+        log.warning("Skipped %s: %s", name, reason)
+        summary.skipped.append((name, reason))
     return digests
 
 
