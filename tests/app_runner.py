@@ -29,8 +29,14 @@ def free_port() -> int:
 def launch_app(bundle_dir: Path, weights_file: Path):
     """(the imported app module, its URL) for a catalogue and weights given as FASHION_CATALOG / FASHION_WEIGHTS.
 
-    One app per session: app.py loads the model and builds its demo when imported.
+    One app per session: app.py loads the model and builds its demo when imported, so every caller must ask for the
+    same catalogue and weights (another combination needs `python app.py` in a subprocess: AppProcess).
     """
+    if launch_app.cache_info().currsize:
+        raise RuntimeError(
+            f"app.py is already imported in this session with another catalogue or weights than {bundle_dir}, "
+            f"{weights_file}; use AppProcess for a second app."
+        )
     env = {"FASHION_CATALOG": str(bundle_dir), "FASHION_WEIGHTS": str(weights_file)}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
