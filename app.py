@@ -71,7 +71,7 @@ def description(info: webapp.CatalogueInfo) -> str:
     catalogue = "the Fashion-MNIST demo catalogue" if info.source == "demo" else f"the catalogue <b>{info.name}</b>"
     text = (
         "Upload a photo of a garment, a shoe or a bag — or take one with your webcam, or paste one — and see the most "
-        f"similar products among the {info.count:,} of {catalogue}, nearest first."
+        f"similar of the {info.count:,} products in {catalogue}, nearest first."
     )
     if info.random_weights:
         text = (

@@ -196,7 +196,7 @@ def test_only_the_bundle_images_are_served(app_url, bundle_dir):
 def test_the_page_names_the_catalogue_and_shows_no_random_weights_warning(app_url, bundle_dir):
     config = httpx.get(f"{app_url}config", timeout=30).json()
     page = str(config)
-    assert f"among the 20 of the catalogue <b>{bundle_dir.name}</b>" in page
+    assert f"of the 20 products in the catalogue <b>{bundle_dir.name}</b>" in page
     assert "not meaningful" not in page
     assert str(bundle_dir.parent) not in page  # the server's folders stay private
 

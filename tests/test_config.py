@@ -102,7 +102,7 @@ def test_flags_win_over_the_environment_and_random_weights_are_flagged_on_the_pa
         url = app.wait_ready(port)
         page = str(httpx.get(url + "config", timeout=30).json())
     assert "random model weights (FASHION_WEIGHTS=random): the results are not meaningful" in page
-    assert f"among the 6 of the catalogue <b>{random_weights_bundle.name}</b>" in page
+    assert f"of the 6 products in the catalogue <b>{random_weights_bundle.name}</b>" in page
 
 
 def test_without_imagenet_weights_the_app_stops_at_once_saying_how_to_pass_a_file(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_process import app_env
+from app_runner import app_env
 from conftest import ROOT, make_catalogue
 from fashion_search.bundle import load_bundle
 from fashion_search.files import sha256_file
@@ -356,7 +356,7 @@ def test_app_refuses_to_start_on_a_corrupt_bundle(tmp_path, bundle_dir, weights_
         starts = {
             name: subprocess.Popen(
                 [sys.executable, str(ROOT / "app.py"), "--catalog", str(bad[name][0]), "--weights", str(weights_file)],
-                cwd=ROOT, env=app_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=ROOT, env=app_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             for name in pair
         }

@@ -1,7 +1,7 @@
 """Hostile uploads: each file of the corpus gives the right result or its own clear message, never anything else.
 
-Checked at three depths: the decoder (`fashion_search.imaging`), the search (`Searcher.recommend`, as the app
-calls it, on a file path), and the running app through gradio_client.
+Checked at four depths: the decoder (`fashion_search.imaging`), the search (`Searcher.recommend`, as the app
+calls it, on a file path), the running app through gradio_client, and the page in headless Chromium.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_process import running_app
+from app_runner import launch_app
 
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, load_input, open_image
@@ -111,15 +111,13 @@ def test_exif_rotated_photo_searches_as_the_upright_photo(orientation, searcher,
 
 
 @pytest.fixture(scope="module")
-def app(bundle_dir, weights_file, tmp_path_factory):
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    with running_app("--catalog", bundle_dir, "--weights", weights_file, log=log) as server:
-        yield server
+def app_url(bundle_dir, weights_file) -> str:
+    return launch_app(bundle_dir, weights_file)[1]  # the session's in-process app, shared with test_app.py
 
 
 @pytest.fixture(scope="module")
-def client(app) -> Client:
-    return Client(app.url, verbose=False)
+def client(app_url) -> Client:
+    return Client(app_url, verbose=False)
 
 
 def expected_listing(searcher, path) -> list[dict]:
@@ -161,7 +159,7 @@ def test_app_gives_our_message_for_bad_uploads(name, client, searcher, upload_pa
     assert_server_answers(client, searcher, upload_path)
 
 
-def test_app_refuses_a_file_over_the_size_limit(app, client, searcher, upload_path):
+def test_app_refuses_a_file_over_the_size_limit(app_url, client, searcher, upload_path):
     """20 MB is the limit: gradio_client refuses before sending, and the server refuses a raw upload with 413."""
     big = upload_path("huge.jpg", encode(Image.new("RGB", (8, 8)), "JPEG") + bytes(21 * 1024 * 1024))
     with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):
@@ -173,7 +171,7 @@ def test_app_refuses_a_file_over_the_size_limit(app, client, searcher, upload_pa
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(
-        app.url + "gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        app_url + "gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=60)
@@ -182,28 +180,69 @@ def test_app_refuses_a_file_over_the_size_limit(app, client, searcher, upload_pa
     assert_server_answers(client, searcher, upload_path)
 
 
-def _call_api(app, data: list) -> tuple[str, str]:
+def _call_api(app_url: str, data: list) -> tuple[str, str]:
     """A raw API call (what a script can send without gradio_client): returns the SSE event name and its data."""
     request = urllib.request.Request(
-        app.url + "gradio_api/call/recommend", data=json.dumps({"data": data}).encode(),
+        app_url + "gradio_api/call/recommend", data=json.dumps({"data": data}).encode(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=60) as response:
         event_id = json.load(response)["event_id"]
-    with urllib.request.urlopen(f"{app.url}gradio_api/call/recommend/{event_id}", timeout=120) as response:
+    with urllib.request.urlopen(f"{app_url}gradio_api/call/recommend/{event_id}", timeout=120) as response:
         lines = response.read().decode().splitlines()
     event = next(line.split(": ", 1)[1] for line in lines if line.startswith("event: "))
     payload = next(line.split(": ", 1)[1] for line in lines if line.startswith("data: "))
     return event, payload
 
 
-def test_app_serves_no_server_file_named_in_a_raw_api_call(app, client, searcher, upload_path):
+def test_app_serves_no_server_file_named_in_a_raw_api_call(app_url, client, searcher, upload_path, capfd):
     """A request naming a server path instead of uploading a file is refused by Gradio, and nothing of it leaks."""
     options = [5] + [[]] * len(searcher.filter_choices())  # top_k, then no filter
     for path in ("/etc/passwd", str(upload_path("elsewhere.png", encode(Image.new("RGB", (4, 4)), "PNG")))):
-        event, payload = _call_api(app, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *options])
+        event, payload = _call_api(app_url, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *options])
         assert event == "error" and "root:" not in payload
-        assert "was not uploaded by a user" in app.output()  # refused for the right reason (Gradio's path check)
-    event, payload = _call_api(app, [None, *options])
+        assert "was not uploaded by a user" in capfd.readouterr().err  # refused for the right reason: Gradio's check
+    event, payload = _call_api(app_url, [None, *options])
     assert event == "error" and "Please upload a photo of a product first" in payload
     assert_server_answers(client, searcher, upload_path)
+
+
+# Through the page: the file chosen in the browser's file input, the answer as a person sees it.
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        yield page
+        browser.close()
+
+
+def test_the_page_answers_every_upload_of_the_corpus(browser_page, app_url, searcher, upload_path):
+    """Each upload in turn, on a fresh page: five products (the searcher's) or our message in the error toast."""
+    from test_browser import ALL_IMAGES_LOADED
+
+    page = browser_page
+    for name, upload in CORPUS.items():
+        path = upload_path(name)
+        page.goto(app_url)
+        page.set_input_files("#query input[type=file]", str(path))
+        page.locator("#query img[src*='gradio_api/file=']").wait_for(state="attached")
+        page.get_by_role("button", name="Submit").click()
+        if upload.good:
+            page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+            captions = page.locator("#products .caption-label").all_inner_texts()
+            expected = [m.metadata["productDisplayName"] for m in searcher.recommend(path)]
+            assert [caption.splitlines()[0] for caption in captions] == expected, name
+        else:
+            with pytest.raises(ImageError) as ours:
+                open_image(path)
+            toast = page.get_by_text(str(ours.value))
+            toast.first.wait_for()
+            assert toast.first.is_visible(), name
