@@ -1,0 +1,131 @@
+"""Run the speed suite and print the table: figure | reference | ours | ratio | target, with the machine.
+
+Usage:
+    python -m benchmarks                 # the full suite (about 10-20 minutes on 2 cores)
+    python -m benchmarks --quick         # fewer files, rows and rounds: a few minutes
+    python -m benchmarks --only 2 4      # some figures only (1 precompute, 2 query, 3 app, 4 cold start, 5 bf16)
+    python -m benchmarks --write         # also write the table into benchmarks/RESULTS.md
+
+No network: the model has seeded random weights (speed does not depend on their values), the catalogue images
+are generated JPEGs and the big bundle holds synthetic unit vectors. Generated files are cached in
+benchmarks/.cache (or $FASHION_BENCH_CACHE). Medians of several interleaved runs; ratios matter more than the
+absolute numbers on a shared machine, so the load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import data, machine
+from benchmarks.report import Row, markdown
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+BIG_ROWS = 44_000  # Kaggle's fashion-product-images-small
+
+
+@dataclass
+class Settings:
+    runs: int
+    precompute_images: int
+    seed_images: int
+    repeat: int
+    neighbour_sizes: list[int]
+    per_client: int
+    cold_runs: int
+    bf16_catalogue: int
+    bf16_queries: int
+
+
+FULL = Settings(5, 480, 48, 9, [5_000, 44_000, 200_000], 4, 3, 256, 32)
+QUICK = Settings(2, 128, 16, 5, [5_000, 44_000], 2, 1, 64, 16)
+
+
+@dataclass
+class Context:
+    weights: Path
+    embedder: object
+    rows: int = BIG_ROWS
+    phases: dict | None = None
+    log_lines: list[str] = field(default_factory=list)
+
+    def log(self, text: str) -> None:
+        self.log_lines.append(text)
+        print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (a few minutes)")
+    parser.add_argument("--only", nargs="+", type=int, choices=range(1, 6), metavar="N", help="figures to run (1-5)")
+    parser.add_argument("--runs", type=int, help="rounds per figure (default 5, quick 2; cold start 3 / 1)")
+    parser.add_argument("--write", action="store_true", help=f"write the table into {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    if args.runs:
+        settings.runs = args.runs
+    figures = set(args.only or range(1, 6))
+
+    info, load_before, started = machine.describe(), machine.load_average(), time.perf_counter()
+    print(f"load average before: {load_before}", file=sys.stderr)
+    weights = data.weights_file()
+    from fashion_search.embedder import Embedder
+
+    ctx = Context(weights=weights, embedder=Embedder.load(weights))
+    rows: list[Row] = []
+    if 1 in figures:
+        from benchmarks import bench_precompute
+
+        rows += bench_precompute.run(ctx, settings.runs, settings.precompute_images, settings.seed_images)
+    if 2 in figures:
+        from benchmarks import bench_query
+
+        rows += bench_query.run_query(ctx, settings.runs, settings.repeat, BIG_ROWS)
+        rows += bench_query.run_neighbours(ctx, settings.runs, settings.repeat, settings.neighbour_sizes)
+    if 3 in figures:
+        from benchmarks import bench_app
+
+        rows += bench_app.run(ctx, settings.runs, settings.repeat, settings.per_client)
+    if 4 in figures:
+        from benchmarks import bench_cold_start
+
+        rows += bench_cold_start.run(ctx, args.runs or settings.cold_runs)
+    if 5 in figures:
+        from benchmarks import bench_bf16
+
+        rows += bench_bf16.run(ctx, settings.runs, settings.bf16_catalogue, settings.bf16_queries)
+
+    minutes = (time.perf_counter() - started) / 60
+    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
+        f" --only {' '.join(map(str, sorted(figures)))}" if args.only else ""
+    )
+    text = "\n\n".join(
+        [
+            f"Measured with `{command}` in {minutes:.1f} min on:",
+            machine.describe_markdown(info, load_before, machine.load_average()),
+            markdown(rows),
+        ]
+    )
+    print(text)
+    if args.write:
+        write_results(text)
+    return 0
+
+
+def write_results(table: str) -> None:
+    body = RESULTS.read_text() if RESULTS.exists() else ""
+    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    if begin in body and end in body:
+        head, rest = body.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        RESULTS.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+    else:
+        RESULTS.write_text(f"# Benchmark results\n\n{begin}\n{table}\n{end}\n")
