@@ -9,6 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+try:  # scikit-learn's own squared row norms, the very numbers kneighbors would compute on every call
+    from sklearn.metrics._pairwise_distances_reduction._dispatcher import sqeuclidean_row_norms
+except ImportError:  # pragma: no cover - another scikit-learn layout: kneighbors computes them itself, same results
+    sqeuclidean_row_norms = None
+
 DEFAULT_K = 5
 _SUBSET_CACHE_SIZE = 16  # fitted indexes over filtered subsets kept for repeat queries
 
@@ -26,7 +31,7 @@ class NeighbourIndex:
     def __init__(self, embeddings: np.ndarray):
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         self._all = _fit(self.embeddings)
-        self._subsets: OrderedDict[bytes, tuple[np.ndarray, NearestNeighbors]] = OrderedDict()
+        self._subsets: OrderedDict[bytes, tuple[np.ndarray, _Fitted | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -50,7 +55,7 @@ class NeighbourIndex:
             if subset.size == 0:
                 return [[] for _ in queries]
         n_eligible = len(self.embeddings) if subset is None else len(subset)
-        distances, indices = model.kneighbors(queries, n_neighbors=min(k, n_eligible))
+        distances, indices = model.kneighbors(queries, min(k, n_eligible))
         if subset is not None:
             indices = subset[indices]
         return [
@@ -58,7 +63,7 @@ class NeighbourIndex:
             for idx, dist_row in zip(indices, distances)
         ]
 
-    def _subset(self, rows: np.ndarray) -> tuple[np.ndarray, NearestNeighbors | None]:
+    def _subset(self, rows: np.ndarray) -> tuple[np.ndarray, _Fitted | None]:
         if rows.size == len(self.embeddings):
             return np.arange(len(self.embeddings)), self._all
         key = rows.tobytes()
@@ -74,7 +79,26 @@ class NeighbourIndex:
         return entry
 
 
-def _fit(embeddings: np.ndarray) -> NearestNeighbors:
-    return NearestNeighbors(
-        n_neighbors=min(DEFAULT_K, max(len(embeddings), 1)), algorithm="brute", metric="euclidean"
-    ).fit(embeddings)
+class _Fitted:
+    """A fitted `NearestNeighbors(brute, euclidean)` and the squared norms of its rows, computed once at fit.
+
+    scikit-learn's brute-force euclidean search (its ArgKmin back-end) takes the rows' squared norms as the metric
+    parameter `Y_norm_squared` and otherwise recomputes them on every call: a full extra pass over the vectors. It
+    removes the parameter from the dict it is given, hence a fresh dict per call. Should a concurrent call find it
+    gone, scikit-learn computes the same numbers itself: the results never change, only the time.
+    """
+
+    def __init__(self, embeddings: np.ndarray):
+        self.model = NearestNeighbors(
+            n_neighbors=min(DEFAULT_K, max(len(embeddings), 1)), algorithm="brute", metric="euclidean"
+        ).fit(embeddings)
+        self.norms = sqeuclidean_row_norms(embeddings, 1) if sqeuclidean_row_norms is not None else None
+
+    def kneighbors(self, queries: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.norms is not None:
+            self.model.effective_metric_params_ = {"Y_norm_squared": self.norms}
+        return self.model.kneighbors(queries, n_neighbors=n_neighbors)
+
+
+def _fit(embeddings: np.ndarray) -> _Fitted:
+    return _Fitted(embeddings)
