@@ -58,7 +58,7 @@ def chunk_names(chunks: Path) -> int:
 
 
 def test_update_killed_three_times_resumes_to_the_identical_bundle(tmp_path, embedder, weights_file):
-    """An update (12 old images, 2 of them changed, 30 new) is SIGKILLed at three seeded points, then finishes.
+    """An update (12 old images, 2 of them changed, 40 new) is SIGKILLed at three seeded points, then finishes.
 
     After every kill the previous bundle is untouched; the final bundle equals, byte for byte, the one an
     uninterrupted update of the same previous bundle makes.
@@ -68,27 +68,30 @@ def test_update_killed_three_times_resumes_to_the_identical_bundle(tmp_path, emb
     out = tmp_path / "out"
     build_bundle(images, out, embedder, batch_size=BATCH, quiet=True)
     previous = bundle_contents(out)
-    add_images(images, 30, seed=22, prefix="2")
+    add_images(images, 40, seed=22, prefix="2")
     shutil.copy(images / "21000.jpg", images / "1000.jpg")  # two old names with new contents
     shutil.copy(images / "21003.png", images / "1003.png")
-    total_chunks = -(-32 // BATCH)
+    todo = 42  # 40 new + 2 changed
+    total_chunks = -(-todo // BATCH)
 
     reference = tmp_path / "reference"
     shutil.copytree(out, reference)
     expected = build_bundle(images, reference, embedder, batch_size=BATCH, quiet=True)
-    assert (expected.reused, expected.embedded) == (10, 32)
+    assert (expected.reused, expected.embedded) == (10, todo)
 
     rng = random.Random(KILL_SEED)
-    plan = [
-        ("after chunks", rng.randint(1, 3)),  # mid-embedding, right after a chunk file lands
-        ("after seconds", rng.uniform(2.0, 7.0)),  # anywhere from start-up (TensorFlow import) to embedding
-        ("after a new chunk, seconds", rng.uniform(0.0, 0.8)),  # between two chunk writes
+    plan = [  # points defined by progress, not by the clock: the same on a slow or a fast machine
+        ("after chunks", rng.randint(1, 3)),  # right after the Nth chunk file lands
+        ("after new image copies", rng.randint(2, 2 * BATCH)),  # mid-chunk: pictures copied, their chunk not saved
+        ("after a new chunk, seconds", rng.uniform(0.0, 0.8)),  # somewhere between two chunk writes
     ]
     chunks = tmp_path / ".out.partial" / "chunks"
+    copies = tmp_path / ".out.partial" / "images"
     command = [sys.executable, ROOT / "precompute.py", images, "--out", out, "--weights", weights_file,
                "--batch-size", str(BATCH), "--quiet"]  # fmt: skip
     for how, amount in plan:
         done_before = len(list(chunks.glob("*.npz")))
+        copied_before = len(list(copies.glob("*")))
         process = subprocess.Popen(list(map(str, command)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started = time.monotonic()
 
@@ -100,9 +103,9 @@ def test_update_killed_three_times_resumes_to_the_identical_bundle(tmp_path, emb
         if how == "after chunks":
             while waiting() and len(list(chunks.glob("*.npz"))) < amount:
                 time.sleep(0.02)
-        elif how == "after seconds":
-            while waiting() and time.monotonic() - started < amount:
-                time.sleep(0.02)
+        elif how == "after new image copies":
+            while waiting() and len(list(copies.glob("*"))) < copied_before + amount:
+                time.sleep(0.01)
         else:
             while waiting() and len(list(chunks.glob("*.npz"))) <= done_before:
                 time.sleep(0.02)
@@ -110,14 +113,15 @@ def test_update_killed_three_times_resumes_to_the_identical_bundle(tmp_path, emb
         assert process.poll() is None, f"the run ended before the kill {how} {amount}"
         process.send_signal(signal.SIGKILL)
         process.wait()
+        print(f"killed {how} {amount:.3g}: {len(list(chunks.glob('*.npz')))} chunks, {len(list(copies.glob('*')))} copies")
         assert bundle_contents(out) == previous, f"the previous bundle changed under a kill {how} {amount}"
         assert len(list(chunks.glob("*.npz"))) < total_chunks
 
     resumed_images = chunk_names(chunks)
-    assert 3 <= resumed_images < 32, "the kills should leave some, not all, of the work done"
+    assert 3 <= resumed_images < todo, "the kills should leave some, not all, of the work done"
     final = precompute(*command[2:])
     assert final.returncode == 0, final.stderr
-    assert f"{32 - resumed_images} embedded" in final.stdout
+    assert f"{todo - resumed_images} embedded" in final.stdout
     assert f"{resumed_images} resumed, 10 reused" in final.stdout
     assert bundle_contents(out) == bundle_contents(reference)
     assert not chunks.parent.exists()
