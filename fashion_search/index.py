@@ -16,6 +16,11 @@ except ImportError:  # pragma: no cover - another scikit-learn layout: kneighbor
 
 DEFAULT_K = 5
 _SUBSET_CACHE_SIZE = 16  # fitted indexes over filtered subsets kept for repeat queries
+# OpenMP threads for one search. scikit-learn splits the rows between its threads and waits for the slowest; when the
+# other core is busy (the model's threads, Gradio, another process) that wait costs 2-5x, while one thread streams
+# the vectors nearly as fast as two (benchmarks/RESULTS.md, figure 2b). None = scikit-learn's default (all cores).
+SEARCH_THREADS: int | None = 1
+_controller = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,24 @@ class _Fitted:
     def kneighbors(self, queries: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
         if self.norms is not None:
             self.model.effective_metric_params_ = {"Y_norm_squared": self.norms}
-        return self.model.kneighbors(queries, n_neighbors=n_neighbors)
+        if SEARCH_THREADS is None:
+            return self.model.kneighbors(queries, n_neighbors=n_neighbors)
+        # OpenMP keeps its thread count per calling thread, so concurrent searches do not disturb each other.
+        with _openmp().limit(limits=SEARCH_THREADS):
+            return self.model.kneighbors(queries, n_neighbors=n_neighbors)
+
+
+def _openmp():
+    """threadpoolctl's handle on the OpenMP runtimes only (made once: finding them takes ms, a limit µs).
+
+    Only OpenMP: a limit restores every library it holds on exit, and BLAS' thread count is process-wide.
+    """
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController().select(user_api="openmp")
+    return _controller
 
 
 def _fit(embeddings: np.ndarray) -> _Fitted:
