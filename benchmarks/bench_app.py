@@ -76,9 +76,9 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
         Row("3: queries/s, 1 client sequential", "—", value(qps_one), "", "reference"),
         Row(f"3: queries/s, {CLIENTS} concurrent clients", f"1 client {qps_one.median:.2f} q/s", value(qps_many),
             ratio(qps_many.median / qps_one.median), "≥ 2 ×", verdict(qps_many.median >= 2 * qps_one.median)),
-        Row(f"3: queries/s of the no-op app, {CLIENTS} concurrent clients (Gradio + client ceiling)",
+        Row(f"3: queries/s of the no-op app, {CLIENTS} concurrent clients (what Gradio + clients allow here)",
             f"1 client {noop_one.median:.2f} q/s", value(noop_many), ratio(noop_many.median / noop_one.median),
-            "(information)"),
+            "(information: the ceiling of the ratio above)"),
         Row(f"3: CPU the {CLIENTS} gradio_client threads spend per query (same machine, shares the 2 cores)", "—",
             ms(client_cpu), "", "(information)"),
     ]  # fmt: skip
