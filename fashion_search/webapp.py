@@ -141,11 +141,11 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
     from fashion_search.embedder import Embedder, WeightsUnavailable  # TensorFlow loads here, not at import
 
     try:
+        # A given catalogue is checked before the model is built, so a broken one is refused in seconds.
+        bundle = None if settings.catalog is None else load_bundle(catalog_to_folder(settings.catalog))
         embedder = Embedder.load(settings.weights)
-        if settings.catalog is None:
+        if bundle is None:
             bundle = demo_bundle(embedder, settings.cache_dir)
-        else:
-            bundle = load_bundle(catalog_to_folder(settings.catalog))
         searcher = Searcher(embedder, bundle)
     except (WeightsUnavailable, BundleError, ConfigError, PrecomputeError, CatalogueError) as exc:
         raise StartupError(str(exc)) from exc
