@@ -13,6 +13,8 @@ A bundle is a folder:
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -31,6 +33,7 @@ METADATA = "metadata.jsonl"
 IMAGES = "images"
 DATA_FILES = (EMBEDDINGS, FILENAMES, SOURCES, METADATA)
 UNIT_TOLERANCE = 1e-3
+_HASH_THREADS = 4
 
 
 class BundleError(Exception):
@@ -171,11 +174,15 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
         if required not in files:
             raise BundleFormatError(f"{root / MANIFEST} does not list {required}. Rebuild the bundle with precompute.py.")
     filenames = _read_json_list(root, FILENAMES)
-    for name in filenames:
-        _check_relative(root, name)
-    for name, digest in files.items():
-        if verify_images or not name.startswith(f"{IMAGES}/"):
-            _check_file(root, name, digest)
+    images = [name[len(IMAGES) + 1 :] for name in files if name.startswith(f"{IMAGES}/")]
+    _check_paths(root, filenames + images, set(_plain_files(root / IMAGES)))
+    for name in files:
+        if not name.startswith(f"{IMAGES}/") and name not in DATA_FILES:
+            raise BundleUnsafePath(f"{root / MANIFEST} lists {name!r}, which is not a bundle file.")
+    checked = [name for name in files if verify_images or not name.startswith(f"{IMAGES}/")]
+    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:  # hashlib and file reads release the GIL
+        for name, actual in zip(checked, pool.map(lambda name: _sha256(root / name), checked)):
+            _check_digest(root / name, actual, files[name])
     embeddings = _read_embeddings(root, manifest)
     sources = _read_json_list(root, SOURCES)
     metadata = _read_metadata(root) if METADATA in files else None
@@ -215,27 +222,52 @@ def _read_manifest(root: Path) -> dict:
     return manifest
 
 
-def _check_relative(root: Path, name: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}, which is not a file name.")
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~") or ":" in pure.parts[0]:
-        raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}: file names must be relative and stay inside images/.")
-    images = (root / IMAGES).resolve()
-    target = (root / IMAGES / name).resolve()
-    if not target.is_relative_to(images):
-        raise BundleUnsafePath(f"images/{name} leads outside the bundle's images/ folder (to {target}).")
+def _check_paths(root: Path, names: list, plain: set[str]) -> None:
+    """Every name is relative, and images/<name> stays inside images/ once symlinks are followed.
+
+    `plain` holds the regular files reached without passing a symlink: those are inside by construction, so only
+    the other names (symlinks, missing files) pay for resolving their path.
+    """
+    images = None
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}, which is not a file name.")
+        if name in plain:
+            continue
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~") or ":" in pure.parts[0]:
+            raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}: file names must be relative and stay inside images/.")
+        images = images or (root / IMAGES).resolve()
+        target = (root / IMAGES / name).resolve()
+        if not target.is_relative_to(images):
+            raise BundleUnsafePath(f"images/{name} leads outside the bundle's images/ folder (to {target}).")
 
 
-def _check_file(root: Path, name: str, digest: str) -> None:
-    if name.startswith(f"{IMAGES}/"):
-        _check_relative(root, name[len(IMAGES) + 1 :])
-    elif name not in DATA_FILES:
-        raise BundleUnsafePath(f"{root / MANIFEST} lists {name!r}, which is not a bundle file.")
-    path = root / name
-    if not path.is_file():
+def _plain_files(folder: Path, prefix: str = ""):
+    """Relative paths of the regular files under `folder`, not following (nor listing) symlinks."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_symlink() or "\\" in entry.name:
+            continue
+        if entry.is_dir():
+            yield from _plain_files(Path(entry.path), f"{prefix}{entry.name}/")
+        elif entry.is_file():
+            yield f"{prefix}{entry.name}"
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _check_digest(path: Path, actual: str | None, digest: str) -> None:
+    if actual is None:
         raise BundleMissingFile(f"{path} is missing from the bundle. Rebuild or re-download it.")
-    actual = sha256_file(path)
     if actual != digest:
         raise BundleHashMismatch(
             f"{path} does not match the manifest (sha256 {actual[:12]}…, expected {str(digest)[:12]}…): "
@@ -272,7 +304,7 @@ def _read_embeddings(root: Path, manifest: dict) -> np.ndarray:
     if not finite.all():
         rows = np.flatnonzero(~finite)[:5].tolist()
         raise BundleValueError(f"{path} has non-finite values (NaN or inf) in rows {rows}.")
-    norms = np.linalg.norm(embeddings, axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings))  # no (n, d) temporary, unlike linalg.norm
     bad = np.flatnonzero(np.abs(norms - 1.0) > UNIT_TOLERANCE)
     if bad.size:
         raise BundleValueError(
