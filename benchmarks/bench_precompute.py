@@ -49,6 +49,7 @@ def seed_extract_features(img_path: str, model) -> np.ndarray:
 
 def run(ctx, runs: int, images: int, seed_images: int) -> list[Row]:
     from benchmarks.forward import bare_forward
+    from fashion_search.pipeline import build_bundle
 
     log = ctx.log
     work = Path(tempfile.mkdtemp(prefix="bench-precompute-"))
@@ -60,11 +61,11 @@ def run(ctx, runs: int, images: int, seed_images: int) -> list[Row]:
         forward = bare_forward(ctx.embedder)
         from fashion_search.imaging import load_input
 
-        batches = [np.stack([load_input(p) for p in paths[i : i + BATCH_SIZE]]) for i in range(0, 3 * BATCH_SIZE, BATCH_SIZE)]
-        forward(batches[0])  # warm
+        batches = [np.stack([load_input(p) for p in paths[i : i + BATCH_SIZE]]) for i in range(0, 4 * BATCH_SIZE, BATCH_SIZE)]
+        forward(batches[0]), ctx.embedder.embed(batches[0])  # trace and warm both
 
         seed_rate, bare_rate = Samples("img/s"), Samples("img/s")
-        whole_rate, pipeline_rate, startup = Samples("img/s"), Samples("img/s"), Samples("s")
+        whole_rate, steady_rate, own_rate, one_off = Samples("img/s"), Samples("img/s"), Samples("img/s"), Samples("s")
         for r in range(runs):
             log(f"  round {r + 1}/{runs}: seed loop on {seed_images} images ...")
             chosen = paths[:seed_images]
@@ -79,40 +80,47 @@ def run(ctx, runs: int, images: int, seed_images: int) -> list[Row]:
                 forward(batch)
             bare_rate.values.append(sum(map(len, batches)) / (time.perf_counter() - start))
 
+            log(f"  round {r + 1}/{runs}: build_bundle in-process, model loaded and warm, on {images} files ...")
+            out = work / f"inproc-{r}"
+            start = time.perf_counter()
+            build_bundle(work / "images", out, ctx.embedder, batch_size=BATCH_SIZE, quiet=True)
+            steady = images / (time.perf_counter() - start)
+            shutil.rmtree(out, ignore_errors=True)
+            steady_rate.values.append(steady)
+
             log(f"  round {r + 1}/{runs}: python precompute.py on {images} files ...")
             out = work / f"bundle-{r}"
-            wall, rate, inside = _precompute(work / "images", out, ctx.weights)
+            wall, own, _ = _precompute(work / "images", out, ctx.weights)
             shutil.rmtree(out, ignore_errors=True)
             whole_rate.values.append(images / wall)
-            pipeline_rate.values.append(rate)
-            startup.values.append(wall - inside)
+            own_rate.values.append(own)
+            one_off.values.append(wall - images / steady)
         log(
-            f"  seed {seed_rate.values}, bare {bare_rate.values}, whole {whole_rate.values}, "
-            f"pipeline {pipeline_rate.values}, start-up+exit {startup.values}"
+            f"  seed {seed_rate.values}, bare {bare_rate.values}, steady {steady_rate.values}, "
+            f"whole {whole_rate.values}, as precompute.py reports itself {own_rate.values}, one-off {one_off.values}"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     seed, bare = seed_rate.median, bare_rate.median
-    whole, pipe = whole_rate.median, pipeline_rate.median
-    projected = KAGGLE / (startup.median + KAGGLE / pipe)
+    whole, steady = whole_rate.median, steady_rate.median
+    projected = KAGGLE / (one_off.median + KAGGLE / steady)
+    bare_text = f"(b) {bare:.3g} img/s"
     return [
         Row("1a: the seed's loop (load_img + model.predict per image)", "—", value(seed_rate), "", "reference (a)"),
         Row(f"1b: bare batched forward (batch {BATCH_SIZE}, preprocessed tensors)", "—", value(bare_rate), "",
             "reference (b)"),
-        Row(f"1: precompute.py, whole command, {images} files (incl. start-up)",
-            f"(b) {value(bare_rate, digits=3).split(' (')[0]}", value(whole_rate),
+        Row(f"1: precompute.py, whole command in a fresh process, {images} files", bare_text, value(whole_rate),
             f"{ratio(whole / bare)} (b); {ratio(whole / seed)} (a)", "≥ 0.9 × (b), ≥ 3 × (a)",
             verdict(whole >= 0.9 * bare)),
-        Row("1: precompute pipeline's own rate (build_bundle: hash, decode, embed, write; excl. start-up)",
-            f"(b) {value(bare_rate).split(' (')[0]}", value(pipeline_rate),
-            f"{ratio(pipe / bare)} (b); {ratio(pipe / seed)} (a)", "≥ 0.9 × (b), ≥ 3 × (a)",
-            verdict(pipe >= 0.9 * bare)),
-        Row("1: precompute.py fixed cost (interpreter, TF import, model build, exit)", "—", value(startup), "",
-            "(information)"),
-        Row(f"1: precompute.py on Kaggle's {KAGGLE:,} files, PROJECTED (fixed cost + files / pipeline rate; "
-            "not measured)", f"(b) {bare:.3g} img/s", f"{projected:.3g} img/s", ratio(projected / bare),
-            "≥ 0.9 × (b)", verdict(projected >= 0.9 * bare)),
+        Row("1: precompute steady state: build_bundle (hash, decode, embed, write the bundle) with the model "
+            "loaded and warm", bare_text, value(steady_rate), f"{ratio(steady / bare)} (b); {ratio(steady / seed)} (a)",
+            "≥ 0.9 × (b), ≥ 3 × (a)", verdict(steady >= 0.9 * bare)),
+        Row("1: precompute.py one-off cost: whole command minus its files at the steady rate (interpreter, TF "
+            "import, model build, first-call tracing, exit)", "—", value(one_off), "", "(information)"),
+        Row(f"1: precompute.py on Kaggle's {KAGGLE:,} files, PROJECTED as one-off cost + files / steady rate "
+            "(not measured)", bare_text, f"{projected:.3g} img/s", ratio(projected / bare), "≥ 0.9 × (b)",
+            verdict(projected >= 0.9 * bare)),
     ]  # fmt: skip
 
 
