@@ -16,9 +16,10 @@ except ImportError:  # pragma: no cover - another scikit-learn layout: kneighbor
 
 DEFAULT_K = 5
 _SUBSET_CACHE_SIZE = 16  # fitted indexes over filtered subsets kept for repeat queries
-# OpenMP threads for one search. scikit-learn splits the rows between its threads and waits for the slowest; when the
-# other core is busy (the model's threads, Gradio, another process) that wait costs 2-5x, while one thread streams
-# the vectors nearly as fast as two (benchmarks/RESULTS.md, figure 2b). None = scikit-learn's default (all cores).
+# OpenMP threads for one search. scikit-learn splits the rows between its threads and waits for the slowest. At 44k
+# rows on 2 cores: idle, two threads take ~17 ms and one ~30 ms; with the cores shared by other busy processes, two
+# took 110-175 ms and one 30-60 ms (benchmarks/RESULTS.md, figure 2b). One never collapses, so it is the default on
+# small shared machines. None = scikit-learn's default (all cores), the better choice on an idle many-core machine.
 SEARCH_THREADS: int | None = 1
 _controller = None
 
