@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import threading
@@ -46,7 +47,7 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
 
         trip_app, trip_noop, inproc = Samples("s"), Samples("s"), Samples("s")
         qps_one, qps_many, noop_one, noop_many = (Samples("q/s") for _ in range(4))
-        client_cpu = Samples("s")
+        client_cpu, server_cpu = Samples("s"), Samples("s")
         sequential = max(2, CLIENTS * per_client // 2)
         for r in range(runs):
             log(f"  round {r + 1}/{runs}: round trips ...")
@@ -55,18 +56,22 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
             inproc.values.append(_median(lambda p: searcher.recommend(p.read_bytes()), queries, repeat))
             log(f"  round {r + 1}/{runs}: 1 client sequential, then {CLIENTS} concurrent clients (app, no-op) ...")
             qps_one.values.append(_sequential_qps(app_client, queries, sequential))
-            cpu = time.process_time()
+            cpu, served = time.process_time(), _cpu_seconds(app.proc.pid)
             qps_many.values.append(_concurrent_qps(app.url, queries, CLIENTS, per_client))
             client_cpu.values.append((time.process_time() - cpu) / (CLIENTS * per_client))
+            server_cpu.values.append((_cpu_seconds(app.proc.pid) - served) / (CLIENTS * per_client))
             noop_one.values.append(_sequential_qps(noop_client, queries, sequential))
             noop_many.values.append(_concurrent_qps(noop.url, queries, CLIENTS, per_client))
         log(
             f"  trip app {trip_app.values}, noop {trip_noop.values}, in-process {inproc.values}, "
             f"qps 1 {qps_one.values}, qps {CLIENTS} {qps_many.values}, no-op qps 1 {noop_one.values}, "
-            f"no-op qps {CLIENTS} {noop_many.values}, client CPU per query {client_cpu.values}"
+            f"no-op qps {CLIENTS} {noop_many.values}, client CPU per query {client_cpu.values}, "
+            f"app CPU per query {server_cpu.values}"
         )
         del searcher
     budget = trip_noop.median + inproc.median
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    capacity = cores / server_cpu.median
     return [
         Row("3: gradio_client round trip, no-op app (same components)", "—", ms(trip_noop), "", "reference"),
         Row("3: in-process query on the same files (`Searcher.recommend`)", "—", ms(inproc), "", "reference"),
@@ -81,6 +86,11 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
             "(information: the ceiling of the ratio above)"),
         Row(f"3: CPU the {CLIENTS} gradio_client threads spend per query (same machine, shares the 2 cores)", "—",
             ms(client_cpu), "", "(information)"),
+        Row(f"3: CPU app.py spends per query under {CLIENTS} concurrent clients (all its threads)", "—",
+            ms(server_cpu), "", "(information)"),
+        Row(f"3: queries/s with the clients on other machines, PROJECTED as {cores} cores / app CPU per query "
+            "(not measured)", f"1 client {qps_one.median:.2f} q/s", f"{capacity:.3g} q/s",
+            ratio(capacity / qps_one.median), "≥ 2 ×", verdict(capacity >= 2 * qps_one.median)),
     ]  # fmt: skip
 
 
@@ -130,3 +140,11 @@ def _concurrent_qps(url: str, queries, clients: int, per_client: int) -> float:
     if errors:
         raise RuntimeError(f"{len(errors)} concurrent clients failed: {errors[0]!r}")
     return clients * per_client / elapsed
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
