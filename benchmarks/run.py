@@ -82,25 +82,31 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = Context(weights=weights, embedder=Embedder.load(weights))
     rows: list[Row] = []
+    loads: dict[int, str] = {}  # 1-minute load average as each figure starts
     if 1 in figures:
+        loads[1] = machine.load_average().split(' / ')[0]
         from benchmarks import bench_precompute
 
         runs = args.runs or min(settings.runs, 3)  # its rounds are long: a fresh precompute.py each
         rows += bench_precompute.run(ctx, runs, settings.precompute_images, settings.seed_images)
     if 2 in figures:
+        loads[2] = machine.load_average().split(' / ')[0]
         from benchmarks import bench_query
 
         rows += bench_query.run_query(ctx, settings.runs, settings.repeat, BIG_ROWS)
         rows += bench_query.run_neighbours(ctx, settings.runs, settings.repeat, settings.neighbour_sizes)
     if 3 in figures:
+        loads[3] = machine.load_average().split(' / ')[0]
         from benchmarks import bench_app
 
         rows += bench_app.run(ctx, settings.runs, settings.repeat, settings.per_client)
     if 4 in figures:
+        loads[4] = machine.load_average().split(' / ')[0]
         from benchmarks import bench_cold_start
 
         rows += bench_cold_start.run(ctx, args.runs or settings.cold_runs)
     if 5 in figures:
+        loads[5] = machine.load_average().split(' / ')[0]
         from benchmarks import bench_bf16
 
         rows += bench_bf16.run(ctx, settings.runs, settings.bf16_catalogue, settings.bf16_queries)
@@ -112,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(
         [
             f"Measured with `{command}` in {minutes:.1f} min on:",
-            machine.describe_markdown(info, load_before, machine.load_average()),
+            machine.describe_markdown(info, load_before, machine.load_average())
+            + "\n- 1-minute load average as each figure started: "
+            + ", ".join(f"figure {n}: {load}" for n, load in loads.items()),
             markdown(rows),
         ]
     )
