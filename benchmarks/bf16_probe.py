@@ -1,8 +1,8 @@
-"""The embedder's bfloat16 mode (Keras mixed_bfloat16) vs float32: throughput and top-5 agreement, own process.
+"""Keras' mixed_bfloat16 policy vs float32 for the embedder's model: throughput and top-5 agreement.
 
     python benchmarks/bf16_probe.py WEIGHTS.h5 --runs 3 --catalogue 256 --queries 32    # prints one JSON object
 
-Both embedders load the same weights file; a process of its own so its memory and threads leave the suite's.
+Both models load the same weights file. The dtype policy is process-global, hence a process of its own.
 """
 
 from __future__ import annotations
@@ -20,11 +20,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 
-def build(weights: str, precision: str):
-    """The product's own embedder at `precision`: `embed` is (n, 224, 224, 3) -> (n, 2048) unit rows."""
-    from fashion_search.embedder import Embedder
+def build(weights: str, policy: str):
+    """ResNet50 + max pooling built under Keras dtype policy `policy`, with `weights`: batch -> unit rows (float32)."""
+    import keras
+    import tensorflow as tf
 
-    return Embedder.load(weights, precision=precision).embed
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(224, 224, 3), pooling="max")
+        model.load_weights(weights)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    func = tf.function(
+        lambda x: tf.cast(model(x, training=False), tf.float32),
+        input_signature=[tf.TensorSpec((None, 224, 224, 3), tf.float32)],
+    )
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        out = func(batch).numpy()
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    return embed
 
 
 def embed(forward, batch: np.ndarray, size: int = 32) -> np.ndarray:
@@ -47,7 +64,7 @@ def main() -> dict:
     rng = np.random.default_rng(21)
     catalogue = np.stack([load_input(data.jpeg_bytes(data.draw_product(rng))) for _ in range(args.catalogue)])
     queries = np.stack([load_input(data.jpeg_bytes(data.draw_product(rng, (300, 400)))) for _ in range(args.queries)])
-    fp32, bf16 = build(args.weights, "float32"), build(args.weights, "bfloat16")
+    fp32, bf16 = build(args.weights, "float32"), build(args.weights, "mixed_bfloat16")
     batch = catalogue[: args.batch]
     fp32(batch), bf16(batch), fp32(batch[:1]), bf16(batch[:1])  # trace and warm
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,6 @@ MODEL_DESCRIPTION = {
     "normalisation": "l2",
     "dim": DIM,
 }
-# "float32" is the seed's arithmetic and the default. "bfloat16" is Keras' mixed_bfloat16 policy (bfloat16 compute,
-# float32 weights): on CPUs with AVX512_BF16 about 1.5-2x the batched throughput, with top-5 lists that differ a little
-# from float32's (see benchmarks/RESULTS.md); it is recorded in the model description, so bundles never mix the two.
-PRECISIONS = ("float32", "bfloat16")
-_POLICY_LOCK = threading.Lock()  # Keras' dtype policy is process-global while a model is built
 WEIGHTS_HELP = (
     "Pass a local Keras weights file for ResNet50 without its top "
     "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, or a .weights.h5) with --weights PATH or "
@@ -44,62 +38,52 @@ class WeightsUnavailable(RuntimeError):
 class Embedder:
     """Holds the model; `embed` turns a preprocessed batch into unit vectors in one forward pass."""
 
-    def __init__(self, model, fingerprint: str, precision: str = "float32"):
+    def __init__(self, model, fingerprint: str):
         import tensorflow as tf
 
         self.model = model
         self.fingerprint = fingerprint
-        self.precision = precision
-        # A fixed input signature: one traced graph for every batch size, no retracing per call. The cast is a no-op
-        # for float32 and turns bfloat16 features back into float32.
+        # A fixed input signature: one traced graph for every batch size, no retracing per call.
         self._forward = tf.function(
-            lambda x: tf.cast(model(x, training=False), tf.float32),
+            lambda x: model(x, training=False),
             input_signature=[tf.TensorSpec((None, *INPUT_SHAPE), tf.float32)],
             reduce_retracing=True,
         )
 
     @classmethod
-    def load(cls, weights: str | os.PathLike = "imagenet", seed: int = 0, precision: str = "float32") -> "Embedder":
-        """Build ResNet50 with `weights`: "imagenet" (Keras downloads and caches it), "random" (seeded), or a path.
-
-        Args:
-            precision: "float32" (the seed's arithmetic, default) or "bfloat16" (faster batches; see PRECISIONS).
-        """
+    def load(cls, weights: str | os.PathLike = "imagenet", seed: int = 0) -> "Embedder":
+        """Build ResNet50 with `weights`: "imagenet" (Keras downloads and caches it), "random" (seeded), or a path."""
         import keras
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         weights = str(weights)
         if weights == "random":
             log.warning(
                 "USING RANDOM WEIGHTS (seed %d): embeddings and similar products are NOT meaningful.", seed
             )
             keras.utils.set_random_seed(seed)
-            return cls(_resnet50(None, precision), f"random:{seed}", precision)
+            return cls(_resnet50(None), f"random:{seed}")
         if weights == "imagenet":
             try:
-                model = _resnet50("imagenet", precision)
+                model = _resnet50("imagenet")
             except Exception as exc:  # Keras raises a bare Exception when the download fails
                 raise WeightsUnavailable(
                     f"The ImageNet weights for ResNet50 could not be downloaded ({exc}). {WEIGHTS_HELP}"
                 ) from exc
-            return cls(model, "imagenet", precision)
+            return cls(model, "imagenet")
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(f"No weights file at {path}. {WEIGHTS_HELP}")
         if not path.name.endswith(".h5"):
             raise WeightsUnavailable(f"{path.name} is not a Keras .h5 / .weights.h5 file. {WEIGHTS_HELP}")
-        model = _resnet50(None, precision)
+        model = _resnet50(None)
         try:
             model.load_weights(str(path))
         except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
             raise WeightsUnavailable(f"Could not load weights from {path} ({exc}). {WEIGHTS_HELP}") from exc
-        return cls(model, f"sha256:{sha256_file(path)}", precision)
+        return cls(model, f"sha256:{sha256_file(path)}")
 
     def describe(self) -> dict:
-        """The model as bundles record it; float32 adds nothing, so float32 bundles stay as they always were."""
-        extra = {} if self.precision == "float32" else {"precision": self.precision}
-        return {**MODEL_DESCRIPTION, "weights": self.fingerprint, **extra}
+        return {**MODEL_DESCRIPTION, "weights": self.fingerprint}
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Args: batch (n, 224, 224, 3) float32, preprocessed. Returns (n, 2048) float32, unit rows."""
@@ -114,17 +98,8 @@ def normalise_rows(features: np.ndarray) -> np.ndarray:
     return features / norms
 
 
-def _resnet50(weights, precision: str = "float32"):
-    import keras
+def _resnet50(weights):
     from keras.applications import ResNet50
 
     # pooling="max" appends GlobalMaxPooling2D: the same graph as the seed's Sequential([ResNet50, GlobalMaxPooling2D]).
-    if precision == "float32":
-        return ResNet50(weights=weights, include_top=False, input_shape=INPUT_SHAPE, pooling="max")
-    with _POLICY_LOCK:
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("mixed_bfloat16")
-        try:
-            return ResNet50(weights=weights, include_top=False, input_shape=INPUT_SHAPE, pooling="max")
-        finally:
-            keras.config.set_dtype_policy(previous)
+    return ResNet50(weights=weights, include_top=False, input_shape=INPUT_SHAPE, pooling="max")
