@@ -300,11 +300,13 @@ def _read_embeddings(root: Path, manifest: dict) -> np.ndarray:
         raise BundleShapeError(f"{path} has shape {embeddings.shape}, expected (N, {manifest['dim']}).")
     if len(embeddings) == 0:
         raise BundleShapeError(f"{path} has no rows: the catalogue is empty.")
-    finite = np.isfinite(embeddings).all(axis=1)
-    if not finite.all():
-        rows = np.flatnonzero(~finite)[:5].tolist()
-        raise BundleValueError(f"{path} has non-finite values (NaN or inf) in rows {rows}.")
-    norms = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings))  # no (n, d) temporary, unlike linalg.norm
+    # Squared norms without an (n, d) temporary (unlike linalg.norm or isfinite over the array): a NaN or inf
+    # anywhere in a row makes its norm non-finite, so only those rows are looked at element by element.
+    norms = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings))
+    suspect = np.flatnonzero(~np.isfinite(norms))
+    broken = [int(row) for row in suspect if not np.isfinite(embeddings[row]).all()]
+    if broken:
+        raise BundleValueError(f"{path} has non-finite values (NaN or inf) in rows {broken[:5]}.")
     bad = np.flatnonzero(np.abs(norms - 1.0) > UNIT_TOLERANCE)
     if bad.size:
         raise BundleValueError(
