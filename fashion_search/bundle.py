@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -33,7 +32,6 @@ METADATA = "metadata.jsonl"
 IMAGES = "images"
 DATA_FILES = (EMBEDDINGS, FILENAMES, SOURCES, METADATA)
 UNIT_TOLERANCE = 1e-3
-_HASH_THREADS = 4
 
 
 class BundleError(Exception):
@@ -180,9 +178,8 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
         if not name.startswith(f"{IMAGES}/") and name not in DATA_FILES:
             raise BundleUnsafePath(f"{root / MANIFEST} lists {name!r}, which is not a bundle file.")
     checked = [name for name in files if verify_images or not name.startswith(f"{IMAGES}/")]
-    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:  # hashlib and file reads release the GIL
-        for name, actual in zip(checked, pool.map(lambda name: _sha256(root / name), checked)):
-            _check_digest(root / name, actual, files[name])
+    for name in checked:  # a plain loop: threads measured 2-3x slower for 44k small files on 2 cores
+        _check_digest(root / name, _sha256(root / name), files[name])
     embeddings = _read_embeddings(root, manifest)
     sources = _read_json_list(root, SOURCES)
     metadata = _read_metadata(root) if METADATA in files else None
