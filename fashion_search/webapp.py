@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 8  # queries per forward pass; the app runs as many requests at once
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
 NAME_COLUMN = "productDisplayName"
+DETAIL_COLUMNS = ("articleType", "baseColour", "gender")  # shown under the name, where the catalogue has them
 NO_IMAGE = "Please upload a photo of a product first (or take one with the webcam, or paste one)."
 
 
@@ -171,9 +172,10 @@ def _catalogue_name(catalog: str | None) -> str:
 
 
 def caption(match: Match) -> str:
-    """Product name when the catalogue has one, else the file name; then the distance."""
+    """Product name when the catalogue has one, else the file name; its type, colour and gender; then the distance."""
     name = str(match.metadata.get(NAME_COLUMN) or "").strip() or PurePosixPath(match.filename).name
-    return f"{name}\ndistance {match.distance:.3f}"
+    details = " · ".join(str(v).strip() for c in DETAIL_COLUMNS if str(v := match.metadata.get(c) or "").strip())
+    return "\n".join(line for line in (name, details, f"distance {match.distance:.3f}") if line)
 
 
 def gallery_items(matches: list[Match]) -> list[tuple[str, str]]:

@@ -76,7 +76,8 @@ def test_readme_call_returns_five_catalogue_images_with_a_matching_listing(clien
     for item, row in zip(gallery, listing):
         # The gallery shows the bundle's own image files, byte for byte, in the listing's order.
         assert Path(item["image"]).read_bytes() == (bundle_dir / "images" / row["filename"]).read_bytes()
-        assert item["caption"] == f"{row['productDisplayName']}\ndistance {row['distance']:.3f}"
+        details = " · ".join(row[c] for c in ("articleType", "baseColour", "gender"))
+        assert item["caption"] == f"{row['productDisplayName']}\n{details}\ndistance {row['distance']:.3f}"
     distances = [row["distance"] for row in listing]
     assert distances == sorted(distances)
 

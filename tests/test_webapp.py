@@ -140,10 +140,12 @@ def test_captions_name_the_product_or_else_the_file_and_give_the_distance():
     named = match("shirts/42.jpg", 0.12345, {"productDisplayName": "Blue Oxford Shirt", "gender": "Men"})
     unnamed = match("shirts/43.jpg", 1.5, {})
     blank = match("44.png", 0.5, {"productDisplayName": "  "})
-    assert webapp.caption(named) == "Blue Oxford Shirt\ndistance 0.123"
+    assert webapp.caption(named) == "Blue Oxford Shirt\nMen\ndistance 0.123"
+    detailed = match("45.jpg", 0.25, {"productDisplayName": "Red Dress", "articleType": "Dresses", "baseColour": "Red"})
+    assert webapp.caption(detailed) == "Red Dress\nDresses · Red\ndistance 0.250"
     assert webapp.caption(unnamed) == "43.jpg\ndistance 1.500"
     assert webapp.caption(blank) == "44.png\ndistance 0.500"
-    assert webapp.gallery_items([named]) == [("/bundle/images/shirts/42.jpg", "Blue Oxford Shirt\ndistance 0.123")]
+    assert webapp.gallery_items([named]) == [("/bundle/images/shirts/42.jpg", "Blue Oxford Shirt\nMen\ndistance 0.123")]
     assert webapp.listing([named]) == [
         {"rank": 1, "filename": "shirts/42.jpg", "distance": 0.12345, "productDisplayName": "Blue Oxford Shirt", "gender": "Men"}
     ]
