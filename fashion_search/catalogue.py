@@ -10,10 +10,6 @@ from pathlib import Path, PurePosixPath
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
-KAGGLE_COLUMNS = (
-    "id", "gender", "masterCategory", "subCategory", "articleType",
-    "baseColour", "season", "year", "usage", "productDisplayName",
-)  # fmt: skip
 
 
 class CatalogueError(Exception):
