@@ -6,7 +6,7 @@ A bundle is a folder:
     embeddings.npy    float32 (N, 2048), unit rows, no pickle
     filenames.json    N paths relative to the catalogue folder, in row order
     sources.json      N sha256 of the source image files, in row order (lets a rebuild reuse unchanged rows)
-    metadata.jsonl    optional: one JSON object per row
+    metadata.jsonl    optional: one JSON object per row (held in memory as columns: fashion_search.metadata)
     images/           the catalogue images the app shows, at images/<filename>
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,7 @@ import numpy as np
 
 from fashion_search import __version__
 from fashion_search.files import sha256_file, write_atomic
+from fashion_search.metadata import MetadataTable
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -79,7 +81,7 @@ class Bundle:
     root: Path
     embeddings: np.ndarray  # (n, dim) float32, unit rows
     filenames: list[str]
-    metadata: list[dict] | None
+    metadata: MetadataTable | None  # a read-only sequence of dicts, one per row, stored as columns
     sources: list[str]
     manifest: dict
 
@@ -118,7 +120,7 @@ def write_bundle(
     model: dict,
     preprocessing: str,
     sources: list[str] | None = None,
-    metadata: list[dict] | None = None,
+    metadata: Sequence[dict] | None = None,
 ) -> dict:
     """Write the data files and the manifest into `root`, whose images/<filename> files must already be there.
 
@@ -312,19 +314,21 @@ def _read_embeddings(root: Path, manifest: dict) -> np.ndarray:
     return np.ascontiguousarray(embeddings)
 
 
-def _read_metadata(root: Path) -> list[dict]:
-    path = root / METADATA
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BundleFormatError(f"{path} line {number} is not JSON ({exc}).") from exc
-            if not isinstance(row, dict):
-                raise BundleFormatError(f"{path} line {number} is not a JSON object.")
-            rows.append(row)
-    return rows
+def _read_metadata(root: Path) -> MetadataTable:
+    """metadata.jsonl as columns, encoded line by line: the rows are never all held as dicts (~64 MB at 44k)."""
+    with open(root / METADATA, encoding="utf-8") as handle:
+        return MetadataTable.from_rows(_metadata_rows(root / METADATA, handle))
+
+
+def _metadata_rows(path: Path, lines) -> Iterator[dict]:
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BundleFormatError(f"{path} line {number} is not JSON ({exc}).") from exc
+        if not isinstance(row, dict):
+            raise BundleFormatError(f"{path} line {number} is not a JSON object.")
+        yield row
 
 
 def _write_json(path: Path, value) -> None:

@@ -81,6 +81,45 @@ def test_round_trip(small_bundle):
     assert np.load(root / "embeddings.npy", allow_pickle=False).shape == (6, 2048)
 
 
+ODD_METADATA = r"""{"id": "0", "gender": "Men", "year": 2012, "price": 9.5, "usage": null, "sale": true}
+{}
+{"year": "2012", "id": "2"}
+{"price": 1, "sale": 1.0, "usage": false, "id": 3, "zero": -0.0}
+{"name": "Caf\u00e9 \u00b7 \u6771\u4eac", "emoji": "\ud83d\udc57", "lone": "\udc00", "empty": "", "zero": 0.0}
+{"nested": [1, {"b": [null, 2.5], "a": "x"}], "big": 1000000000000000000000000000000, "tiny": 5e-324}
+"""
+
+
+def typed(row: dict) -> list:
+    """A row's items with each value's type, in key order: == alone would take 1 for 1.0 and True, 0.0 for -0.0."""
+    return [(key, type(value), repr(value)) for key, value in row.items()]
+
+
+def test_metadata_rows_load_exactly_as_json_loads_reads_them(small_bundle):
+    root, _, _ = small_bundle
+    (root / "metadata.jsonl").write_text(ODD_METADATA, encoding="utf-8")
+    rehash(root)
+    expected = [json.loads(line) for line in ODD_METADATA.splitlines()]
+    bundle = load_bundle(root)
+    assert len(bundle.metadata) == 6 and bundle.metadata == expected
+    assert [typed(row) for row in bundle.metadata] == [typed(row) for row in expected]
+    assert [typed(bundle.metadata[row]) for row in range(6)] == [typed(row) for row in expected]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [("{not json", "metadata.jsonl line 3 is not JSON"), ('["a list"]', "metadata.jsonl line 3 is not a JSON object")],
+)
+def test_a_metadata_line_that_is_not_a_json_object_is_refused(small_bundle, line, message):
+    root, _, _ = small_bundle
+    lines = (root / "metadata.jsonl").read_text().splitlines()
+    lines[2] = line
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    rehash(root)
+    with pytest.raises(BundleFormatError, match=message):
+        load_bundle(root)
+
+
 def test_compatibility_check(small_bundle):
     bundle = load_bundle(small_bundle[0])
     bundle.check_compatible(MODEL, PREPROCESSING_ID)
