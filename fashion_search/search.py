@@ -10,6 +10,7 @@ import numpy as np
 from fashion_search.bundle import Bundle
 from fashion_search.imaging import PREPROCESSING_ID, ImageSource, load_input
 from fashion_search.index import DEFAULT_K, NeighbourIndex
+from fashion_search.metadata import MetadataTable
 
 MAX_K = 20
 FILTER_COLUMNS = ("gender", "masterCategory", "articleType", "baseColour")
@@ -41,7 +42,8 @@ class Searcher:
         self.embedder = embedder
         self.bundle = bundle
         self.index = NeighbourIndex(bundle.embeddings)
-        self._columns = _column_values(bundle.metadata)
+        self._table = None if bundle.metadata is None else MetadataTable.of(bundle.metadata)
+        self._columns = _column_values(self._table)
 
     def filter_choices(self) -> dict[str, list[str]]:
         """For each filterable column the bundle has: its values, sorted."""
@@ -73,11 +75,8 @@ class Searcher:
         unknown = set(active) - set(self._columns)
         if unknown:
             raise ValueError(f"Cannot filter on {sorted(unknown)}: the catalogue has {sorted(self._columns)}.")
-        metadata = self.bundle.metadata
-        return np.array(
-            [row for row, meta in enumerate(metadata) if all(meta.get(c) in v for c, v in active.items())],
-            dtype=np.int64,
-        )
+        mask = np.logical_and.reduce([self._table.matching(column, values) for column, values in active.items()])
+        return np.flatnonzero(mask).astype(np.int64, copy=False)
 
     def _match(self, neighbour) -> Match:
         row = neighbour.row
@@ -87,12 +86,13 @@ class Searcher:
         )
 
 
-def _column_values(metadata: list[dict] | None) -> dict[str, set[str]]:
-    if metadata is None:
+def _column_values(table: MetadataTable | None) -> dict[str, set[str]]:
+    """The values a filter offers: str() of each truthy value (the rows' own values are what a filter compares)."""
+    if table is None:
         return {}
     columns = {}
     for column in FILTER_COLUMNS:
-        values = {str(row[column]) for row in metadata if row.get(column)}
+        values = {str(value) for value in table.distinct(column) if value}
         if values:
             columns[column] = values
     return columns

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import random
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from fashion_search.bundle import load_bundle
-from fashion_search.search import MAX_K, NoMatch, Searcher
+from fashion_search.bundle import Bundle, load_bundle
+from fashion_search.imaging import PREPROCESSING_ID
+from fashion_search.metadata import MetadataTable
+from fashion_search.search import FILTER_COLUMNS, MAX_K, NoMatch, Searcher
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +68,56 @@ def test_filter_choices_and_listing(searcher, catalogue):
     listing = match.listing()
     assert listing["rank"] == 1 and listing["filename"] == match.filename == "1000.jpg"
     assert listing["articleType"] == "Tshirts" and listing["distance"] == pytest.approx(match.distance, abs=1e-6)
+
+
+class StubEmbedder:
+    def describe(self) -> dict:
+        return {"architecture": "stub"}
+
+
+def random_catalogue(seed: int, n: int = 400) -> tuple[list[dict], Bundle]:
+    """Rows with Kaggle's filter columns holding odd values (absent, null, "", 0, 1, 1.0, True), in a Bundle."""
+    rng = random.Random(seed)
+    pool = ["Men", "Women", "Black", "Blue", "", "0", "1", 0, 1, 1.0, 2012, True, False, None]
+    rows = []
+    for _ in range(n):
+        columns = [c for c in (*FILTER_COLUMNS, "season") if rng.random() < 0.8]
+        rows.append({column: rng.choice(pool) for column in rng.sample(columns, len(columns))})
+    rows = [json.loads(json.dumps(row)) for row in rows]  # as load_bundle's json.loads gives them
+    x = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    manifest = {"model": StubEmbedder().describe(), "preprocessing": PREPROCESSING_ID}
+    table = MetadataTable.from_rows(iter(rows))
+    return rows, Bundle(Path("/nonexistent"), x, [f"{i}.jpg" for i in range(n)], table, [""] * n, manifest)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_matching_and_choices_agree_with_python_over_the_dicts(seed):
+    rows, bundle = random_catalogue(seed)
+    searcher = Searcher(StubEmbedder(), bundle)
+    expected_choices = {c: sorted({str(row[c]) for row in rows if row.get(c)}) for c in FILTER_COLUMNS}
+    assert searcher.filter_choices() == {c: values for c, values in expected_choices.items() if values}
+    rng = random.Random(seed)
+    offered = ["Men", "Women", "Black", "Blue", "", "0", "1", 0, 1, True, None, "2012", "nowhere"]
+    for _ in range(60):
+        filters = {c: rng.sample(offered, rng.randint(0, 3)) for c in rng.sample(FILTER_COLUMNS, rng.randint(1, 4))}
+        active = {c: set(v) for c, v in filters.items() if v}
+        got = searcher.rows_matching(filters)
+        if not active:
+            assert got is None
+            continue
+        assert got.dtype == np.int64
+        assert got.tolist() == [r for r, meta in enumerate(rows) if all(meta.get(c) in v for c, v in active.items())]
+
+
+def test_a_bundle_made_with_a_list_of_dicts_filters_the_same():
+    rows, bundle = random_catalogue(7)
+    from_table = Searcher(StubEmbedder(), bundle)
+    from_list = Searcher(StubEmbedder(), dataclasses.replace(bundle, metadata=rows))
+    filters = {"gender": ["Men", None], "baseColour": ["Black", 1]}
+    assert from_list.rows_matching(filters).tolist() == from_table.rows_matching(filters).tolist()
+    assert from_list.filter_choices() == from_table.filter_choices()
+    vector = bundle.embeddings[:1]
+    assert [m.listing() for m in from_list.matches(vector, 5, filters)[0]] == [
+        m.listing() for m in from_table.matches(vector, 5, filters)[0]
+    ]
