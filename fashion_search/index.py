@@ -7,6 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import sklearn
 from sklearn.neighbors import NearestNeighbors
 
 try:  # scikit-learn's own squared row norms, the very numbers kneighbors would compute on every call
@@ -21,6 +22,12 @@ _SUBSET_CACHE_SIZE = 16  # fitted indexes over filtered subsets kept for repeat 
 # took 110-175 ms and one 30-60 ms (benchmarks/RESULTS.md, figure 2b). One never collapses, so it is the default on
 # small shared machines. None = scikit-learn's default (all cores), the better choice on an idle many-core machine.
 SEARCH_THREADS: int | None = 1
+# Rows per block when several queries are searched in one call (scikit-learn's `pairwise_dist_chunk_size`, default
+# 256). For float32 data scikit-learn copies each block of catalogue rows to float64 and multiplies it with BLAS:
+# a 256-row block (4 MB) does not stay in cache, and 2-8 queries then cost 2-5x more per query than with 48-row
+# blocks (benchmarks/RESULTS.md, figure 2b). One query takes BLAS' matrix-vector path, fastest with the default.
+# The block size does not change any result, bit for bit (tests/test_index.py).
+MULTI_QUERY_CHUNK = 48
 _controller = None
 
 
@@ -103,11 +110,14 @@ class _Fitted:
     def kneighbors(self, queries: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
         if self.norms is not None:
             self.model.effective_metric_params_ = {"Y_norm_squared": self.norms}
-        if SEARCH_THREADS is None:
-            return self.model.kneighbors(queries, n_neighbors=n_neighbors)
-        # OpenMP keeps its thread count per calling thread, so concurrent searches do not disturb each other.
-        with _openmp().limit(limits=SEARCH_THREADS):
-            return self.model.kneighbors(queries, n_neighbors=n_neighbors)
+        chunk = MULTI_QUERY_CHUNK if len(queries) > 1 else None  # None: leave scikit-learn's setting alone
+        # scikit-learn's configuration and OpenMP's thread count are both per calling thread, so concurrent searches
+        # do not disturb each other.
+        with sklearn.config_context(pairwise_dist_chunk_size=chunk):
+            if SEARCH_THREADS is None:
+                return self.model.kneighbors(queries, n_neighbors=n_neighbors)
+            with _openmp().limit(limits=SEARCH_THREADS):
+                return self.model.kneighbors(queries, n_neighbors=n_neighbors)
 
 
 def _openmp():

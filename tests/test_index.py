@@ -62,3 +62,14 @@ def test_subset_search_is_exact_among_the_subset():
 
 def test_empty_subset_gives_no_neighbours():
     assert NeighbourIndex(unit_rows(10)).search(unit_rows(2), rows=np.array([], dtype=int)) == [[], []]
+
+
+def test_queries_searched_together_equal_the_seeds_call_one_at_a_time_bit_for_bit():
+    """Batched searches use smaller row blocks (MULTI_QUERY_CHUNK); the numbers must not move by one ulp."""
+    catalogue, queries = unit_rows(1500, d=2048), unit_rows(8, d=2048, seed=6)
+    seed = NearestNeighbors(n_neighbors=5, algorithm="brute", metric="euclidean").fit(catalogue)
+    together = NeighbourIndex(catalogue).search(queries)
+    for query, result in zip(queries, together):
+        distances, rows = seed.kneighbors(query[None, :])
+        assert [n.row for n in result] == rows[0].tolist()
+        assert [n.distance for n in result] == distances[0].tolist()
