@@ -133,7 +133,7 @@ demo = gr.Interface(
     article=ARTICLE,
     api_name="recommend",
     flagging_mode="never",
-    concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes (webapp.EmbedBatcher)
+    concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes and searches (webapp.Batcher)
 )
 
 

@@ -1,4 +1,4 @@
-"""The app's non-UI half: the forward-pass batcher, per-request errors, captions and listings, start-up errors."""
+"""The app's non-UI half: the batchers (forward pass, search), per-request errors, captions and listings, start-up errors."""
 
 from __future__ import annotations
 
@@ -23,23 +23,23 @@ class BlockingModel:
         self.calls = 0
         self.fail_on_call = fail_on_call
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         self.calls += 1
         self.started.set()
         self.release.wait()
         if self.calls == self.fail_on_call:
             raise RuntimeError("the forward pass failed")
-        return batch[:, 0, 0, :] * 2  # each query's own answer: its first pixel, doubled
+        return [array[0, 0, :] * 2 for array in batch]  # each query's own answer: its first pixel, doubled
 
 
 def query(value: float) -> np.ndarray:
     return np.full((4, 4, 3), value, dtype=np.float32)
 
 
-def run_in_threads(batcher: webapp.EmbedBatcher, values: list[float], results: dict) -> list[threading.Thread]:
+def run_in_threads(batcher: webapp.Batcher, values: list[float], results: dict) -> list[threading.Thread]:
     def worker(value):
         try:
-            results[value] = batcher.embed(query(value))
+            results[value] = batcher.submit(query(value))
         except Exception as exc:  # noqa: BLE001 - the test looks at what each request got
             results[value] = exc
 
@@ -60,7 +60,7 @@ def wait_until(condition, timeout: float = 30.0) -> None:
 
 def test_queries_arriving_during_a_forward_pass_share_the_next_one():
     model = BlockingModel()
-    batcher = webapp.EmbedBatcher(model, max_batch_size=8)
+    batcher = webapp.Batcher(model, max_batch_size=8)
     results: dict = {}
     first = run_in_threads(batcher, [1.0], results)
     model.started.wait(30)
@@ -78,7 +78,7 @@ def test_queries_arriving_during_a_forward_pass_share_the_next_one():
 
 def test_a_batch_never_exceeds_the_maximum_size():
     model = BlockingModel()
-    batcher = webapp.EmbedBatcher(model, max_batch_size=4)
+    batcher = webapp.Batcher(model, max_batch_size=4)
     results: dict = {}
     threads = run_in_threads(batcher, [0.5], results)
     model.started.wait(30)
@@ -91,13 +91,36 @@ def test_a_batch_never_exceeds_the_maximum_size():
     assert all(np.array_equal(results[v], np.full(3, 2 * v, np.float32)) for v in results)
 
 
+def test_items_submitted_together_are_never_split_and_batches_stay_within_the_maximum():
+    model = BlockingModel()
+    batcher = webapp.Batcher(model, max_batch_size=4)
+    first = batcher.submit_all([query(0.5)])
+    model.started.wait(30)
+    groups = [batcher.submit_all([query(v) for v in values]) for values in ([1.0, 2.0, 3.0], [4.0, 5.0], [6.0])]
+    model.release.set()
+    for future, value in zip(first + [f for group in groups for f in group], [0.5, 1, 2, 3, 4, 5, 6]):
+        np.testing.assert_array_equal(future.result(30), np.full(3, 2 * value, np.float32))
+    assert batcher.batch_sizes == [1, 3, 3]
+
+
 def test_a_failed_forward_pass_reaches_its_requests_and_the_batcher_keeps_serving():
     model = BlockingModel(fail_on_call=1)
-    batcher = webapp.EmbedBatcher(model)
+    batcher = webapp.Batcher(model)
     model.release.set()
     with pytest.raises(RuntimeError, match="the forward pass failed"):
-        batcher.embed(query(1.0))
-    np.testing.assert_array_equal(batcher.embed(query(3.0)), np.full(3, 6.0, np.float32))
+        batcher.submit(query(1.0))
+    np.testing.assert_array_equal(batcher.submit(query(3.0)), np.full(3, 6.0, np.float32))
+
+
+def test_an_item_that_fails_alone_fails_alone():
+    def halve(items):
+        return [ValueError(f"odd {item}") if item % 2 else item // 2 for item in items]
+
+    batcher = webapp.Batcher(halve)
+    assert batcher.submit(8) == 4
+    with pytest.raises(ValueError, match="odd 3"):
+        batcher.submit(3)
+    assert batcher.submit(6) == 3
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +136,28 @@ def test_recommend_agrees_with_the_search_core(recommender, catalogue):
     want = recommender.searcher.recommend(query_path, k=7, filters={"gender": ["Women"]})
     assert [m.filename for m in got] == [m.filename for m in want]
     assert [m.distance for m in got] == pytest.approx([m.distance for m in want], abs=1e-5)
+
+
+def test_searches_made_together_equal_searches_made_one_at_a_time(recommender):
+    """The search stage groups by k and filters; each request gets exactly what its own search would give."""
+    searcher = recommender.searcher
+    vectors = searcher.embed([searcher.bundle.image_path(row) for row in range(6)])
+    requests = [
+        (vectors[0], 5, None),
+        (vectors[1], 5, {"gender": ["Women"]}),
+        (vectors[2], 5, None),
+        (vectors[3], 3, None),
+        (vectors[4], 5, {"gender": ["Women"], "baseColour": []}),  # an empty choice is no filter on that column
+        (vectors[5], 5, {"masterCategory": ["Footwear"], "articleType": ["Watches"]}),  # nothing matches
+    ]
+    items = [webapp._SearchItem(vector, k, webapp._canonical(filters)) for vector, k, filters in requests]
+    got = recommender._search_batch(items)
+
+    for (vector, k, filters), result in zip(requests[:5], got[:5]):
+        want = searcher.matches(vector[None, :], k, filters)[0]
+        assert [(m.row, m.distance) for m in result] == [(m.row, m.distance) for m in want]
+    assert isinstance(got[5], webapp.QueryError)
+    assert "No product in the catalogue matches" in str(got[5])
 
 
 @pytest.mark.parametrize(
