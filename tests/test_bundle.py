@@ -106,6 +106,28 @@ def test_metadata_rows_load_exactly_as_json_loads_reads_them(small_bundle):
     assert [typed(bundle.metadata[row]) for row in range(6)] == [typed(row) for row in expected]
 
 
+def test_a_loaded_bundle_writes_the_same_files_as_the_lists_it_was_read_from(small_bundle, tmp_path):
+    root, x, names = small_bundle
+    odd = ODD_METADATA.replace(r', "lone": "\udc00"', "")  # write_bundle writes UTF-8: no lone surrogates
+    (root / "metadata.jsonl").write_text(odd, encoding="utf-8")
+    rehash(root)
+    bundle = load_bundle(root)
+    sources = json.loads((root / "sources.json").read_text())
+    assert bundle.sources == sources and list(bundle.sources) == [sha256_file(root / "images" / n) for n in names]
+    for folder, rows, digests in [
+        ("lists", [json.loads(line) for line in odd.splitlines()], sources),
+        ("loaded", bundle.metadata, bundle.sources),
+    ]:
+        shutil.copytree(root / "images", tmp_path / folder / "images")
+        write_bundle(
+            tmp_path / folder, embeddings=x, filenames=names, model=MODEL, preprocessing=PREPROCESSING_ID,
+            sources=digests, metadata=rows,
+        )  # fmt: skip
+    for name in ("metadata.jsonl", "sources.json"):
+        assert (tmp_path / "loaded" / name).read_bytes() == (tmp_path / "lists" / name).read_bytes()
+    assert load_bundle(tmp_path / "loaded").metadata == [json.loads(line) for line in odd.splitlines()]
+
+
 @pytest.mark.parametrize(
     "line, message",
     [("{not json", "metadata.jsonl line 3 is not JSON"), ('["a list"]', "metadata.jsonl line 3 is not a JSON object")],
