@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fashion_search.bundle import IMAGES, BundleError, load_bundle, write_bundle
-from fashion_search.catalogue import list_images, metadata_for, read_styles
+from fashion_search.catalogue import IMAGE_EXTENSIONS, list_images, metadata_for, read_styles
 from fashion_search.files import backup_path, restore_interrupted_swap, sha256_file, swap_in, write_atomic
 from fashion_search.imaging import PREPROCESSING_ID, ImageError, image_to_input, open_image
 
@@ -84,7 +84,8 @@ def build_bundle(
         styles = read_styles(metadata) if metadata else None
         files = list_images(images_dir, exclude=[out, staging, backup_path(out)])
         if not files:
-            raise PrecomputeError(f"No images (jpg, jpeg, png, webp, bmp, gif) found under {images_dir}.")
+            kinds = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
+            raise PrecomputeError(f"No images ({kinds}) found under {images_dir}.")
         summary = BuildSummary(out)
         _prepare_staging(staging, embedder, batch_size)
         digests = _hash_sources(images_dir, files, quiet, summary)

@@ -94,7 +94,7 @@ def test_command_fatal_errors_name_the_fix(tmp_path, weights_file):
     assert missing.returncode == 1 and "is not a folder of images" in missing.stderr
     (tmp_path / "empty").mkdir()
     empty = precompute(tmp_path / "empty", "--out", tmp_path / "out", "--weights", weights_file)
-    assert empty.returncode == 1 and "No images (jpg, jpeg, png, webp, bmp, gif) found" in empty.stderr
+    assert empty.returncode == 1 and "No images (bmp, gif, jpeg, jpg, png, webp) found" in empty.stderr
     weights = precompute(tmp_path / "empty", "--out", tmp_path / "out", "--weights", tmp_path / "none.h5")
     assert weights.returncode == 1 and "--weights PATH" in weights.stderr
     assert "Traceback" not in missing.stderr + empty.stderr + weights.stderr
