@@ -10,7 +10,9 @@ The Hub endpoint is the library's: HF_ENDPOINT (read when huggingface_hub is imp
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,9 @@ logger = logging.getLogger(__name__)
 REPO_TYPE = "dataset"
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _SPEC = re.compile(rf"({_NAME})/({_NAME})(?:@([^\s@]+))?")
+# Revisions of one catalogue kept in the cache: the one just fetched and the one used before it (a process that is
+# still serving it, during a restart, keeps its images). Older ones are deleted after each fetch from the Hub.
+KEEP_REVISIONS = 2
 # Repo files that are not part of a bundle: the Hub seeds .gitattributes, owners may add a dataset card.
 _NOT_BUNDLE = [".gitattributes", "README.md"]
 # What "the Hub could not be asked" looks like: no connection or a timeout, offline mode (HF_HUB_OFFLINE=1), a 5xx,
@@ -152,7 +157,9 @@ def fetch_bundle(
         # Asking for the repo info first is what tells "the Hub is away" apart from "nothing needed downloading":
         # a commit sha that is already cached would otherwise be served without any request at all.
         api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision)
-        return _download(api, repo_id, revision, root, local_files_only=False)
+        folder = _download(api, repo_id, revision, root, local_files_only=False)
+        _prune_older_revisions(folder)
+        return folder
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise CatalogNotFound(
             f"The Hub at {api.endpoint} has no dataset {where} you can read ({type(err).__name__}). Check the "
@@ -202,3 +209,13 @@ def _download(api: HfApi, repo_id: str, revision: str | None, root: Path, *, loc
     )
     logger.info("Catalogue %s@%s is in %s", repo_id, resolved.resolved, path)
     return Path(path)
+
+
+def _prune_older_revisions(current: Path) -> None:
+    """Mark `current` as just used; delete all but the KEEP_REVISIONS most recently used revisions beside it."""
+    os.utime(current)
+    others = [folder for folder in current.parent.iterdir() if folder.is_dir() and folder != current]
+    others.sort(key=lambda folder: folder.stat().st_mtime_ns, reverse=True)
+    for folder in others[KEEP_REVISIONS - 1 :]:
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("Removed the cached catalogue revision %s (kept the %d most recently used).", folder, KEEP_REVISIONS)

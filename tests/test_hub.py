@@ -183,6 +183,22 @@ def test_fetch_follows_main_and_a_pinned_revision_stays_put_after_a_newer_push(h
     assert tree(fetch_bundle(old.catalog_value, cache_dir=cache, endpoint=hub.url)) == old_files
 
 
+def test_the_cache_keeps_the_revision_fetched_and_the_one_used_before_it(hub, bundle, tmp_path):
+    cache = tmp_path / "cache"
+    pushed = []
+    for seed in (10, 11, 12):
+        make_bundle(bundle, {"1163.jpg": image_bytes(seed)})
+        pushed.append((push_bundle(bundle, REPO, endpoint=hub.url), tree(bundle)))
+    folders = [fetch_bundle(result.catalog_value, cache_dir=cache, endpoint=hub.url) for result, _ in pushed]
+
+    assert sorted(folder.name for folder in folders[0].parent.iterdir()) == sorted(f.name for f in folders[1:])
+    # going back to the previous one is served from the cache, even with the Hub gone; the oldest one is not there
+    hub.stop()
+    assert tree(fetch_bundle(pushed[1][0].catalog_value, cache_dir=cache, endpoint=hub.url)) == pushed[1][1]
+    with pytest.raises(HubUnavailable):
+        fetch_bundle(pushed[0][0].catalog_value, cache_dir=cache, endpoint=hub.url)
+
+
 @pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "main"])
 def test_hub_gone_serves_the_cached_copy_and_says_so(hub, bundle, tmp_path, caplog, pinned):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
