@@ -131,7 +131,10 @@ def _query_error(cause: Exception) -> QueryError:
 
 
 def _canonical(filters: dict[str, list[str]] | None) -> tuple:
-    return tuple(sorted((column, tuple(sorted(values))) for column, values in (filters or {}).items() if values))
+    """The same key for the same filters, whatever the order of columns and values (repr: never a TypeError)."""
+    return tuple(
+        sorted((column, tuple(sorted(values, key=repr))) for column, values in (filters or {}).items() if values)
+    )
 
 
 class Recommender:

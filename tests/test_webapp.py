@@ -138,6 +138,13 @@ def test_recommend_agrees_with_the_search_core(recommender, catalogue):
     assert [m.distance for m in got] == pytest.approx([m.distance for m in want], abs=1e-5)
 
 
+def test_filters_in_any_order_are_one_search_group():
+    assert webapp._canonical({"gender": ["Women", "Men"], "baseColour": ["Red"], "articleType": []}) == (
+        webapp._canonical({"baseColour": ["Red"], "gender": ["Men", "Women"]})
+    )
+    assert webapp._canonical({"gender": [None, "Men"]}) == (("gender", ("Men", None)),)  # mixed kinds: no TypeError
+
+
 def test_searches_made_together_equal_searches_made_one_at_a_time(recommender):
     """The search stage groups by k and filters; each request gets exactly what its own search would give."""
     searcher = recommender.searcher
