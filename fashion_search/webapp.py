@@ -100,6 +100,8 @@ class Batcher:
             batch = self._next_batch()
             try:
                 results = self._run_batch([item for item, _ in batch])
+                if len(results) != len(batch):  # never leave a request waiting for a result that will not come
+                    raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
             except BaseException as exc:  # hand the failure to every waiting request; keep serving
                 results = [exc] * len(batch)
             self.batch_sizes.append(len(batch))

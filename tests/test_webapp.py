@@ -112,6 +112,19 @@ def test_a_failed_forward_pass_reaches_its_requests_and_the_batcher_keeps_servin
     np.testing.assert_array_equal(batcher.submit(query(3.0)), np.full(3, 6.0, np.float32))
 
 
+def test_a_batch_function_that_loses_a_result_fails_its_batch_instead_of_hanging_it():
+    def double_but_drop_the_last_of_several(items):
+        doubled = [item * 2 for item in items]
+        return doubled[:-1] if len(items) > 1 else doubled
+
+    batcher = webapp.Batcher(double_but_drop_the_last_of_several)
+    futures = batcher.submit_all([1, 2, 3])
+    for future in futures:
+        with pytest.raises(RuntimeError, match="2 results for a batch of 3"):
+            future.result(30)
+    assert batcher.submit(4) == 8
+
+
 def test_an_item_that_fails_alone_fails_alone():
     def halve(items):
         return [ValueError(f"odd {item}") if item % 2 else item // 2 for item in items]
