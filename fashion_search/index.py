@@ -23,10 +23,11 @@ _SUBSET_CACHE_SIZE = 16  # fitted indexes over filtered subsets kept for repeat 
 # small shared machines. None = scikit-learn's default (all cores), the better choice on an idle many-core machine.
 SEARCH_THREADS: int | None = 1
 # Rows per block when several queries are searched in one call (scikit-learn's `pairwise_dist_chunk_size`, default
-# 256). For float32 data scikit-learn copies each block of catalogue rows to float64 and multiplies it with BLAS:
-# a 256-row block (4 MB) does not stay in cache, and 2-8 queries then cost 2-5x more per query than with 48-row
-# blocks (benchmarks/RESULTS.md, figure 2b). One query takes BLAS' matrix-vector path, fastest with the default.
-# The block size does not change any result, bit for bit (tests/test_index.py).
+# 256). For float32 data scikit-learn copies each block of catalogue rows to float64 and multiplies it with BLAS. On
+# one thread at 44k rows, 2-8 queries cost about twice as much per query in 256-row blocks as in 48-row ones
+# (measured 1.9-2.2x, idle and beside a running forward pass; benchmarks/RESULTS.md, "What the figures mean" 2).
+# One query was fastest with the default, so it keeps it. The block size changes no result, bit for bit
+# (tests/test_index.py).
 MULTI_QUERY_CHUNK = 48
 _controller = None
 
