@@ -116,13 +116,6 @@ class Batcher:
 class _Query:
     array: np.ndarray  # (224, 224, 3) float32, preprocessed
     k: int
-    filters: tuple  # as _SearchItem.filters
-
-
-@dataclass(frozen=True)
-class _SearchItem:
-    vector: np.ndarray  # (d,) float32, unit
-    k: int
     filters: tuple  # canonical: ((column, (value, ...)), ...), sorted, empty choices left out
 
 
@@ -179,16 +172,16 @@ class Recommender:
     def _embed_batch(self, queries: list[_Query]) -> list[Future]:
         """One forward pass; its vectors go on to the search stage together (its futures are the results)."""
         vectors = self.searcher.embedder.embed(np.stack([query.array for query in queries]))
-        return self.searching.submit_all([_SearchItem(v, query.k, query.filters) for v, query in zip(vectors, queries)])
+        return self.searching.submit_all(list(zip(vectors, queries)))
 
-    def _search_batch(self, items: list[_SearchItem]) -> list[list[Match] | QueryError]:
-        """One scikit-learn call per (k, filters) among the items; an error belongs to its group only."""
+    def _search_batch(self, items: list[tuple[np.ndarray, _Query]]) -> list[list[Match] | QueryError]:
+        """One scikit-learn call per (k, filters) among the (vector, query) items; an error stays in its group."""
         groups: dict[tuple, list[int]] = {}
-        for position, item in enumerate(items):
-            groups.setdefault((item.k, item.filters), []).append(position)
+        for position, (_, query) in enumerate(items):
+            groups.setdefault((query.k, query.filters), []).append(position)
         results: list = [None] * len(items)
         for (k, filters), positions in groups.items():
-            vectors = np.stack([items[p].vector for p in positions])
+            vectors = np.stack([items[p][0] for p in positions])
             try:
                 found = self.searcher.matches(vectors, k, {column: list(values) for column, values in filters})
             except (NoMatch, ValueError) as exc:  # no product matches, or a column the catalogue does not have

@@ -170,7 +170,7 @@ def test_searches_made_together_equal_searches_made_one_at_a_time(recommender):
         (vectors[4], 5, {"gender": ["Women"], "baseColour": []}),  # an empty choice is no filter on that column
         (vectors[5], 5, {"masterCategory": ["Footwear"], "articleType": ["Watches"]}),  # nothing matches
     ]
-    items = [webapp._SearchItem(vector, k, webapp._canonical(filters)) for vector, k, filters in requests]
+    items = [(vector, webapp._Query(None, k, webapp._canonical(filters))) for vector, k, filters in requests]
     got = recommender._search_batch(items)
 
     for (vector, k, filters), result in zip(requests[:5], got[:5]):
