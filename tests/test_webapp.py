@@ -58,17 +58,23 @@ def wait_until(condition, timeout: float = 30.0) -> None:
     raise AssertionError("condition not reached")
 
 
-def test_queries_arriving_during_a_forward_pass_share_the_next_one():
+def pile_up(max_batch_size: int, first: float, waiting: list[float]) -> tuple[webapp.Batcher, BlockingModel, dict]:
+    """One query holds the model; `waiting` queue up behind it; then the model is released and every query answered."""
     model = BlockingModel()
-    batcher = webapp.Batcher(model, max_batch_size=8)
+    batcher = webapp.Batcher(model, max_batch_size=max_batch_size)
     results: dict = {}
-    first = run_in_threads(batcher, [1.0], results)
+    threads = run_in_threads(batcher, [first], results)
     model.started.wait(30)
-    waiting = run_in_threads(batcher, [2.0, 3.0, 4.0, 5.0, 6.0], results)
-    wait_until(lambda: batcher._queue.qsize() == 5)
+    threads += run_in_threads(batcher, waiting, results)
+    wait_until(lambda: batcher._queue.qsize() == len(waiting))
     model.release.set()
-    for thread in first + waiting:
+    for thread in threads:
         thread.join(30)
+    return batcher, model, results
+
+
+def test_queries_arriving_during_a_forward_pass_share_the_next_one():
+    batcher, model, results = pile_up(8, 1.0, [2.0, 3.0, 4.0, 5.0, 6.0])
 
     assert batcher.batch_sizes == [1, 5]
     assert model.calls == 2
@@ -77,16 +83,7 @@ def test_queries_arriving_during_a_forward_pass_share_the_next_one():
 
 
 def test_a_batch_never_exceeds_the_maximum_size():
-    model = BlockingModel()
-    batcher = webapp.Batcher(model, max_batch_size=4)
-    results: dict = {}
-    threads = run_in_threads(batcher, [0.5], results)
-    model.started.wait(30)
-    threads += run_in_threads(batcher, [float(v) for v in range(1, 11)], results)
-    wait_until(lambda: batcher._queue.qsize() == 10)
-    model.release.set()
-    for thread in threads:
-        thread.join(30)
+    batcher, _, results = pile_up(4, 0.5, [float(v) for v in range(1, 11)])
     assert batcher.batch_sizes == [1, 4, 4, 2]
     assert all(np.array_equal(results[v], np.full(3, 2 * v, np.float32)) for v in results)
 
