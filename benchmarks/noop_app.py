@@ -68,10 +68,5 @@ if __name__ == "__main__":
     parser.add_argument("--catalog", required=True, type=Path)
     parser.add_argument("--port", type=int, default=7861)
     args = parser.parse_args()
-    build(args.catalog).launch(
-        server_name="127.0.0.1",
-        server_port=args.port,
-        max_file_size="20mb",
-        allowed_paths=[str((args.catalog / "images").resolve())],
-        ssr_mode=False,
-    )
+    gr.set_static_paths([args.catalog / "images"])  # the gallery's files served in place, as app.py does
+    build(args.catalog).launch(server_name="127.0.0.1", server_port=args.port, max_file_size="20mb", ssr_mode=False)

@@ -185,6 +185,14 @@ def test_concurrent_requests_each_get_their_own_answer_or_their_own_error(client
             assert_same_results(listing, listing_of(searcher.recommend(path, k=k)))
 
 
+def test_the_gallery_serves_the_bundle_images_in_place_without_copying_them(app_url, bundle_dir, queries):
+    gallery, listing = Client(app_url, verbose=False, download_files=False).predict(
+        handle_file(str(queries[1])), api_name="/recommend"
+    )
+    images = (bundle_dir / "images").resolve()
+    assert [Path(item["image"]["path"]) for item in gallery] == [images / row["filename"] for row in listing]
+
+
 def test_only_the_bundle_images_are_served(app_url, bundle_dir):
     image = (bundle_dir / "images" / "1000.jpg").resolve()
     served = httpx.get(f"{app_url}gradio_api/file={image}", timeout=30)
