@@ -93,12 +93,24 @@ class Bundle:
     def weights(self) -> str:
         return self.manifest["model"]["weights"]
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic its vectors were computed in (bundles without the key are float32, the seed's)."""
+        return self.manifest["model"].get("precision", "float32")
+
     def image_path(self, row: int) -> Path:
         return self.images_dir / self.filenames[row]
 
     def check_compatible(self, model: dict, preprocessing: str) -> None:
         """Raise `BundleMismatch` unless this bundle was made by `model` (an `Embedder.describe()`) and preprocessing."""
         mine = self.manifest["model"]
+        runs = model.get("precision", "float32")
+        if self.precision != runs and {**mine, "precision": None} == {**model, "precision": None}:
+            raise BundleMismatch(
+                f"The catalogue at {self.root} was made in {self.precision} arithmetic, but the model runs in {runs}. "
+                f"Start the app with --precision {self.precision} (FASHION_PRECISION), or rebuild the catalogue with "
+                f"precompute.py --precision {runs}."
+            )
         if mine != model:
             raise BundleMismatch(
                 f"The catalogue at {self.root} was made with weights {mine.get('weights')!r}, but the app runs "

@@ -2,6 +2,7 @@
 
     FASHION_CATALOG / --catalog   a bundle folder, or a Hub dataset OWNER/NAME[@REVISION]; unset = the demo catalogue
     FASHION_WEIGHTS / --weights   imagenet (default), random, or a Keras .h5 weights file
+    FASHION_PRECISION / --precision   float32 or bfloat16; unset = the precision the catalogue was made in
     FASHION_CACHE                 where the demo bundle is built and kept (default ~/.cache/fashion-search)
     GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are Gradio's own: read by Gradio, overridden only by --host / --port.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_WEIGHTS = "imagenet"
+PRECISIONS = ("float32", "bfloat16")  # as fashion_search.embedder.PRECISIONS (config does not import TensorFlow)
 # OWNER/NAME[@REVISION] as the Hub spells repo ids; fashion_search.hub.parse_catalog_spec has the exact rules.
 _HUB_SPEC = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@\S+)?")
 
@@ -29,6 +31,7 @@ class Settings:
     catalog: str | None  # as given: a folder or a Hub spec; None = the embedded demo catalogue
     weights: str  # "imagenet", "random" or a path
     cache_dir: Path  # the demo bundle's home
+    precision: str | None = None  # "float32" or "bfloat16"; None = as the catalogue was made (the demo: float32)
     server_name: str | None = None  # only from --host; None leaves GRADIO_SERVER_NAME / Gradio's default in charge
     server_port: int | None = None  # only from --port; None leaves GRADIO_SERVER_PORT / Gradio's default in charge
 
@@ -42,15 +45,21 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
     parser.add_argument("--catalog", help="bundle folder or Hub dataset OWNER/NAME[@REV] (env FASHION_CATALOG); "
                         "default: the embedded Fashion-MNIST demo catalogue")  # fmt: skip
     parser.add_argument("--weights", help="imagenet (default), random, or a Keras .h5 weights file (env FASHION_WEIGHTS)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (env FASHION_PRECISION); "
+                        "default: the catalogue's. bfloat16 is faster on CPUs with bf16 instructions, not seed-exact")
     parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args(list(argv))
     catalog = args.catalog or env.get("FASHION_CATALOG") or None
     weights = args.weights or env.get("FASHION_WEIGHTS") or DEFAULT_WEIGHTS
+    precision = args.precision or env.get("FASHION_PRECISION", "").strip() or None
+    if precision not in (None, *PRECISIONS):
+        parser.error(f"FASHION_PRECISION={precision!r}: use one of {', '.join(PRECISIONS)}, or leave it unset")
     return Settings(
         catalog=catalog.strip() if catalog else None,
         weights=weights.strip(),
         cache_dir=default_cache_dir(env),
+        precision=precision,
         server_name=args.host,
         server_port=args.port,
     )

@@ -198,16 +198,17 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
         StartupError: the weights, the catalogue or the Hub failed; the message says how to fix it.
     """
     from fashion_search.demo import demo_bundle
-    from fashion_search.embedder import Embedder, WeightsUnavailable  # TensorFlow loads here, not at import
+    from fashion_search.embedder import Embedder, PrecisionUnavailable, WeightsUnavailable  # TensorFlow loads here
 
     try:
         # A given catalogue is checked before the model is built, so a broken one is refused in seconds.
         bundle = None if settings.catalog is None else load_bundle(catalog_to_folder(settings.catalog))
-        embedder = Embedder.load(settings.weights)
+        precision = settings.precision or (bundle.precision if bundle is not None else "float32")
+        embedder = Embedder.load(settings.weights, precision=precision)
         if bundle is None:
             bundle = demo_bundle(embedder, settings.cache_dir)
         searcher = Searcher(embedder, bundle)
-    except (WeightsUnavailable, BundleError, ConfigError, PrecomputeError, CatalogueError) as exc:
+    except (WeightsUnavailable, PrecisionUnavailable, BundleError, ConfigError, PrecomputeError, CatalogueError) as exc:
         raise StartupError(str(exc)) from exc
     except OSError as exc:
         raise StartupError(f"Could not read or write {exc.filename or 'a file'}: {exc.strerror or exc}.") from exc

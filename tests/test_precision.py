@@ -1,0 +1,101 @@
+"""bfloat16 as an option: float32 stays the default (the seed's arithmetic, the seed's manifest); a bfloat16 bundle
+says so and is served in bfloat16; a process runs one precision."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+
+from app_runner import ROOT, AppProcess, app_env, free_port
+from fashion_search import config, webapp
+from fashion_search.bundle import BundleMismatch, load_bundle
+from fashion_search.embedder import Embedder, PrecisionUnavailable, cpu_has_bf16
+from fashion_search.imaging import PREPROCESSING_ID
+
+
+def test_the_precision_setting_flag_over_environment_unset_by_default():
+    assert config.resolve([], {}).precision is None  # None: as the catalogue was made
+    assert config.resolve([], {"FASHION_PRECISION": "bfloat16"}).precision == "bfloat16"
+    assert config.resolve(["--precision", "float32"], {"FASHION_PRECISION": "bfloat16"}).precision == "float32"
+
+
+def test_an_unknown_precision_is_refused_naming_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        config.resolve([], {"FASHION_PRECISION": "fp8"})
+    assert "FASHION_PRECISION='fp8': use one of float32, bfloat16" in capsys.readouterr().err
+
+
+def test_float32_is_the_default_and_leaves_the_seeds_manifest_as_it_was(embedder, bundle_dir):
+    assert embedder.precision == "float32" and "precision" not in embedder.describe()
+    bundle = load_bundle(bundle_dir)
+    assert bundle.precision == "float32" and "precision" not in bundle.manifest["model"]
+
+
+def test_a_second_precision_in_one_process_is_refused(embedder):
+    # This process runs float32 (the session's embedder): the bfloat16 rewrite would change that model too.
+    with pytest.raises(PrecisionUnavailable, match="needs a process of its own"):
+        Embedder.load("random", precision="bfloat16")
+    with pytest.raises(PrecisionUnavailable, match="Unknown precision 'fp16'"):
+        Embedder.load("random", precision="fp16")
+
+
+def bf16_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    """The float32 bundle, its manifest saying bfloat16: what a float32 app must refuse."""
+    copy = tmp_path / "said-bf16"
+    shutil.copytree(bundle_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["precision"] = "bfloat16"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_a_bfloat16_catalogue_is_not_searched_by_a_float32_model(embedder, weights_file, bundle_dir, tmp_path):
+    copy = bf16_copy(bundle_dir, tmp_path)
+    with pytest.raises(BundleMismatch, match="made in bfloat16 arithmetic, but the model runs in float32. Start the app "
+                       "with --precision bfloat16 .FASHION_PRECISION.") as caught:  # fmt: skip
+        load_bundle(copy).check_compatible(embedder.describe(), PREPROCESSING_ID)
+    assert "precompute.py --precision float32" in str(caught.value)
+
+    settings = config.Settings(catalog=str(copy), weights=str(weights_file), cache_dir=tmp_path / "cache")
+    with pytest.raises(webapp.StartupError, match="made in bfloat16 arithmetic"):
+        webapp.load_recommender(config.Settings(**{**vars(settings), "precision": "float32"}), warm_up=False)
+    # Unset, the app follows the catalogue: bfloat16, which this float32 process cannot also run.
+    with pytest.raises(webapp.StartupError, match="needs a process of its own"):
+        webapp.load_recommender(settings, warm_up=False)
+
+
+def test_bfloat16_from_precompute_to_the_app_in_processes_of_their_own(catalogue, weights_file, bundle_dir, tmp_path):
+    out = tmp_path / "bundle-bf16"
+    done = subprocess.run(
+        [sys.executable, "precompute.py", str(catalogue / "images"), "--out", str(out), "--weights", str(weights_file),
+         "--metadata", str(catalogue / "styles.csv"), "--precision", "bfloat16", "--quiet"],
+        cwd=ROOT, env=app_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if not cpu_has_bf16():
+        assert done.returncode == 1
+        assert "bfloat16 needs a CPU with bf16 instructions" in done.stderr and "Traceback" not in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    bf16, fp32 = load_bundle(out), load_bundle(bundle_dir)
+    assert bf16.precision == "bfloat16" and bf16.filenames == fp32.filenames
+    cosine = np.sum(bf16.embeddings * fp32.embeddings, axis=1)
+    assert cosine.min() > 0.999  # close to float32's vectors ...
+    assert not np.array_equal(bf16.embeddings, fp32.embeddings)  # ... and computed in bfloat16 all the same
+
+    # The app, given no precision, runs the catalogue's: a catalogue picture finds itself first.
+    port = free_port()
+    args = ["--catalog", str(out), "--weights", str(weights_file), "--port", str(port)]
+    with AppProcess(args, app_env(tmp_path), tmp_path / "app.log") as app:
+        url = app.wait_ready(port)
+        _, listing = Client(url, verbose=False).predict(
+            handle_file(str(out / "images" / bf16.filenames[3])), api_name="/recommend"
+        )
+    assert listing[0]["filename"] == bf16.filenames[3] and listing[0]["distance"] < 1e-3
+    assert "The model runs in bfloat16" in (tmp_path / "app.log").read_text()
