@@ -21,7 +21,10 @@ CLIENTS = 8
 
 
 def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
+    from contextlib import ExitStack
+
     from fashion_search.bundle import load_bundle
+    from fashion_search.embedder import cpu_has_bf16
     from fashion_search.search import Searcher
 
     log = ctx.log
@@ -35,18 +38,26 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
         queries.append(path)
 
     log(f"figure 3: starting app.py and the no-op app on {ctx.rows:,} rows ...")
-    with Server.app(catalog, ctx.weights) as app, Server.noop(catalog) as noop:
+    with ExitStack() as servers:
+        app, noop = servers.enter_context(Server.app(catalog, ctx.weights)), servers.enter_context(Server.noop(catalog))
         log(f"  app ready after {app.wait_ready():.1f} s, no-op after {noop.wait_ready():.1f} s")
+        # The option, for information: app.py in bfloat16 (it follows a bundle made in bfloat16), where the CPU can.
+        bf16 = servers.enter_context(Server.app(data.bfloat16_twin(catalog), ctx.weights)) if cpu_has_bf16() else None
+        if bf16 is not None:
+            log(f"  bfloat16 app ready after {bf16.wait_ready():.1f} s")
         app_client, noop_client = client(app.url), client(noop.url)
-        for path in queries:  # warm both servers and the client
-            ask(app_client, path), ask(noop_client, path)
+        bf16_client = client(bf16.url) if bf16 is not None else None
+        for path in queries:  # warm the servers and the clients
+            for warming in (app_client, noop_client, bf16_client):
+                if warming is not None:
+                    ask(warming, path)
         # The in-process query on the same bundle and files, in this process, for the target's sum.
         searcher = Searcher(ctx.embedder, load_bundle(catalog, verify_images=False))
         for path in queries:
             searcher.recommend(path.read_bytes())
 
         trip_app, trip_noop, inproc = Samples("s"), Samples("s"), Samples("s")
-        qps_one, qps_many, noop_one, noop_many = (Samples("q/s") for _ in range(4))
+        qps_one, qps_many, noop_one, noop_many, bf16_one, bf16_many = (Samples("q/s") for _ in range(6))
         client_cpu, server_cpu = Samples("s"), Samples("s")
         sequential = max(2, CLIENTS * per_client // 2)
         for r in range(runs):
@@ -62,11 +73,14 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
             server_cpu.values.append((_cpu_seconds(app.proc.pid) - served) / (CLIENTS * per_client))
             noop_one.values.append(_sequential_qps(noop_client, queries, sequential))
             noop_many.values.append(_concurrent_qps(noop.url, queries, CLIENTS, per_client))
+            if bf16_client is not None:
+                bf16_one.values.append(_sequential_qps(bf16_client, queries, sequential))
+                bf16_many.values.append(_concurrent_qps(bf16.url, queries, CLIENTS, per_client))
         log(
             f"  trip app {trip_app.values}, noop {trip_noop.values}, in-process {inproc.values}, "
             f"qps 1 {qps_one.values}, qps {CLIENTS} {qps_many.values}, no-op qps 1 {noop_one.values}, "
             f"no-op qps {CLIENTS} {noop_many.values}, client CPU per query {client_cpu.values}, "
-            f"app CPU per query {server_cpu.values}"
+            f"app CPU per query {server_cpu.values}, bfloat16 app qps 1 {bf16_one.values}, qps {CLIENTS} {bf16_many.values}"
         )
         del searcher
     budget = trip_noop.median + inproc.median
@@ -91,7 +105,14 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
         Row(f"3: queries/s with the clients on other machines, PROJECTED as {cores} cores / app CPU per query "
             "(not measured)", f"1 client {qps_one.median:.2f} q/s", f"{capacity:.3g} q/s",
             ratio(capacity / qps_one.median), "≥ 2 ×", verdict(capacity >= 2 * qps_one.median)),
-    ]  # fmt: skip
+    ] + ([
+        Row("3: queries/s, 1 client, app.py in bfloat16 (`--precision bfloat16`, the option)", "—", value(bf16_one), "",
+            "(information)"),
+        Row(f"3: queries/s, {CLIENTS} concurrent clients, app.py in bfloat16",
+            f"float32 app {qps_many.median:.3g} q/s; its 1 client {bf16_one.median:.2f} q/s", value(bf16_many),
+            f"{ratio(bf16_many.median / qps_many.median)} float32, {ratio(bf16_many.median / bf16_one.median)} 1 client",
+            "(information)"),
+    ] if bf16_one.values else [])  # fmt: skip
 
 
 def _median(func, queries, repeat: int) -> float:
