@@ -15,6 +15,7 @@ import logging
 import sys
 
 from fashion_search.catalogue import CatalogueError
+from fashion_search.embedder import PRECISIONS
 from fashion_search.pipeline import PrecomputeError, build_bundle
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a Keras .h5 weights file")
     parser.add_argument("--metadata", help="Kaggle styles.csv: product metadata matched by file stem = id")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="the model's arithmetic: float32 (default, the seed's) or bfloat16 (faster on CPUs with "
                         "bf16 instructions; the app then runs in bfloat16 too)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashion_search.embedder import PRECISIONS  # (TensorFlow loads only when a model is built)
+
 DEFAULT_WEIGHTS = "imagenet"
-PRECISIONS = ("float32", "bfloat16")  # as fashion_search.embedder.PRECISIONS (config does not import TensorFlow)
 # OWNER/NAME[@REVISION] as the Hub spells repo ids; fashion_search.hub.parse_catalog_spec has the exact rules.
 _HUB_SPEC = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@\S+)?")
 

@@ -3,8 +3,8 @@
 Arithmetic: float32 by default, the seed's. `precision="bfloat16"` turns on TensorFlow's oneDNN bfloat16 rewrite
 (Grappler's auto_mixed_precision_onednn_bfloat16) for CPUs with bf16 instructions. On this project's 2-core AVX512_BF16
 machines batches of 32 ran 1.56-1.58x as fast and batches of 8 1.46-1.52x, one image alone no faster, and the top-5
-overlap with float32 was 0.988 (benchmarks/RESULTS.md, figure 5). The rewrite is a TensorFlow setting of the whole process, so a process
-runs one precision.
+overlap with float32 was 0.988 (benchmarks/RESULTS.md, figure 5). The rewrite is a TensorFlow setting of the whole
+process, so a process runs one precision.
 """
 
 from __future__ import annotations
