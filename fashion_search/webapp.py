@@ -204,7 +204,15 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
         # A given catalogue is checked before the model is built, so a broken one is refused in seconds.
         bundle = None if settings.catalog is None else load_bundle(catalog_to_folder(settings.catalog))
         precision = settings.precision or (bundle.precision if bundle is not None else "float32")
-        embedder = Embedder.load(settings.weights, precision=precision)
+        try:
+            embedder = Embedder.load(settings.weights, precision=precision)
+        except PrecisionUnavailable as exc:
+            if settings.precision is None and bundle is not None:  # the precision came from the catalogue
+                raise PrecisionUnavailable(
+                    f"The catalogue was made in {precision} and FASHION_PRECISION is unset, so the app runs it in "
+                    f"{precision}: {exc} To serve it in float32, rebuild it with precompute.py --precision float32."
+                ) from exc
+            raise
         if bundle is None:
             bundle = demo_bundle(embedder, settings.cache_dir)
         searcher = Searcher(embedder, bundle)

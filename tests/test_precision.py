@@ -66,9 +66,12 @@ def test_a_bfloat16_catalogue_is_not_searched_by_a_float32_model(embedder, weigh
     settings = config.Settings(catalog=str(copy), weights=str(weights_file), cache_dir=tmp_path / "cache")
     with pytest.raises(webapp.StartupError, match="made in bfloat16 arithmetic"):
         webapp.load_recommender(config.Settings(**{**vars(settings), "precision": "float32"}), warm_up=False)
-    # Unset, the app follows the catalogue: bfloat16, which this float32 process cannot also run.
-    with pytest.raises(webapp.StartupError, match="needs a process of its own"):
+    # Unset, the app follows the catalogue: bfloat16, which this float32 process cannot also run; it says where the
+    # precision came from and how to serve the catalogue in float32.
+    with pytest.raises(webapp.StartupError) as caught:
         webapp.load_recommender(settings, warm_up=False)
+    assert str(caught.value).startswith("The catalogue was made in bfloat16 and FASHION_PRECISION is unset")
+    assert "needs a process of its own" in str(caught.value) and "precompute.py --precision float32" in str(caught.value)
 
 
 def test_bfloat16_from_precompute_to_the_app_in_processes_of_their_own(catalogue, weights_file, bundle_dir, tmp_path):
