@@ -1,9 +1,11 @@
 """The precompute pipeline: a folder of catalogue images -> a bundle; resumable, incremental, written aside then swapped.
 
-Work happens in a staging folder beside the output (`.NAME.partial`). Each batch of images is embedded and saved
-there as a content-addressed chunk (named by the hash of its file names and contents), so a run killed at any
-moment and started again picks up every finished chunk and makes the same bundle. Rows of an existing bundle whose
-source file is unchanged (same name, same sha256) are reused. The previous bundle is replaced only at the end.
+Work happens in a folder beside the output (`.NAME.partial`): the bundle being made (`bundle/`) and, beside it, each
+batch of images embedded and saved as a content-addressed chunk (named by the hash of its file names and contents),
+so a run killed at any moment and started again picks up every finished chunk and makes the same bundle. Rows of an
+existing bundle whose source file is unchanged (same name, same sha256) are reused. The previous bundle is replaced
+only at the end, and the chunks are deleted only once the new bundle is in place: a run whose final swap fails (no
+permission, say) is resumed without embedding anything again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIZE = 256  # longest side of the images a bundle carries for the gallery
 _STATE = "state.json"
 _CHUNKS = "chunks"
+_BUNDLE = "bundle"
 
 
 class PrecomputeError(Exception):
@@ -78,20 +81,21 @@ def build_bundle(
         raise PrecomputeError(f"--batch-size must be at least 1, got {batch_size}.")
     started = time.perf_counter()
     images_dir, out = Path(images_dir), Path(out_dir)
-    staging = out.with_name(f".{out.name}.partial")
+    work = out.with_name(f".{out.name}.partial")
+    staging = work / _BUNDLE
     try:
         restore_interrupted_swap(out)
         styles = read_styles(metadata) if metadata else None
-        files = list_images(images_dir, exclude=[out, staging, backup_path(out)])
+        files = list_images(images_dir, exclude=[out, work, backup_path(out)])
         if not files:
             kinds = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
             raise PrecomputeError(f"No images ({kinds}) found under {images_dir}.")
         summary = BuildSummary(out)
-        _prepare_staging(staging, embedder, batch_size)
+        _prepare_work(work, embedder, batch_size)
         digests = _hash_sources(images_dir, files, quiet, summary)
         vectors = _reuse_previous(out, staging, embedder, digests, summary)
         todo = [name for name in files if name in digests and name not in vectors]
-        _embed(images_dir, staging, embedder, todo, digests, vectors, batch_size, workers, quiet, summary)
+        _embed(images_dir, work, embedder, todo, digests, vectors, batch_size, workers, quiet, summary)
         if not vectors:
             raise PrecomputeError(f"None of the {len(files)} images under {images_dir} could be read.")
         names = sorted(vectors)
@@ -105,9 +109,10 @@ def build_bundle(
             model=embedder.describe(),
             preprocessing=PREPROCESSING_ID,
         )
-        shutil.rmtree(staging / _CHUNKS)
-        (staging / _STATE).unlink()
         swap_in(staging, out)
+        shutil.rmtree(work, ignore_errors=True)  # only now: until the bundle is in place, a re-run resumes from them
+        if work.exists():
+            log.warning("The bundle is in place, but %s could not be deleted: delete it by hand.", work)
     except OSError as exc:
         raise PrecomputeError(_os_error_message(exc, out)) from exc
     summary.count = len(names)
@@ -115,20 +120,20 @@ def build_bundle(
     return summary
 
 
-def _prepare_staging(staging: Path, embedder, batch_size: int) -> None:
-    """Keep an interrupted run's staging folder only if it was made by the same model, preprocessing and batching."""
+def _prepare_work(work: Path, embedder, batch_size: int) -> None:
+    """Keep an interrupted run's work folder only if it was made by the same model, preprocessing and batching."""
     state = {"model": embedder.describe(), "preprocessing": PREPROCESSING_ID, "batch_size": batch_size}
-    state_path = staging / _STATE
-    if staging.exists():
+    state_path = work / _STATE
+    if work.exists():
         try:
             same = json.loads(state_path.read_text()) == state
         except (OSError, ValueError):
             same = False
         if not same:
-            log.info("Discarding %s: it was started with other settings.", staging)
-            shutil.rmtree(staging)
-    (staging / _CHUNKS).mkdir(parents=True, exist_ok=True)
-    (staging / IMAGES).mkdir(exist_ok=True)
+            log.info("Discarding %s: it was started with other settings.", work)
+            shutil.rmtree(work)
+    (work / _CHUNKS).mkdir(parents=True, exist_ok=True)
+    (work / _BUNDLE / IMAGES).mkdir(parents=True, exist_ok=True)
     write_atomic(state_path, json.dumps(state, sort_keys=True).encode())
 
 
@@ -169,18 +174,22 @@ def _reuse_previous(out: Path, staging: Path, embedder, digests: dict[str, str],
     return vectors
 
 
-def _embed(images_dir, staging, embedder, todo, digests, vectors, batch_size, workers, quiet, summary) -> None:
+def _embed(images_dir, work, embedder, todo, digests, vectors, batch_size, workers, quiet, summary) -> None:
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    copies = work / _BUNDLE / IMAGES
     bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=quiet, smoothing=0.1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[tuple[Path, list[str], list[Future] | None]] = deque()
+        pending: deque[tuple[Path, list[str], tuple | None, list[Future] | None]] = deque()
 
         def schedule(chunk: list[str]) -> None:
-            path = staging / _CHUNKS / f"{_chunk_key(chunk, digests)}.npz"
-            futures = None if path.exists() else [
-                pool.submit(_prepare_image, images_dir / name, staging / IMAGES / name) for name in chunk
+            path = work / _CHUNKS / f"{_chunk_key(chunk, digests)}.npz"
+            done = _load_chunk(path) if path.exists() else None
+            if done is not None and not all((copies / name).exists() for name in done[0]):
+                done = None  # its images' copies left with a bundle swapped in before the chunks were deleted
+            futures = None if done is not None else [
+                pool.submit(_prepare_image, images_dir / name, copies / name) for name in chunk
             ]
-            pending.append((path, chunk, futures))
+            pending.append((path, chunk, done, futures))
 
         queue = iter(chunks)
         for chunk in queue:  # decode up to two batches ahead of the forward pass
@@ -188,12 +197,12 @@ def _embed(images_dir, staging, embedder, todo, digests, vectors, batch_size, wo
             if len(pending) == 2:
                 break
         while pending:
-            path, chunk, futures = pending.popleft()
+            path, chunk, done, futures = pending.popleft()
             next_chunk = next(queue, None)
             if next_chunk is not None:
                 schedule(next_chunk)
-            if futures is None:
-                names, rows, skipped = _load_chunk(path)
+            if done is not None:
+                names, rows, skipped = done
                 summary.resumed += len(names)
             else:
                 names, rows, skipped = _run_chunk(embedder, chunk, [f.result() for f in futures])

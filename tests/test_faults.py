@@ -86,7 +86,7 @@ def test_update_killed_three_times_resumes_to_the_identical_bundle(tmp_path, emb
         ("after a new chunk, seconds", rng.uniform(0.0, 0.8)),  # somewhere between two chunk writes
     ]
     chunks = tmp_path / ".out.partial" / "chunks"
-    copies = tmp_path / ".out.partial" / "images"
+    copies = tmp_path / ".out.partial" / "bundle" / "images"
     command = [sys.executable, ROOT / "precompute.py", images, "--out", out, "--weights", weights_file,
                "--batch-size", str(BATCH), "--quiet"]  # fmt: skip
     for how, amount in plan:
@@ -224,6 +224,8 @@ def test_no_write_permission_is_a_clear_error_and_the_previous_bundle_survives(t
     assert len(load_bundle(out).filenames) == 4
     summary = build_bundle(images, out, embedder, batch_size=BATCH, quiet=True)  # once writable again: it finishes
     assert summary.count == 6 and summary.reused == 4
+    # Failing at the swap, the run had embedded the 2 new images: the re-run takes them up from its chunks.
+    assert (summary.embedded, summary.resumed) == ((0, 2) if "bundle" in fault else (2, 0))
 
 
 # Unreadable catalogue entries

@@ -125,6 +125,50 @@ def test_killed_run_resumes_to_the_identical_bundle(tmp_path, weights_file):
     assert not chunks.parent.exists()
 
 
+def test_a_failed_final_swap_costs_no_re_embedding(tmp_path, embedder, monkeypatch):
+    images = tmp_path / "images"
+    make_catalogue(images, 10, seed=13)
+    build_bundle(images, tmp_path / "reference", embedder, batch_size=4, quiet=True)
+    out = tmp_path / "out"
+
+    def no_permission(new, target):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr("fashion_search.pipeline.swap_in", no_permission)
+    with pytest.raises(PrecomputeError, match="No permission to write"):
+        build_bundle(images, out, embedder, batch_size=4, quiet=True)
+    monkeypatch.undo()
+    summary = build_bundle(images, out, embedder, batch_size=4, quiet=True)
+    assert (summary.embedded, summary.resumed) == (0, 10)  # every chunk of the failed run taken up
+    assert bundle_contents(out) == bundle_contents(tmp_path / "reference")
+    assert not (tmp_path / ".out.partial").exists()
+
+
+def test_chunks_whose_image_copies_are_gone_are_not_trusted(tmp_path, embedder, monkeypatch):
+    """A kill right after the swap leaves the chunks but not the bundle folder they were made with."""
+    images = tmp_path / "images"
+    make_catalogue(images, 10, seed=17)
+    build_bundle(images, tmp_path / "reference", embedder, batch_size=4, quiet=True)
+    out = tmp_path / "out"
+    from fashion_search import pipeline
+
+    real_swap = pipeline.swap_in
+
+    def swap_then_killed(new, target):
+        real_swap(new, target)
+        raise KeyboardInterrupt  # as a SIGINT landing between the swap and the clean-up
+
+    monkeypatch.setattr(pipeline, "swap_in", swap_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(images, out, embedder, batch_size=4, quiet=True)
+    monkeypatch.undo()
+    assert list((tmp_path / ".out.partial" / "chunks").glob("*.npz"))
+    shutil.rmtree(out)  # the bundle is gone too: every row must be made again, images included
+    summary = build_bundle(images, out, embedder, batch_size=4, quiet=True)
+    assert (summary.embedded, summary.resumed) == (10, 0)
+    assert bundle_contents(out) == bundle_contents(tmp_path / "reference")
+
+
 def test_incremental_update_reuses_adds_and_drops(tmp_path, embedder):
     images = tmp_path / "images"
     names = make_catalogue(images, 10, seed=9)
