@@ -73,6 +73,8 @@ def description(info: webapp.CatalogueInfo) -> str:
         "Upload a photo of a garment, a shoe or a bag — or take one with your webcam, or paste one — and see the most "
         f"similar of the {info.count:,} products in {catalogue}, nearest first."
     )
+    if info.precision != "float32":
+        text += f" The model runs in {info.precision}: faster, with results close to float32's but not always the same."
     if info.random_weights:
         text = (
             '<p class="random-weights">⚠ This app runs with random model weights (FASHION_WEIGHTS=random): '

@@ -52,6 +52,7 @@ class CatalogueInfo:
     count: int
     weights: str  # the embedder fingerprint
     random_weights: bool
+    precision: str = "float32"  # the model's arithmetic: "float32" (the seed's) or "bfloat16"
 
 
 class Batcher:
@@ -226,6 +227,7 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
         count=len(bundle.filenames),
         weights=embedder.fingerprint,
         random_weights=embedder.fingerprint.startswith("random"),
+        precision=embedder.precision,
     )
     recommender = Recommender(searcher, info)
     if warm_up:

@@ -207,6 +207,7 @@ def test_the_page_names_the_catalogue_and_shows_no_random_weights_warning(app_ur
     page = str(config)
     assert f"of the 20 products in the catalogue <b>{bundle_dir.name}</b>" in page
     assert "not meaningful" not in page
+    assert "The model runs in" not in page  # float32, the default, needs no word
     assert str(bundle_dir.parent) not in page  # the server's folders stay private
 
 
