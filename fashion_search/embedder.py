@@ -147,12 +147,19 @@ def _use_precision(precision: str) -> None:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU advertises bf16 instructions (Linux: /proc/cpuinfo)."""
+    """Whether this CPU advertises bf16 instructions."""
+    return not cpu_flags().isdisjoint(_BF16_CPU_FLAGS)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux: the "flags" line of /proc/cpuinfo); empty where they cannot be read."""
     try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+        pass
+    return set()
 
 
 def _resnet50(weights):
