@@ -61,6 +61,16 @@ def test_exif_orientation_is_applied(product):
     np.testing.assert_array_equal(np.asarray(open_image(data)), np.asarray(product))
 
 
+def test_a_callers_picture_is_not_turned(product):
+    rotated = product.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture = Image.open(io.BytesIO(encode(rotated, "PNG", exif=exif)))
+    np.testing.assert_array_equal(np.asarray(open_image(picture)), np.asarray(product))
+    assert picture.size == rotated.size and picture.getexif()[0x0112] == 6  # upright copy; the original untouched
+    np.testing.assert_array_equal(np.asarray(picture), np.asarray(rotated))
+
+
 def test_transparency_is_composited_on_white():
     rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
     rgba.putpixel((0, 0), (0, 0, 255, 255))
