@@ -144,9 +144,10 @@ demo = gr.Interface(
 
 
 def launch_options() -> dict:
-    """What launch() needs besides the address: upload limit, look."""
+    """What launch() needs besides the address: upload limit, sessions kept, look."""
     return {
         "max_file_size": webapp.MAX_UPLOAD,
+        "state_session_capacity": webapp.SESSION_CAPACITY,
         "css": CSS,
         # System fonts: the page asks no third party for anything.
         "theme": gr.themes.Default(primary_hue="neutral", font=["ui-sans-serif", "system-ui", "sans-serif"]),

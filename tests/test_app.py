@@ -202,6 +202,23 @@ def test_only_the_bundle_images_are_served(app_url, bundle_dir):
         assert refused.status_code in (403, 404), path
 
 
+def test_old_sessions_are_dropped_and_a_dropped_session_is_still_answered(bundle_dir, weights_file, searcher, queries):
+    app, url = launch_app(bundle_dir, weights_file)
+    holder = app.demo.state_holder
+    assert holder.capacity == webapp.SESSION_CAPACITY
+    first, second, third = (Client(url, verbose=False, download_files=False) for _ in range(3))
+    expected = listing_of(searcher.recommend(queries[0]))
+    holder.capacity = 2  # so that a third session drops the first, without making a thousand
+    try:
+        for client_ in (first, second, third):
+            assert_same_results(client_.predict(handle_file(str(queries[0])), api_name="/recommend")[1], expected)
+        assert first.session_hash not in holder and third.session_hash in holder
+        assert len(holder.session_data) <= 2
+        assert_same_results(first.predict(handle_file(str(queries[0])), api_name="/recommend")[1], expected)
+    finally:
+        holder.capacity = webapp.SESSION_CAPACITY
+
+
 def test_the_page_names_the_catalogue_and_shows_no_random_weights_warning(app_url, bundle_dir):
     config = httpx.get(f"{app_url}config", timeout=30).json()
     page = str(config)
