@@ -15,8 +15,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from benchmarks.report import Row, ratio, verdict
 from benchmarks.servers import QUIET_ENV, ROOT
-
-PRECISIONS = ("float32", "bfloat16")
+from fashion_search.embedder import PRECISIONS
 
 
 def run(ctx, runs: int, catalogue: int, queries: int) -> list[Row]:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 8  # queries per forward pass and per search; the app runs as many requests at once
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
 # Gradio keeps a copy of the page's config for each session (each browser tab, each gradio_client Client): about
-# 77 KB each here (400 sessions on the 44k catalogue: +31.7 MB), and by default up to 10,000 of them (~770 MB). This
+# 70 KB each here (1,000 sessions on the 44k catalogue: +73 MB), and by default up to 10,000 of them (~700 MB). This
 # app keeps no state in a session, so the oldest are dropped sooner; a dropped session is simply made anew.
 SESSION_CAPACITY = 1000
 NAME_COLUMN = "productDisplayName"
