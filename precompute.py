@@ -2,7 +2,8 @@
 
 Usage:
     python precompute.py IMAGES_DIR --out BUNDLE_DIR [--weights imagenet|random|PATH] [--metadata styles.csv]
-                         [--batch-size N] [--precision float32|bfloat16] [--quiet] [--push-to-hub OWNER/NAME [--private]]
+                         [--batch-size N] [--precision float32|bfloat16] [--quiet]
+                         [--push-to-hub OWNER/NAME [--private] [--license ID]]
     python precompute.py --out BUNDLE_DIR --push-to-hub OWNER/NAME     # push an existing bundle, no rebuild
     python precompute.py fashion-product-images-small/images --out bundles/kaggle \\
                          --metadata fashion-product-images-small/styles.csv
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the bundle to this Hugging Face dataset "
                         "repo (token from HF_TOKEN or `hf auth login`)")
     parser.add_argument("--private", action="store_true", help="create the dataset repo private")
+    parser.add_argument("--license", default="unknown", help="the licence of the images, for the dataset card: a Hub "
+                        "licence id such as mit or cc-by-4.0 (default unknown)")
     args = parser.parse_args(argv)
     if args.images_dir is None and not args.push_to_hub:
         parser.error("give IMAGES_DIR to build a bundle, or --push-to-hub to push an existing one")
@@ -68,12 +71,11 @@ def build(args: argparse.Namespace) -> int:
 def push(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from fashion_search.bundle import BundleError, load_bundle
+    from fashion_search.bundle import BundleError
     from fashion_search.hub import HubError, push_bundle
 
-    try:
-        load_bundle(args.out)  # never publish a bundle the app would refuse
-        result = push_bundle(args.out, args.push_to_hub, private=args.private)
+    try:  # push_bundle loads and verifies the bundle first: nothing the app would refuse is published
+        result = push_bundle(args.out, args.push_to_hub, private=args.private, license=args.license)
     except (BundleError, HubError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

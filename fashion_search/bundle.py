@@ -245,13 +245,20 @@ def _check_paths(root: Path, names: list, plain: set[str]) -> None:
             raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}, which is not a file name.")
         if name in plain:
             continue
-        pure = PurePosixPath(name)
-        if pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~") or ":" in pure.parts[0]:
+        if not is_relative_name(name):
             raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}: file names must be relative and stay inside images/.")
         images = images or (root / IMAGES).resolve()
         target = (root / IMAGES / name).resolve()
         if not target.is_relative_to(images):
             raise BundleUnsafePath(f"images/{name} leads outside the bundle's images/ folder (to {target}).")
+
+
+def is_relative_name(name: str) -> bool:
+    """A name that stays below the folder it is joined to: not absolute, no `..`, no backslash, `~` or drive."""
+    pure = PurePosixPath(name)
+    return bool(name) and not (
+        pure.is_absolute() or ".." in pure.parts or "\\" in name or name.startswith("~") or ":" in pure.parts[0]
+    )
 
 
 def _plain_files(folder: Path, prefix: str = ""):

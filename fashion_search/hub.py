@@ -4,21 +4,30 @@
     print(result.catalog_value)                               # OWNER/NAME@<commit sha>: set it as FASHION_CATALOG
     root = fetch_bundle("OWNER/NAME@<commit sha>")            # a plain folder: load_bundle(root) as usual
 
+On the Hub a bundle is a dataset in a bounded number of files, whatever the number of products:
+    README.md          the dataset card (licence, tags, size, `configs` naming the shards), written by the push
+    manifest.json, embeddings.npy, filenames.json, sources.json, metadata.jsonl     the bundle's data files
+    shards.json        the shards this revision's images are in
+    shards/<id>.tar    the images, as WebDataset shards (fashion_search.shards): 44k products in about 22
+
 The Hub endpoint is the library's: HF_ENDPOINT (read when huggingface_hub is imported) unless `endpoint=` is given.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2  # huggingface_hub's HTTP client: its TransportError is how "the Hub cannot be reached" surfaces
-from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -27,18 +36,22 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 
-from fashion_search.bundle import IMAGES, MANIFEST
+from fashion_search.bundle import DATA_FILES, IMAGES, MANIFEST, Bundle, BundleFormatError, load_bundle
+from fashion_search.shards import SHARD_NAME, SHARDS, Shard, extract_shards, plan_shards, write_shard
 
 logger = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
+SHARD_INDEX = "shards.json"
+CARD = "README.md"
+MAX_COMMIT_FILES = 100  # the Hub's limit on the files of one commit made over HTTP
+SHARDS_PER_COMMIT = 10  # each commit of shards is a point a killed push resumes from
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _SPEC = re.compile(rf"({_NAME})/({_NAME})(?:@([^\s@]+))?")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 # Revisions of one catalogue kept in the cache: the one just fetched and the one used before it (a process that is
 # still serving it, during a restart, keeps its images). Older ones are deleted after each fetch from the Hub.
 KEEP_REVISIONS = 2
-# Repo files that are not part of a bundle: the Hub seeds .gitattributes, owners may add a dataset card.
-_NOT_BUNDLE = [".gitattributes", "README.md"]
 # What "the Hub could not be asked" looks like: no connection or a timeout, offline mode (HF_HUB_OFFLINE=1), a 5xx,
 # or a download that lost the Hub half-way (LocalEntryNotFoundError, RevisionResolutionError).
 _UNREACHABLE = (
@@ -86,17 +99,25 @@ def push_bundle(
     repo_id: str,
     *,
     private: bool = False,
+    license: str = "unknown",
     token: str | None = None,
     endpoint: str | None = None,
 ) -> PushResult:
-    """Upload a bundle folder to the dataset repo `repo_id` (created if missing) and return the commit to pin.
+    """Upload a bundle to the dataset repo `repo_id` (created if missing) and return the commit to pin.
 
-    Files that are not in `bundle_dir` are deleted from the repo's images/ so a shrunk catalogue leaves no stale
-    images; README.md and .gitattributes are left alone. An unchanged bundle makes no commit.
+    The images travel as shards: first the shards the repo does not have yet, SHARDS_PER_COMMIT to a commit (a push
+    that is killed and run again sends none of those twice), then one commit with the data files, the shard list
+    and the dataset card that also removes the shards and files no longer used. Every commit holds at most
+    MAX_COMMIT_FILES files. An unchanged bundle makes no commit.
 
     Args:
+        license: the dataset card's licence, a Hub licence id ("mit", "cc-by-4.0", ..., "other", "unknown").
         token: a Hub token; None uses HF_TOKEN or the login saved by `hf auth login`.
         endpoint: the Hub URL; None uses HF_ENDPOINT / huggingface.co.
+
+    Raises:
+        ValueError: not OWNER/NAME, or not a bundle folder.
+        BundleError: a bundle the app would refuse (it is loaded and verified first); nothing is sent.
     """
     bundle_dir = Path(bundle_dir)
     parsed_id, revision = parse_catalog_spec(repo_id)
@@ -104,6 +125,8 @@ def push_bundle(
         raise ValueError(f"Push to a repo, not a revision: got {repo_id!r}, expected OWNER/NAME.")
     if not (bundle_dir / MANIFEST).is_file():
         raise ValueError(f"{bundle_dir} has no {MANIFEST}: it is not a finished bundle. Build it with precompute.py.")
+    bundle = load_bundle(bundle_dir)
+    plan = plan_shards(bundle)
 
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(parsed_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
@@ -114,16 +137,90 @@ def push_bundle(
             "Make it private in the repo settings on the Hub if it should be.",
             parsed_id,
         )
-    commit = api.upload_folder(
-        repo_id=parsed_id,
-        repo_type=REPO_TYPE,
-        folder_path=bundle_dir,
-        commit_message=f"Upload catalogue bundle from {bundle_dir.name}",
-        delete_patterns=[f"{IMAGES}/*"],
+    remote = {entry.path for entry in api.list_repo_tree(parsed_id, repo_type=REPO_TYPE, revision=before.sha)}
+    on_hub = _files_under(api, parsed_id, before.sha, SHARDS) if SHARDS in remote else set()
+    head = before.sha
+    missing = [shard for shard in plan if shard.path not in on_hub]
+    with tempfile.TemporaryDirectory(prefix=".shards-", dir=bundle_dir.parent) as tmp:
+        for start in range(0, len(missing), SHARDS_PER_COMMIT):
+            group = missing[start : start + SHARDS_PER_COMMIT]
+            tars = [write_shard(shard, bundle.images_dir, Path(tmp) / f"{n}.tar") for n, shard in enumerate(group)]
+            adds = [CommitOperationAdd(shard.path, tar) for shard, tar in zip(group, tars)]
+            message = f"Add image shards {start + 1}-{start + len(group)} of {len(missing)} from {bundle_dir.name}"
+            head = _commit(api, parsed_id, adds, message, head)
+            logger.info("Sent %d of %d new image shards to %s", start + len(group), len(missing), parsed_id)
+            for tar in tars:  # the next group's disk space
+                tar.unlink()
+
+    data = [MANIFEST, *(name for name in DATA_FILES if name in bundle.manifest["files"])]
+    adds = [CommitOperationAdd(name, bundle_dir / name) for name in data] + [
+        CommitOperationAdd(SHARD_INDEX, _shard_index(plan)),
+        CommitOperationAdd(CARD, dataset_card(bundle, parsed_id, plan, license).encode()),
+    ]
+    stale = sorted(on_hub - {shard.path for shard in plan}) + sorted(remote & (set(DATA_FILES) - set(data)))
+    deletions = [CommitOperationDelete(path) for path in stale]
+    if IMAGES in remote:  # a repo pushed by an earlier version, one file per image
+        deletions.append(CommitOperationDelete(f"{IMAGES}/", is_folder=True))
+    room = MAX_COMMIT_FILES - len(adds)
+    head = _commit(api, parsed_id, adds + deletions[:room], f"Upload catalogue bundle from {bundle_dir.name}", head)
+    for start in range(room, len(deletions), MAX_COMMIT_FILES):
+        head = _commit(api, parsed_id, deletions[start : start + MAX_COMMIT_FILES], "Remove unused image shards", head)
+    created = head != before.sha
+    logger.info("%s %s at commit %s", "Pushed" if created else "Unchanged:", parsed_id, head)
+    return PushResult(commit_sha=head, catalog_value=f"{parsed_id}@{head}", created_commit=created)
+
+
+def dataset_card(bundle: Bundle, repo_id: str, plan: list[Shard], license: str) -> str:
+    """The repo's README.md: front matter for the Hub (licence, tags, size, the shards as the data) and a short text."""
+    model = bundle.manifest["model"]
+    count = len(bundle.filenames)
+    return CARD_TEMPLATE.format(
+        license=license,
+        size=_size_category(count),
+        shards=SHARDS,
+        repo_id=repo_id,
+        count=count,
+        shard_count=len(plan),
+        weights=model.get("weights"),
+        precision=bundle.precision,
+        dim=bundle.manifest["dim"],
+        metadata="one JSON object per product" if bundle.metadata is not None else "not included",
     )
-    created = commit.oid != before.sha
-    logger.info("%s %s at commit %s", "Pushed" if created else "Unchanged:", parsed_id, commit.oid)
-    return PushResult(commit_sha=commit.oid, catalog_value=f"{parsed_id}@{commit.oid}", created_commit=created)
+
+
+CARD_TEMPLATE = """---
+license: {license}
+pretty_name: Fashion visual search catalogue
+tags:
+- fashion
+- image-retrieval
+- visual-search
+- webdataset
+task_categories:
+- image-feature-extraction
+size_categories:
+- {size}
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: {shards}/*.tar
+---
+
+# Fashion visual search catalogue
+
+{count:,} product images and their ResNet50 embeddings, published by `precompute.py --push-to-hub` of the fashion
+visual search app: upload a photo of a product, see the most similar products of this catalogue.
+
+To serve it, set this in the app's (or the Space's) variables, pinned to a commit of this repo, e.g. the one
+`precompute.py` printed: `FASHION_CATALOG={repo_id}@<commit sha>` (or `FASHION_CATALOG={repo_id}` to follow `main`).
+
+- **Embeddings**: ResNet50 (`include_top=False`, 224×224×3) with global max pooling, weights `{weights}`, computed in
+  {precision}; {dim}-d unit vectors in `embeddings.npy`, one row per file name of `filenames.json`.
+- **Images**: {shard_count} WebDataset shards in `{shards}/` (`shards.json` lists this revision's), each product an
+  image and a JSON with its `filename` and metadata: `load_dataset("{repo_id}", split="train")` reads them.
+- **Metadata**: `metadata.jsonl`, {metadata}. `manifest.json` holds the sha256 of every file, images included.
+"""
 
 
 def fetch_bundle(
@@ -135,10 +232,13 @@ def fetch_bundle(
 ) -> Path:
     """Download the bundle named by `spec` ("OWNER/NAME[@REVISION]") and return its local folder.
 
-    The folder is `<cache_dir>/bundles/datasets--OWNER--NAME/<commit sha>/` and holds real files (no symlinks into
-    a blob store), so Gradio can serve images/ from it. A branch such as main is resolved to its commit first, so
-    a folder never mixes two revisions. When the Hub cannot be reached, the cached copy of the revision is used
-    (for a branch: the commit it pointed to at the last successful fetch) and a warning says so.
+    The folder is `<cache_dir>/bundles/datasets--OWNER--NAME/<commit sha>/`, a plain bundle unpacked from the
+    revision's shards (every image checked against the manifest's sha256), so Gradio can serve images/ from it. A
+    branch such as main is resolved to its commit first, so a folder never mixes two revisions; a commit already
+    unpacked is used as it is, without asking the Hub. The shards stay in huggingface_hub's cache under
+    `<cache_dir>/hub`, so a new revision downloads only the shards that changed. When the Hub cannot be reached, the
+    unpacked copy of the revision is used (for a branch: the commit it pointed to at the last successful fetch)
+    and a warning says so.
 
     Args:
         cache_dir: where to keep downloads; default `$HF_HOME/fashion-search`.
@@ -148,18 +248,25 @@ def fetch_bundle(
     Raises:
         HubUnavailable: the Hub cannot be reached and that revision is not (completely) cached.
         CatalogNotFound: the Hub says the repo or revision does not exist, or the token gives no access.
+        BundleError: the revision's files do not make a bundle (e.g. an image that does not match the manifest).
     """
     repo_id, revision = parse_catalog_spec(spec)
     root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "fashion-search"
+    library_cache = root / "hub"
     api = HfApi(endpoint=endpoint, token=token)
     where = f"{repo_id}@{revision or constants.DEFAULT_REVISION}"
+    if revision is not None and _COMMIT.fullmatch(revision) and _is_complete(_folder(root, repo_id, revision)):
+        return _keep(_folder(root, repo_id, revision), library_cache, repo_id)  # a commit never changes
     try:
-        # Asking for the repo info first is what tells "the Hub is away" apart from "nothing needed downloading":
-        # a commit sha that is already cached would otherwise be served without any request at all.
-        api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision)
-        folder = _download(api, repo_id, revision, root, local_files_only=False)
-        _prune_older_revisions(folder)
-        return folder
+        # Asking for the repo info first is what tells "the Hub is away" apart from "nothing needed downloading";
+        # it also checks that the token may read the repo, for a commit that is cached as for one that is not.
+        sha = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
+        if revision != sha:  # remember where the branch pointed, for a start without the Hub
+            api.resolve_revision(repo_id, repo_type=REPO_TYPE, revision=revision, cache_dir=library_cache)
+        folder = _folder(root, repo_id, sha)
+        if not _is_complete(folder):
+            _download(api, repo_id, sha, library_cache, folder)
+        return _keep(folder, library_cache, repo_id)
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise CatalogNotFound(
             f"The Hub at {api.endpoint} has no dataset {where} you can read ({type(err).__name__}). Check the "
@@ -169,53 +276,139 @@ def fetch_bundle(
         if isinstance(err, HfHubHTTPError) and err.response.status_code < 500:
             raise  # the Hub answered, with something else than "not found" (e.g. a bad token): not a cache matter
         hub_error = err
+    unavailable = (
+        f"Cannot reach the Hub at {api.endpoint} to download the catalogue {where} "
+        f"({type(hub_error).__name__}: {hub_error}), and no complete copy of it is cached in {root}. "
+        "Check the network, HF_ENDPOINT and HF_TOKEN, and start once with the Hub reachable to fill the cache."
+    )
     try:
-        folder = _download(api, repo_id, revision, root, local_files_only=True)
-    except (RevisionResolutionError, LocalEntryNotFoundError) as err:  # IncompleteSnapshotError is a LocalEntry...
-        raise HubUnavailable(
-            f"Cannot reach the Hub at {api.endpoint} to download the catalogue {where} "
-            f"({type(hub_error).__name__}: {hub_error}), and no complete copy of it is cached in {root}. "
-            "Check the network, HF_ENDPOINT and HF_TOKEN, and start once with the Hub reachable to fill the cache."
-        ) from err
+        sha = api.resolve_revision(
+            repo_id, repo_type=REPO_TYPE, revision=revision, cache_dir=library_cache, local_files_only=True
+        ).resolved
+    except RevisionResolutionError as err:
+        raise HubUnavailable(unavailable) from err
+    folder = _folder(root, repo_id, sha)
+    if not _is_complete(folder):
+        raise HubUnavailable(unavailable) from hub_error
     logger.warning(
         "Cannot reach the Hub at %s (%s: %s); serving the cached copy of %s at commit %s from %s.",
-        api.endpoint, type(hub_error).__name__, hub_error, where, folder.name, folder,
+        api.endpoint, type(hub_error).__name__, hub_error, where, sha, folder,
     )
     return folder
 
 
-def _download(api: HfApi, repo_id: str, revision: str | None, root: Path, *, local_files_only: bool) -> Path:
-    """Resolve `revision` to a commit and snapshot it into a folder named after that commit.
+def _commit(api: HfApi, repo_id: str, operations: list, message: str, head: str) -> str:
+    """One commit on top of `head` (so a repo changed meanwhile is refused, not overwritten); the new head."""
+    return api.create_commit(
+        repo_id, operations, repo_type=REPO_TYPE, commit_message=message, parent_commit=head
+    ).oid
 
-    Everything offline comes from huggingface_hub: the branch -> commit refs under root/hub (written by
-    resolve_revision) and the local_dir's own download metadata and tree listing (written by snapshot_download).
-    """
-    library_cache = root / "hub"
-    resolved = api.resolve_revision(
-        repo_id, repo_type=REPO_TYPE, revision=revision, cache_dir=library_cache, local_files_only=local_files_only
-    )
+
+def _files_under(api: HfApi, repo_id: str, revision: str, folder: str) -> set[str]:
+    try:
+        return {entry.path for entry in api.list_repo_tree(repo_id, folder, repo_type=REPO_TYPE, revision=revision)}
+    except EntryNotFoundError:
+        return set()
+
+
+def _shard_index(plan: list[Shard]) -> bytes:
+    shards = [{"path": shard.path, "count": len(shard.filenames)} for shard in plan]
+    return json.dumps({"format_version": 1, "shards": shards}, indent=1).encode()
+
+
+def _size_category(count: int) -> str:
+    """The Hub's size_categories value for `count` rows."""
+    labels = ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B"]
+    for exponent, label in enumerate(labels, 3):
+        if count < 10**exponent:
+            return label
+    return "n>1B"
+
+
+def _folder(root: Path, repo_id: str, sha: str) -> Path:
     owner, name = repo_id.split("/")
-    local_dir = root / "bundles" / f"datasets--{owner}--{name}" / resolved.resolved
-    path = snapshot_download(
-        repo_id,
-        repo_type=REPO_TYPE,
-        revision=resolved,
-        cache_dir=library_cache,
-        local_dir=local_dir,
-        ignore_patterns=_NOT_BUNDLE,
-        local_files_only=local_files_only,
-        token=api.token,
-        endpoint=api.endpoint,
-    )
-    logger.info("Catalogue %s@%s is in %s", repo_id, resolved.resolved, path)
-    return Path(path)
+    return root / "bundles" / f"datasets--{owner}--{name}" / sha
 
 
-def _prune_older_revisions(current: Path) -> None:
-    """Mark `current` as just used; delete all but the KEEP_REVISIONS most recently used revisions beside it."""
+def _is_complete(folder: Path) -> bool:
+    """An unpacked revision with every file its manifest lists (their hashes are load_bundle's to check)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return all(os.path.isfile(folder / name) for name in files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path, folder: Path) -> None:
+    """Download revision `sha` into huggingface_hub's cache and unpack it into `folder`, which appears complete."""
+
+    def snapshot(patterns: list[str]) -> Path:
+        return Path(
+            snapshot_download(
+                repo_id, repo_type=REPO_TYPE, revision=sha, cache_dir=library_cache, allow_patterns=patterns,
+                token=api.token, endpoint=api.endpoint,
+            )  # fmt: skip
+        )
+
+    index = snapshot([MANIFEST, SHARD_INDEX])
+    if not (index / MANIFEST).is_file():
+        raise BundleFormatError(f"{repo_id}@{sha} has no {MANIFEST}: it is not a catalogue pushed by precompute.py.")
+    files = json.loads((index / MANIFEST).read_text(encoding="utf-8")).get("files")
+    if not isinstance(files, dict):
+        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} lists no files.")
+    data = [name for name in DATA_FILES if name in files]
+    if (index / SHARD_INDEX).is_file():
+        shards = [entry.get("path") for entry in json.loads((index / SHARD_INDEX).read_text())["shards"]]
+        if not all(isinstance(path, str) and SHARD_NAME.fullmatch(path) for path in shards):
+            raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} names files outside {SHARDS}/.")
+    else:  # pushed by an earlier version: one file per image
+        shards = None
+    snap = snapshot([MANIFEST, *data, *(shards if shards is not None else [f"{IMAGES}/*"])])
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in [MANIFEST, *data]:
+        _link_or_copy(snap / name, staging / name)
+    if shards is not None:
+        extract_shards([snap / path for path in shards], staging, files)
+    else:
+        shutil.copytree(snap / IMAGES, staging / IMAGES, copy_function=_link_or_copy)
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete or damaged copy
+    os.replace(staging, folder)
+    logger.info("Catalogue %s@%s is in %s", repo_id, sha, folder)
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link to the file behind `source` (a link into the library's blobs), or a copy across file systems."""
+    try:
+        os.link(os.path.realpath(source), target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _keep(folder: Path, library_cache: Path, repo_id: str) -> Path:
+    """Mark `folder` as just used, prune older revisions (unpacked and in the library's cache); return it."""
+    kept = _prune_older_revisions(folder)
+    try:
+        cache = scan_cache_dir(library_cache)
+    except Exception:  # no library cache yet (a copy unpacked elsewhere) or an unreadable one: nothing to prune
+        return folder
+    for repo in cache.repos:
+        if (repo.repo_id, repo.repo_type) == (repo_id, REPO_TYPE):
+            stale = [revision.commit_hash for revision in repo.revisions if revision.commit_hash not in kept]
+            if stale:
+                cache.delete_revisions(*stale).execute()
+    return folder
+
+
+def _prune_older_revisions(current: Path) -> set[str]:
+    """Mark `current` as just used; delete all but the KEEP_REVISIONS most recently used revisions beside it.
+
+    Returns the commit shas kept."""
     os.utime(current)
-    others = [folder for folder in current.parent.iterdir() if folder.is_dir() and folder != current]
+    others = [f for f in current.parent.iterdir() if f.is_dir() and f != current and not f.name.startswith(".")]
     others.sort(key=lambda folder: folder.stat().st_mtime_ns, reverse=True)
     for folder in others[KEEP_REVISIONS - 1 :]:
         shutil.rmtree(folder, ignore_errors=True)
         logger.info("Removed the cached catalogue revision %s (kept the %d most recently used).", folder, KEEP_REVISIONS)
+    return {current.name, *(folder.name for folder in others[: KEEP_REVISIONS - 1])}

@@ -61,7 +61,7 @@ def app_env(tmp_path: Path, **extra: str) -> dict:
         k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "GRADIO_SERVER_", "GRADIO_SSR", "HF_"))
     }
     env.update(
-        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hf"),
+        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf"),
         FASHION_CACHE=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"), PYTHONUNBUFFERED="1",
     )  # fmt: skip
     env.update(extra)

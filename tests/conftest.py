@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The loopback Hub stand-in speaks LFS, not Xet: huggingface_hub then sends the files the Hub marks "lfs" over LFS.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
 
 from pathlib import Path
 

@@ -12,17 +12,27 @@ create_commit, hf_hub_download and snapshot_download):
     GET  /api/{type}s/{repo}[/revision/{rev}]               repo info with the commit sha
     GET  /api/{type}s/{repo}/tree/{rev}[/{path}]            ?recursive=  (one page, no Link header)
     POST /api/{type}s/{repo}/paths-info/{rev}               form field paths
-    POST /api/{type}s/{repo}/preupload/{rev}                always uploadMode "regular" + the remote git blob oid
-    POST /api/{type}s/{repo}/commit/{branch}                ndjson: header, file (base64), deletedFile, deletedFolder
-    HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}          ETag, X-Repo-Commit, Content-Length
+    POST /api/{type}s/{repo}/preupload/{rev}                uploadMode "lfs" or "regular" + the remote oid
+    POST /[{type}s/]{repo}.git/info/lfs/objects/batch       LFS basic transfer: an upload action per missing object
+    PUT  /lfs-objects/{sha256}                              the upload action's target
+    POST /api/{type}s/{repo}/commit/{branch}                ndjson: header, file (base64), lfsFile, deletedFile,
+                                                            deletedFolder
+    POST /api/validate-yaml                                 a dataset card's front matter must be a YAML mapping
+    HEAD/GET /[{type}s/]{repo}/resolve/{rev}/{path}          ETag (sha256 for LFS files), X-Repo-Commit, Content-Length
 
-Why uploads stay "regular": the client only uses LFS or Xet for files the preupload answer marks "lfs", and only
-downloads through Xet when a resolve answer carries X-Xet-Hash (or a tree entry carries xetHash). This stand-in
-never sends either, so every byte goes through the commit payload and plain GETs.
+Like the Hub, preupload marks a file "lfs" when .gitattributes routes its extension to LFS (the seeded one does for
+.npy and .tar) or when it is 10 MB or more; everything else is "regular" and travels base64 in the commit payload.
+The stand-in speaks LFS's basic transfer, not Xet: clients run with HF_HUB_DISABLE_XET=1 (tests/conftest.py sets
+it), which makes huggingface_hub use LFS for the files the Hub marks "lfs". An LFS object it already has gets no
+upload action, so it is never sent twice.
 
-Why an unchanged re-push makes no commit: preupload returns, per file, the git blob sha1 ("oid") of the file at that
-revision; the client drops every file whose local git blob sha1 equals it, and an upload left with nothing to commit
+Why an unchanged re-push makes no commit: preupload returns, per file, the remote oid (git blob sha1, or sha256 for
+an LFS file); the client drops every file whose local oid equals it, and an upload left with nothing to commit
 returns the current head without calling /commit.
+
+What it counts, for tests of the Hub's limits: `requests` (every request; `resolver_requests()` the /resolve/ ones
+the Hub rate-limits), `commit_log` (per commit: its operations), `uploads` (every file whose bytes were received:
+regular files in commits and LFS objects), and `max_folder_entries()` / `file_count()` over a repo's history.
 """
 
 from __future__ import annotations
@@ -35,14 +45,20 @@ import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import yaml
+
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
-GITATTRIBUTES = b"*.npy filter=lfs diff=lfs merge=lfs -text\n"  # what the real Hub seeds a new repo with (abridged)
+# What the real Hub seeds a new repo with (abridged to the extensions this project pushes).
+GITATTRIBUTES = b"*.npy filter=lfs diff=lfs merge=lfs -text\n*.tar filter=lfs diff=lfs merge=lfs -text\n"
+LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files of 10 MB or more in LFS whatever their extension
+LFS_PREFIX = "lfs:"  # a commit's file oid for an LFS file: "lfs:<sha256>"
 FULL_SHA = re.compile(r"[0-9a-f]{40}")
 
 
@@ -101,6 +117,10 @@ class HubStandIn:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests to inspect
         self.outage: int | None = None  # set to e.g. 503 to answer every request with that status
+        self.commit_log: list[dict] = []  # per commit received: repo, number of operations, added and deleted paths
+        self.uploads: list[tuple[str, int]] = []  # (path or "lfs:<sha256>", bytes) of every file content received
+        # Called with the commit's number (1, 2, ...) before a commit is applied, e.g. to kill a pushing process.
+        self.before_commit = None
         self._lock = threading.RLock()
         self._counter = itertools.count()
         self._server: ThreadingHTTPServer | None = None
@@ -157,6 +177,28 @@ class HubStandIn:
             commit = repo.commits[self._resolve(repo, revision)]
             return {path: self._read_blob(oid) for path, oid in commit.files.items()}
 
+    def resolver_requests(self) -> list[tuple[str, str]]:
+        """The requests the Hub counts against its download rate limit: HEAD and GET on /resolve/."""
+        return [(method, path) for method, path in self.requests if "/resolve/" in path]
+
+    def file_count(self, repo_id: str, revision: str = "main", repo_type: str = "dataset") -> int:
+        with self._lock:
+            repo = self.repo(repo_id, repo_type)
+            return len(repo.commits[self._resolve(repo, revision)].files)
+
+    def max_folder_entries(self, repo_id: str, repo_type: str = "dataset") -> int:
+        """The most entries (files and folders) any folder held, over every commit of the repo."""
+        most = 0
+        with self._lock:
+            for commit in self.repo(repo_id, repo_type).commits.values():
+                children: dict[str, set[str]] = {}
+                for path in commit.files:
+                    parts = path.split("/")
+                    for depth in range(len(parts)):
+                        children.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+                most = max([most, *map(len, children.values())])
+        return most
+
     # ---------------------------------------------------------------- state changes
 
     def _new_commit(self, repo: Repo, branch: str, files: dict[str, str], message: str) -> Commit:
@@ -177,7 +219,7 @@ class HubStandIn:
         return oid
 
     def _read_blob(self, oid: str) -> bytes:
-        return (self.blobs / oid).read_bytes()
+        return (self.blobs / oid.removeprefix(LFS_PREFIX)).read_bytes()
 
     def _resolve(self, repo: Repo, revision: str) -> str:
         if revision in repo.branches:
@@ -203,6 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def do_PUT(self):
+        self._dispatch("PUT")
+
     # ---------------------------------------------------------------- plumbing
 
     def _dispatch(self, method: str) -> None:
@@ -221,9 +266,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(err)
 
     def _route(self, method: str, parts: list[str]) -> None:
+        if method == "PUT" and len(parts) == 2 and parts[0] == "lfs-objects":
+            return self._lfs_put(parts[1])
+        if method == "POST" and parts[-4:] == ["info", "lfs", "objects", "batch"] and parts[-5].endswith(".git"):
+            owner_at = 1 if parts[0] in ("datasets", "spaces") else 0
+            repo_type = REPO_TYPES[parts[0]] if owner_at else "model"
+            return self._lfs_batch(repo_type, f"{parts[owner_at]}/{parts[owner_at + 1].removesuffix('.git')}")
         if parts[:1] == ["api"]:
             if method == "POST" and parts[1:] == ["repos", "create"]:
                 return self._create_repo()
+            if method == "POST" and parts[1:] == ["validate-yaml"]:
+                return self._validate_yaml()
             if len(parts) >= 4 and parts[1] in REPO_TYPES:
                 repo_type, repo_id, rest = REPO_TYPES[parts[1]], f"{parts[2]}/{parts[3]}", parts[4:]
                 if method == "GET" and not rest:
@@ -325,8 +378,13 @@ class _Handler(BaseHTTPRequestHandler):
         """Every file and folder of a commit, as the tree / paths-info endpoints describe them."""
         entries: dict[str, dict] = {}
         for path, oid in sorted(commit.files.items()):
-            size = (self.hub.blobs / oid).stat().st_size
+            size = (self.hub.blobs / oid.removeprefix(LFS_PREFIX)).stat().st_size
             entries[path] = {"type": "file", "oid": oid, "size": size, "path": path}
+            if oid.startswith(LFS_PREFIX):
+                sha256 = oid.removeprefix(LFS_PREFIX)
+                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+                entries[path]["oid"] = git_blob_oid(pointer)
+                entries[path]["lfs"] = {"oid": sha256, "size": size, "pointerSize": len(pointer)}
             parts = path.split("/")
             for depth in range(1, len(parts)):
                 folder = "/".join(parts[:depth])
@@ -362,12 +420,46 @@ class _Handler(BaseHTTPRequestHandler):
         if "create_pr" in self.query:
             raise HubError(400, "The stand-in does not do pull requests")
         commit = repo.commits[self.hub._resolve(repo, revision)]
-        files = json.loads(self.body).get("files", [])
-        answer = [
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": commit.files.get(f["path"])}
-            for f in files
-        ]
+        attributes = self.hub._read_blob(commit.files[".gitattributes"]).decode() if ".gitattributes" in commit.files else ""
+        lfs_patterns = [line.split()[0] for line in attributes.splitlines() if "filter=lfs" in line]
+        answer = []
+        for f in json.loads(self.body).get("files", []):
+            lfs = f.get("size", 0) >= LFS_THRESHOLD or any(fnmatch(f["path"].rsplit("/", 1)[-1], p) for p in lfs_patterns)
+            oid = commit.files.get(f["path"])
+            answer.append({
+                "path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
+                "oid": oid.removeprefix(LFS_PREFIX) if oid else None,
+            })  # fmt: skip
         self._send_json({"files": answer, "commitOid": commit.sha})
+
+    def _lfs_batch(self, repo_type: str, repo_id: str) -> None:
+        self._require_write()
+        self._get_repo(repo_type, repo_id)
+        objects = []
+        for item in json.loads(self.body).get("objects", []):
+            answer = {"oid": item["oid"], "size": item["size"]}
+            if not (self.hub.blobs / item["oid"]).exists():
+                answer["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-objects/{item['oid']}"}}
+            objects.append(answer)
+        self._send_json({"transfer": "basic", "objects": objects})
+
+    def _lfs_put(self, sha256: str) -> None:
+        if hashlib.sha256(self.body).hexdigest() != sha256:
+            raise HubError(400, "The uploaded content does not match its sha256")
+        (self.hub.blobs / sha256).write_bytes(self.body)
+        self.hub.uploads.append((LFS_PREFIX + sha256, len(self.body)))
+        self._send_json({})
+
+    def _validate_yaml(self) -> None:
+        content = json.loads(self.body).get("content", "")
+        if content.startswith("---\n"):
+            try:
+                front = yaml.safe_load(content[4:].split("\n---", 1)[0])
+            except yaml.YAMLError as err:
+                raise HubError(400, f"Invalid YAML in README.md: {err}") from err
+            if not isinstance(front, dict):
+                raise HubError(400, "The front matter of README.md must be a YAML mapping")
+        self._send_json({"errors": [], "warnings": []})
 
     def _commit(self, repo_type: str, repo_id: str, branch: str) -> None:
         self._require_write()
@@ -376,30 +468,43 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, "The stand-in does not do pull requests")
         if branch not in repo.branches:
             raise HubError(400, f"Commits go to a branch; {branch!r} is not one", "RevisionNotFound")
+        number = len(self.hub.commit_log) + 1
+        if self.hub.before_commit is not None:
+            self.hub.before_commit(number)
         files = dict(repo.commits[repo.branches[branch]].files)
         header: dict = {}
+        log = {"repo": repo_id, "added": [], "deleted": []}
         for line in self.body.splitlines():
             if not line.strip():
                 continue
             item = json.loads(line)
             key, value = item["key"], item["value"]
+            if key != "header":
+                log["added" if key in ("file", "lfsFile") else "deleted"].append(value["path"])
             if key == "header":
                 header = value
             elif key == "file":
                 if value.get("encoding") != "base64":
                     raise HubError(400, f"Unsupported encoding {value.get('encoding')!r}")
-                files[value["path"]] = self.hub._write_blob(base64.b64decode(value["content"]))
+                content = base64.b64decode(value["content"])
+                files[value["path"]] = self.hub._write_blob(content)
+                self.hub.uploads.append((value["path"], len(content)))
+            elif key == "lfsFile":
+                if not (self.hub.blobs / value["oid"]).exists():
+                    raise HubError(400, f"LFS object {value['oid']} of {value['path']} was never uploaded")
+                files[value["path"]] = LFS_PREFIX + value["oid"]
             elif key == "deletedFile":
                 if files.pop(value["path"], None) is None:
                     raise HubError(404, f"Cannot delete {value['path']}: no such file", "EntryNotFound")
             elif key == "deletedFolder":
                 prefix = value["path"].rstrip("/") + "/"
                 files = {p: oid for p, oid in files.items() if not p.startswith(prefix)}
-            else:  # lfsFile and anything newer: the stand-in only ever answers "regular" to preupload
+            else:  # anything newer than the stand-in knows
                 raise HubError(400, f"The stand-in does not accept {key!r} commit operations")
         parent = header.get("parentCommit")
         if parent is not None and parent != repo.branches[branch]:
             raise HubError(412, f"Parent commit {parent} is not the head of {branch}")
+        self.hub.commit_log.append({**log, "operations": len(log["added"]) + len(log["deleted"])})
         commit = self.hub._new_commit(repo, branch, files, header.get("summary", ""))
         self._send_json(
             {
@@ -420,7 +525,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(content)))
-        self.send_header("ETag", f'"{oid}"')
+        self.send_header("ETag", f'"{oid.removeprefix(LFS_PREFIX)}"')
         self.send_header("X-Repo-Commit", commit.sha)
         self.end_headers()
         if method == "GET":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
+import tarfile
 import logging
 import os
 import subprocess
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from huggingface_hub import HfApi, snapshot_download
+from PIL import Image
 
 from fashion_search.bundle import load_bundle, write_bundle
 from fashion_search.hub import CatalogNotFound, HubUnavailable, fetch_bundle, parse_catalog_spec, push_bundle
@@ -28,19 +32,26 @@ def hub(tmp_path, monkeypatch):
         yield standin
 
 
-def make_bundle(root: Path, images: dict[str, bytes]) -> Path:
-    """A folder shaped like a bundle: data files, images/ (nested too) and a manifest listing their sha256."""
+def make_bundle(root: Path, images: dict[str, bytes], metadata: bool = True) -> Path:
+    """A bundle (8-d synthetic unit vectors) of `images`, nested names too; images no longer named are removed."""
     (root / "images").mkdir(parents=True, exist_ok=True)
+    for old in [p for p in (root / "images").rglob("*") if p.is_file()]:
+        if old.relative_to(root / "images").as_posix() not in images:
+            old.unlink()
     for name, content in images.items():
         (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "images" / name).write_bytes(content)
-    rng = np.random.default_rng(len(images))
-    rows = rng.standard_normal((len(images), 8)).astype(np.float32)
-    np.save(root / "embeddings.npy", rows / np.linalg.norm(rows, axis=1, keepdims=True))
-    (root / "filenames.json").write_text(json.dumps(sorted(images)))
-    files = ["embeddings.npy", "filenames.json"] + [f"images/{name}" for name in sorted(images)]
-    digests = {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in files}
-    (root / "manifest.json").write_text(json.dumps({"format_version": 1, "files": digests}, sort_keys=True))
+    rows = np.random.default_rng(len(images)).standard_normal((len(images), 8)).astype(np.float32)
+    names = sorted(images)
+    (root / "metadata.jsonl").unlink(missing_ok=True)
+    write_bundle(
+        root,
+        embeddings=rows / np.linalg.norm(rows, axis=1, keepdims=True),
+        filenames=names,
+        model={"name": "test", "weights": "random:0"},
+        preprocessing="test",
+        metadata=[{"id": Path(name).stem} for name in names] if metadata else None,
+    )
     return root
 
 
@@ -101,9 +112,69 @@ def test_push_creates_the_dataset_repo_and_returns_the_commit_to_pin(hub, bundle
     assert result.catalog_value == f"{REPO}@{result.commit_sha}"
     assert hub.repo(REPO).repo_type == "dataset" and hub.repo(REPO).private is False
     remote = hub.files(REPO, result.commit_sha)
-    assert {path: content for path, content in remote.items() if path != ".gitattributes"} == tree(bundle)
-    # Every byte went through the commit payload: no LFS batch, no Xet token request.
-    assert not [path for _, path in hub.requests if "lfs" in path or "xet" in path]
+    shards = json.loads(remote["shards.json"])["shards"]
+    assert [shard["count"] for shard in shards] == [3]
+    assert sorted(remote) == sorted(
+        [".gitattributes", "README.md", "shards.json", shards[0]["path"], "manifest.json", "embeddings.npy",
+         "filenames.json", "sources.json", "metadata.jsonl"]
+    )  # fmt: skip
+    for name in ["manifest.json", "embeddings.npy", "filenames.json", "sources.json", "metadata.jsonl"]:
+        assert remote[name] == (bundle / name).read_bytes()
+    # The shard and the array went the Hub's way for such files (LFS here; Xet on the Hub), the rest as git blobs.
+    assert sorted(path for path, _ in hub.uploads if not path.startswith("lfs:")) == [
+        "README.md", "filenames.json", "manifest.json", "metadata.jsonl", "shards.json", "sources.json"
+    ]
+    assert len([path for path, _ in hub.uploads if path.startswith("lfs:")]) == 2
+
+
+def test_each_product_is_an_image_and_a_json_in_a_webdataset_shard(hub, bundle, tmp_path):
+    images = {"1163.jpg": image_bytes(1), "a.b%c.jpg": image_bytes(2), "shoes/9.png": image_bytes(3)}
+    make_bundle(bundle, images)
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    remote = hub.files(REPO, result.commit_sha)
+    (shard,) = json.loads(remote["shards.json"])["shards"]
+
+    with tarfile.open(fileobj=io.BytesIO(remote[shard["path"]])) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    assert [name for name, _ in members] == [
+        "1163.jpg", "1163.json", "a%2Eb%25c.jpg", "a%2Eb%25c.json", "shoes/9.png", "shoes/9.json"
+    ]
+    assert members[2][1] == images["a.b%c.jpg"]
+    assert json.loads(members[3][1]) == {"filename": "a.b%c.jpg", "id": "a.b%c"}
+
+
+def test_the_dataset_card_describes_the_catalogue_and_names_the_shards_as_its_data(hub, bundle):
+    result = push_bundle(bundle, REPO, license="mit", endpoint=hub.url)
+    card = hub.files(REPO, result.commit_sha)["README.md"].decode()
+
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["license"] == "mit" and front["size_categories"] == ["n<1K"]
+    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.tar"}]}]
+    assert "webdataset" in front["tags"]
+    assert f"FASHION_CATALOG={REPO}@<commit sha>" in card and "weights `random:0`" in card
+    assert ("POST", "/api/validate-yaml") in hub.requests  # checked by the Hub before anything was uploaded
+
+
+def test_datasets_load_dataset_reads_the_pushed_repo(hub, tmp_path):
+    """What the Hub's Dataset Viewer and `load_dataset("OWNER/NAME")` read: the card's configs, the shards."""
+    datasets = pytest.importorskip("datasets")  # in requirements-dev.txt: installed wherever the tests run
+    root = tmp_path / "jpegs"
+    pictures = {}
+    for i, name in enumerate(["1163.jpg", "1164.jpg", "shoes/9.jpg"]):
+        buffer = io.BytesIO()
+        Image.new("RGB", (6, 8), (40 * i, 100, 200)).save(buffer, format="JPEG")
+        pictures[name] = buffer.getvalue()
+    make_bundle(root, pictures)
+    result = push_bundle(root, REPO, endpoint=hub.url)
+    repo = snapshot_download(REPO, repo_type="dataset", revision=result.commit_sha, local_dir=tmp_path / "repo",
+                             endpoint=hub.url)  # fmt: skip
+
+    rows = datasets.load_dataset(repo, split="train")
+
+    assert [row["json"]["filename"] for row in rows] == ["1163.jpg", "1164.jpg", "shoes/9.jpg"]
+    assert [row["json"]["id"] for row in rows] == ["1163", "1164", "9"]
+    assert rows[2]["jpg"].size == (6, 8)
+    assert rows.features["jpg"] == datasets.Image()
 
 
 def test_push_private_creates_a_private_repo_that_anonymous_callers_cannot_read(hub, bundle, tmp_path, monkeypatch):
@@ -130,17 +201,43 @@ def test_unchanged_repush_makes_no_commit(hub, bundle):
     assert [r for r in hub.requests if r[0] == "POST" and "/commit/" in r[1]] == commit_posts
 
 
-def test_push_of_a_shrunk_catalogue_removes_the_stale_images_only(hub, bundle, tmp_path):
-    push_bundle(bundle, REPO, endpoint=hub.url)
-    (bundle / "images" / "1164.jpg").unlink()
-    make_bundle(bundle, {"1163.jpg": image_bytes(1), "shoes/9.png": image_bytes(3)})
+def test_push_of_a_changed_catalogue_removes_the_stale_shards_and_files(hub, bundle, tmp_path):
+    first = push_bundle(bundle, REPO, endpoint=hub.url)
+    old_shards = [path for path in hub.files(REPO) if path.startswith("shards/")]
+    make_bundle(bundle, {"1163.jpg": image_bytes(1), "shoes/9.png": image_bytes(3)}, metadata=False)
 
     result = push_bundle(bundle, REPO, endpoint=hub.url)
 
     assert result.created_commit is True
-    assert sorted(hub.files(REPO)) == [
-        ".gitattributes", "embeddings.npy", "filenames.json", "images/1163.jpg", "images/shoes/9.png", "manifest.json"
-    ]
+    remote = hub.files(REPO)
+    (shard,) = json.loads(remote["shards.json"])["shards"]
+    assert sorted(remote) == sorted(
+        [".gitattributes", "README.md", "shards.json", shard["path"], "manifest.json", "embeddings.npy",
+         "filenames.json", "sources.json"]
+    )  # fmt: skip
+    assert shard["path"] not in old_shards
+    assert tree(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
+    assert first.commit_sha != result.commit_sha
+
+
+def test_push_to_a_repo_of_the_one_file_per_image_layout_replaces_it(hub, bundle, tmp_path):
+    HfApi(endpoint=hub.url).create_repo(REPO, repo_type="dataset")
+    HfApi(endpoint=hub.url).upload_folder(repo_id=REPO, repo_type="dataset", folder_path=bundle)  # the old push
+    assert "images/1163.jpg" in hub.files(REPO)
+
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+
+    assert not [path for path in hub.files(REPO) if path.startswith("images/")]
+    assert tree(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
+
+
+def test_a_revision_of_the_one_file_per_image_layout_still_fetches(hub, bundle, tmp_path):
+    HfApi(endpoint=hub.url).create_repo(REPO, repo_type="dataset")
+    old = HfApi(endpoint=hub.url).upload_folder(repo_id=REPO, repo_type="dataset", folder_path=bundle)
+
+    folder = fetch_bundle(f"{REPO}@{old.oid}", cache_dir=tmp_path / "c", endpoint=hub.url)
+
+    assert tree(folder) == tree(bundle)
 
 
 def test_push_refuses_a_folder_that_is_not_a_finished_bundle(hub, tmp_path):
@@ -199,10 +296,22 @@ def test_the_cache_keeps_the_revision_fetched_and_the_one_used_before_it(hub, bu
         fetch_bundle(pushed[0][0].catalog_value, cache_dir=cache, endpoint=hub.url)
 
 
-@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "main"])
-def test_hub_gone_serves_the_cached_copy_and_says_so(hub, bundle, tmp_path, caplog, pinned):
+def test_a_pinned_revision_already_unpacked_is_served_without_asking_the_hub(hub, bundle, tmp_path, caplog):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    spec = result.catalog_value if pinned else REPO
+    online = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    hub.stop()
+    asked = len(hub.requests)
+
+    with caplog.at_level(logging.WARNING, logger="fashion_search.hub"):
+        again = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+
+    assert again == online and tree(again) == tree(bundle)
+    assert len(hub.requests) == asked and not caplog.records  # a commit cannot change: nothing to ask, nothing to say
+
+
+def test_hub_gone_serves_the_cached_copy_of_main_and_says_so(hub, bundle, tmp_path, caplog):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    spec = REPO
     cache = tmp_path / "cache"
     online = fetch_bundle(spec, cache_dir=cache, endpoint=hub.url)
     hub.stop()
@@ -245,14 +354,16 @@ def test_hub_gone_and_nothing_cached_names_repo_and_revision(hub, bundle, tmp_pa
     assert "Cannot reach the Hub" in message and "start once with the Hub reachable" in message
 
 
-def test_hub_gone_and_an_incomplete_cached_copy_is_not_served(hub, bundle, tmp_path):
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "main"])
+def test_hub_gone_and_an_incomplete_cached_copy_is_not_served(hub, bundle, tmp_path, pinned):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    folder = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    spec = result.catalog_value if pinned else REPO
+    folder = fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
     (folder / "images" / "shoes" / "9.png").unlink()
     hub.stop()
 
-    with pytest.raises(HubUnavailable, match=rf"{REPO}@{result.commit_sha}"):
-        fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    with pytest.raises(HubUnavailable, match=rf"{REPO}@{result.commit_sha if pinned else 'main'}"):
+        fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
 
 
 def test_hub_back_again_completes_a_damaged_copy(hub, bundle, tmp_path):
@@ -345,7 +456,10 @@ def test_precompute_builds_pushes_and_prints_the_value_to_set(hub, tmp_path, cat
 
 
 def test_precompute_refuses_to_push_a_broken_bundle(hub, tmp_path):
-    make_bundle(tmp_path / "broken", {"a.jpg": image_bytes(1)})  # a manifest the app would refuse
+    broken = make_bundle(tmp_path / "broken", {"a.jpg": image_bytes(1)})
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["model"]  # a manifest the app would refuse
+    (broken / "manifest.json").write_text(json.dumps(manifest))
     result = run_precompute(hub, tmp_path, "--out", tmp_path / "broken", "--push-to-hub", REPO)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert "manifest.json has no valid 'model'" in result.stderr

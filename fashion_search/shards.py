@@ -1,0 +1,178 @@
+"""A bundle's images packed for the trip to the Hub: WebDataset `.tar` shards, planned so that they stay stable.
+
+    plan = plan_shards(bundle)                       # [Shard(path="shards/<id>.tar", filenames=[...]), ...]
+    write_shard(plan[0], bundle, "/tmp/x.tar")       # image + JSON per product, byte-for-byte reproducible
+    extract_shards(tar_paths, folder, bundle_files)  # back into folder/images/, every file checked
+
+A shard holds, per product in file-name order, `<key>.<ext>` (the image's bytes) and `<key>.json` (its file name and
+metadata), where the key is the file name without its extension and with the dots of that stem written `%2E`: the
+WebDataset convention (and the Hub's Dataset Viewer) takes everything after the first dot of a member as its type.
+
+Shards are cut where a product's file name hashes to a boundary (content-defined, like rsync's rolling checksums),
+between SHARD_MIN_FILES and SHARD_MAX_FILES products and below SHARD_MAX_BYTES: adding, changing or removing a
+product changes the one shard it falls in, not the ones after it. A shard is named after what it holds (file names,
+image hashes, metadata), so an unchanged shard keeps its name and is never sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fashion_search.bundle import (
+    IMAGES,
+    Bundle,
+    BundleFormatError,
+    BundleHashMismatch,
+    BundleMissingFile,
+    BundleUnsafePath,
+    is_relative_name,
+)
+
+SHARDS = "shards"  # the folder of the repo that holds them
+SHARD_MIN_FILES = 1024
+SHARD_AVG_FILES = 4096  # 44k products: about 11 shards
+SHARD_MAX_FILES = 16384
+SHARD_MAX_BYTES = 1 << 30  # the size the Hub's WebDataset guide suggests
+SHARD_NAME = re.compile(rf"{SHARDS}/[0-9a-f]{{20}}\.tar")
+_FORMAT = "fashion-search-webdataset-1"  # part of every shard's name: a change of layout renames every shard
+_ESCAPES = {"%": "%25", ".": "%2E"}
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str  # in the repo: shards/<20 hex of the content id>.tar
+    filenames: list[str]  # bundle file names, in the order they are packed
+    rows: list[dict]  # their metadata rows ({} for a bundle without metadata)
+
+
+def plan_shards(bundle: Bundle) -> list[Shard]:
+    """Cut the bundle's products into shards; the same products with the same content give the same shards."""
+    files = bundle.manifest["files"]
+    rows = dict(zip(bundle.filenames, bundle.metadata or [{}] * len(bundle.filenames)))
+    images = str(bundle.images_dir)
+    shards, current, size = [], [], 0
+    for name in sorted(rows):
+        member_name(name)  # refuse a name that cannot be packed before anything is sent
+        current.append(name)
+        size += os.stat(os.path.join(images, name)).st_size
+        if len(current) >= SHARD_MAX_FILES or size >= SHARD_MAX_BYTES or (
+            len(current) >= SHARD_MIN_FILES and _is_boundary(name)
+        ):
+            shards.append(current)
+            current, size = [], 0
+    if current:
+        shards.append(current)
+    return [Shard(_shard_path(names, files, rows), names, [rows[name] for name in names]) for names in shards]
+
+
+def write_shard(shard: Shard, images_dir: Path, path: str | Path) -> Path:
+    """Write `shard` as a tar at `path`: the same shard always gives the same bytes (no times, owners or modes)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, row in zip(shard.filenames, shard.rows):
+            member = member_name(name)
+            with open(os.path.join(images_dir, name), "rb") as image:
+                tar.addfile(_member_info(member, os.fstat(image.fileno()).st_size), image)
+            doc = _product_json(name, row)
+            tar.addfile(_member_info(member.split(".", 1)[0] + ".json", len(doc)), io.BytesIO(doc))
+    return Path(path)
+
+
+def extract_shards(tar_paths: Iterable[str | Path], root: Path, files: Mapping[str, str]) -> None:
+    """Unpack the images of `tar_paths` into `root/images/`, checking each against `files` (a manifest's sha256s).
+
+    Only regular files whose names are relative, listed in `files` and not yet unpacked are written, each to a
+    new file (never through an existing path or link), and each must hash to the manifest's digest; every image
+    the manifest lists must be found. The JSON members are left out: the bundle's own data files hold the metadata.
+
+    Raises:
+        BundleUnsafePath, BundleHashMismatch, BundleFormatError, BundleMissingFile: the shards do not hold exactly
+        the manifest's images; nothing outside `root` has been written.
+    """
+    wanted = {name[len(IMAGES) + 1 :]: digest for name, digest in files.items() if name.startswith(f"{IMAGES}/")}
+    images = os.path.join(root, IMAGES)
+    done: set[str] = set()
+    folders: set[str] = set()
+    for tar_path in tar_paths:
+        with tarfile.open(tar_path, "r:") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                where = f"{Path(tar_path).name} member {member.name!r}"
+                if not member.isfile():
+                    raise BundleUnsafePath(f"{where} is a link or a device, not a file; the shard is refused.")
+                name = filename_of_member(member.name)
+                if name is None:  # the product's JSON
+                    continue
+                if not is_relative_name(name) or name not in wanted:
+                    raise BundleUnsafePath(f"{where} is not an image of the bundle's manifest; the shard is refused.")
+                if name in done:
+                    raise BundleFormatError(f"{where}: images/{name} comes twice. Push the catalogue again.")
+                target = os.path.join(images, name)
+                if (folder := os.path.dirname(target)) not in folders:
+                    os.makedirs(folder, exist_ok=True)
+                    folders.add(folder)
+                digest = hashlib.sha256()
+                with tar.extractfile(member) as source, open(target, "xb") as out:  # "x": never through a link
+                    while block := source.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+                if digest.hexdigest() != wanted[name]:
+                    raise BundleHashMismatch(
+                        f"{where} does not match the manifest's sha256 for images/{name}: the download is damaged. "
+                        "Start again to download it anew."
+                    )
+                done.add(name)
+    if missing := sorted(wanted.keys() - done):
+        raise BundleMissingFile(f"The shards lack {len(missing)} images of the manifest, e.g. images/{missing[0]}.")
+
+
+def member_name(filename: str) -> str:
+    """`dir/a.b.jpg` -> `dir/a%2Eb.jpg`: the stem's dots (and percent signs) escaped, the extension kept."""
+    folder, _, base = filename.rpartition("/")
+    stem, dot, extension = base.rpartition(".")
+    if not dot or not stem or extension.lower() == "json":
+        raise BundleFormatError(
+            f"images/{filename} cannot be packed for the Hub: a catalogue image needs an image extension (.jpg, .png, …)."
+        )
+    escaped = "".join(_ESCAPES.get(char, char) for char in stem)
+    return f"{folder}/{escaped}.{extension}" if folder else f"{escaped}.{extension}"
+
+
+def filename_of_member(member: str) -> str | None:
+    """The inverse of `member_name`; None for a product's JSON member."""
+    folder, _, base = member.rpartition("/")
+    escaped, dot, extension = base.partition(".")
+    if not dot or extension == "json":
+        return None
+    stem = re.sub("%25|%2E", lambda match: "%" if match.group() == "%25" else ".", escaped)
+    return f"{folder}/{stem}.{extension}" if folder else f"{stem}.{extension}"
+
+
+def _is_boundary(name: str) -> bool:
+    value = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    return value % (SHARD_AVG_FILES - SHARD_MIN_FILES) == 0
+
+
+def _shard_path(names: list[str], files: Mapping[str, str], rows: Mapping[str, dict]) -> str:
+    content = hashlib.sha256(_FORMAT.encode())
+    for name in names:
+        content.update(json.dumps([name, files[f"{IMAGES}/{name}"]]).encode() + _product_json(name, rows[name]))
+    return f"{SHARDS}/{content.hexdigest()[:20]}.tar"
+
+
+def _product_json(name: str, row: Mapping) -> bytes:
+    return json.dumps({**row, "filename": name}, ensure_ascii=False, sort_keys=True).encode()
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    return info
