@@ -8,7 +8,7 @@ On the Hub a bundle is a dataset in a bounded number of files, whatever the numb
     README.md          the dataset card (licence, tags, size, `configs` naming the shards), written by the push
     manifest.json, embeddings.npy, filenames.json, sources.json, metadata.jsonl     the bundle's data files
     shards.json        the shards this revision's images are in
-    shards/<id>.tar    the images, as WebDataset shards (fashion_search.shards): 44k products in about 22
+    shards/<id>.tar    the images, as WebDataset shards (fashion_search.shards): 44k products in about a dozen
 
 The Hub endpoint is the library's: HF_ENDPOINT (read when huggingface_hub is imported) unless `endpoint=` is given.
 """

@@ -38,7 +38,7 @@ from fashion_search.bundle import (
 
 SHARDS = "shards"  # the folder of the repo that holds them
 SHARD_MIN_FILES = 1024
-SHARD_AVG_FILES = 4096  # 44k products: about 11 shards
+SHARD_AVG_FILES = 4096  # 44k products: about a dozen shards
 SHARD_MAX_FILES = 16384
 SHARD_MAX_BYTES = 1 << 30  # the size the Hub's WebDataset guide suggests
 SHARD_NAME = re.compile(rf"{SHARDS}/[0-9a-f]{{20}}\.tar")

@@ -1,0 +1,156 @@
+"""Figure 6: the Hub at Kaggle's size — push and fetch of a 44k-product bundle through the loopback Hub stand-in.
+
+Counted: files in the repo, commits and files per commit, entries per folder, requests (the resolver requests the
+Hub rate-limits among them), bytes sent, seconds. The reference is the layout before shards, one file per image
+(`upload_folder` of the bundle, `snapshot_download` of the revision), measured on a tenth of the catalogue: its
+counts grow with the number of products, so it is shown per 4,400 products and multiplied out (labelled so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["HF_HUB_DISABLE_XET"] = "1"  # the stand-in speaks LFS, not Xet (tests/hub_standin.py)
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+from benchmarks import data
+from benchmarks.report import Row
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from big_catalogue import styles_row, tiny_jpeg, unit_vectors  # noqa: E402
+from hub_standin import HubStandIn  # noqa: E402
+
+TOKEN = "bench-token"
+ANONYMOUS_PER_5_MIN = 3000  # the Hub's resolver budget for an anonymous caller (a public Space without HF_TOKEN)
+
+
+def run(ctx) -> list[Row]:
+    from huggingface_hub import HfApi, snapshot_download
+
+    from fashion_search.bundle import load_bundle
+    from fashion_search.files import sha256_file
+    from fashion_search.hub import fetch_bundle, push_bundle
+
+    log = ctx.log
+    catalog = data.big_bundle(ctx.rows, ctx.weights, log=log)
+    work = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    os.environ["HF_TOKEN"] = TOKEN
+    rows: list[Row] = []
+    try:
+        with HubStandIn(work / "hub", token=TOKEN) as hub:
+            log(f"figure 6: push {ctx.rows:,} products (shards) ...")
+            started = time.perf_counter()
+            pushed = push_bundle(catalog, "bench/catalogue", endpoint=hub.url)
+            push_s = time.perf_counter() - started
+            commits = list(hub.commit_log)
+            sent = sum(size for _, size in hub.uploads)
+            files = hub.file_count("bench/catalogue")
+
+            log("figure 6: fetch it into an empty cache ...")
+            mark = len(hub.requests)
+            started = time.perf_counter()
+            folder = fetch_bundle(pushed.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
+            fetch_s = time.perf_counter() - started
+            requests = hub.requests[mark:]
+            resolver = [r for r in requests if "/resolve/" in r[1]]
+            assert len(load_bundle(folder, verify_images=False).filenames) == ctx.rows
+
+            mark = len(hub.requests)
+            started = time.perf_counter()
+            fetch_bundle(pushed.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
+            again_s, again_requests = time.perf_counter() - started, len(hub.requests) - mark
+
+            log("figure 6: 100 products more: push and fetch ...")
+            grown = _grown_copy(catalog, work / "grown", extra=100)
+            mark_uploads, mark_commits = len(hub.uploads), len(hub.commit_log)
+            started = time.perf_counter()
+            grown_push = push_bundle(grown, "bench/catalogue", endpoint=hub.url)
+            grow_push_s = time.perf_counter() - started
+            array = "lfs:" + sha256_file(grown / "embeddings.npy")
+            shard_sent = [(p, s) for p, s in hub.uploads[mark_uploads:] if p.startswith("lfs:") and p != array]
+            shard_total = len(json.loads(hub.files("bench/catalogue")["shards.json"])["shards"])
+            mark = len(hub.requests)
+            started = time.perf_counter()
+            fetch_bundle(grown_push.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
+            grow_fetch_s = time.perf_counter() - started
+            grow_gets = [r for r in hub.requests[mark:] if r[0] == "GET" and "/resolve/" in r[1]]
+
+            log("figure 6: reference, one file per image, on a tenth of the catalogue ...")
+            tenth = ctx.rows // 10
+            small = _grown_copy(catalog, work / "tenth", keep=tenth)
+            api = HfApi(endpoint=hub.url)
+            api.create_repo("bench/per-image", repo_type="dataset")
+            mark_commits = len(hub.commit_log)
+            started = time.perf_counter()
+            old = api.upload_folder(repo_id="bench/per-image", repo_type="dataset", folder_path=small)
+            old_push_s = time.perf_counter() - started
+            old_commits = hub.commit_log[mark_commits:]
+            mark = len(hub.requests)
+            started = time.perf_counter()
+            snapshot_download("bench/per-image", repo_type="dataset", revision=old.oid, local_dir=work / "old",
+                              endpoint=hub.url)  # fmt: skip
+            old_fetch_s = time.perf_counter() - started
+            old_resolver = len([r for r in hub.requests[mark:] if "/resolve/" in r[1]])
+            old_folder_entries = hub.max_folder_entries("bench/per-image")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    scale = ctx.rows / tenth
+    k = f"{ctx.rows // 1000}k"
+    windows = len(resolver) / ANONYMOUS_PER_5_MIN
+    old_windows = old_resolver * scale / ANONYMOUS_PER_5_MIN
+    rows += [
+        Row(f"6: Hub push of {k} products: files in the repo", f"one per image: {old_commits[0]['operations']:,} "
+            f"per {tenth:,} products (×{scale:.0f}: {old_commits[0]['operations'] * scale:,.0f})", f"{files}",
+            "", "≤ ~100 files", "met" if files <= 110 else "NOT met"),
+        Row("6: … commits; most files in one commit", f"{len(old_commits)}; {old_commits[0]['operations']:,} "
+            f"per {tenth:,} products", f"{len(commits)}; {max(c['operations'] for c in commits)}", "",
+            "every commit ≤ 100 files", "met" if max(c["operations"] for c in commits) <= 100 else "NOT met"),
+        Row("6: … most entries in one folder (over every commit)", f"{old_folder_entries:,} per {tenth:,} products",
+            f"{hub.max_folder_entries('bench/catalogue')}", "", "< 10,000",
+            "met" if hub.max_folder_entries("bench/catalogue") < 10_000 else "NOT met"),
+        Row(f"6: … seconds and MB sent (stand-in on loopback)", f"{old_push_s:.1f} s per {tenth:,} products",
+            f"{push_s:.1f} s, {sent / 1e6:.0f} MB", "", "(information)"),
+        Row(f"6: fetch from an empty cache (a Space's first start): resolver requests, all requests",
+            f"{old_resolver:,} per {tenth:,} products (×{scale:.0f}: {old_resolver * scale:,.0f}, "
+            f"{old_windows:.0f} anonymous 5-minute windows)", f"{len(resolver)}, {len(requests)} "
+            f"({windows:.3f} of one window)", "", "a few dozen", "met" if len(resolver) <= 48 else "NOT met"),
+        Row("6: … seconds (download, unpack, check every image)", f"{old_fetch_s:.1f} s per {tenth:,} products",
+            f"{fetch_s:.1f} s", "", "(information)"),
+        Row("6: restart with the revision already unpacked (persistent storage)", "—",
+            f"{again_requests} requests, {again_s * 1e3:.0f} ms", "", "no unpacking", "met" if again_requests == 0 else "NOT met"),
+        Row("6: 100 products more: push sends", "—", f"{len(shard_sent)} of {shard_total} shards "
+            f"({sum(s for _, s in shard_sent) / 1e6:.2f} MB) and embeddings.npy, {grow_push_s:.1f} s",
+            "", "only the changed shards", "met" if len(shard_sent) <= 2 else "NOT met"),
+        Row("6: … fetch of the new revision with the old one cached", "—",
+            f"{len(grow_gets)} downloads, {grow_fetch_s:.1f} s", "", "(information)"),
+    ]  # fmt: skip
+    return rows
+
+
+def _grown_copy(catalog: Path, target: Path, *, extra: int = 0, keep: int | None = None) -> Path:
+    """A bundle of the catalogue's first `keep` products as they are (images hard-linked) plus `extra` new ones."""
+    import numpy as np
+
+    from fashion_search.bundle import load_bundle, write_bundle
+
+    bundle = load_bundle(catalog, verify_images=False)
+    names, rows = bundle.filenames[:keep], list(bundle.metadata)[:keep]
+    (target / "images").mkdir(parents=True)
+    for name in names:
+        os.link(catalog / "images" / name, target / "images" / name)
+    first = max(int(Path(name).stem) for name in names) + 1
+    for ident in range(first, first + extra):
+        (target / "images" / f"{ident}.jpg").write_bytes(tiny_jpeg(ident))
+        names.append(f"{ident}.jpg")
+        rows.append(styles_row(ident))
+    vectors = np.concatenate([bundle.embeddings[: len(names) - extra], unit_vectors(extra, bundle.manifest["dim"])])
+    write_bundle(target, embeddings=vectors, filenames=names, metadata=rows, model=bundle.manifest["model"],
+                 preprocessing=bundle.manifest["preprocessing"])  # fmt: skip
+    return target
