@@ -403,19 +403,8 @@ def test_hf_endpoint_in_the_environment_is_what_a_fresh_process_uses(hub, bundle
 
 
 def test_a_fetched_bundle_loads_like_a_local_one(hub, tmp_path):
-    root = tmp_path / "real"
     names = ["a.jpg", "b/c.jpg"]
-    for name in names:
-        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "images" / name).write_bytes(image_bytes(len(name)))
-    rows = np.random.default_rng(0).standard_normal((2, 2048)).astype(np.float32)
-    write_bundle(
-        root,
-        embeddings=rows / np.linalg.norm(rows, axis=1, keepdims=True),
-        filenames=names,
-        model={"name": "test", "weights": "random:0"},
-        preprocessing="test",
-    )
+    root = make_bundle(tmp_path / "real", {name: image_bytes(len(name)) for name in names})
     result = push_bundle(root, REPO, endpoint=hub.url)
 
     loaded = load_bundle(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
