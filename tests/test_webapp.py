@@ -172,7 +172,9 @@ def test_searches_made_together_equal_searches_made_one_at_a_time(recommender):
 
     for (vector, k, filters), result in zip(requests[:5], got[:5]):
         want = searcher.matches(vector[None, :], k, filters)[0]
-        assert [(m.row, m.distance) for m in result] == [(m.row, m.distance) for m in want]
+        assert [m.row for m in result] == [m.row for m in want]
+        # Same rows; distances to float32 rounding (on a CPU without AVX-512 a block of queries rounds differently).
+        assert [m.distance for m in result] == pytest.approx([m.distance for m in want], abs=1e-6)
     assert isinstance(got[5], webapp.QueryError)
     assert "No product in the catalogue matches" in str(got[5])
 
