@@ -27,7 +27,6 @@ from pathlib import Path
 import httpx2  # huggingface_hub's HTTP client: its TransportError is how "the Hub cannot be reached" surfaces
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
-    EntryNotFoundError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -138,7 +137,9 @@ def push_bundle(
             parsed_id,
         )
     remote = {entry.path for entry in api.list_repo_tree(parsed_id, repo_type=REPO_TYPE, revision=before.sha)}
-    on_hub = _files_under(api, parsed_id, before.sha, SHARDS) if SHARDS in remote else set()
+    on_hub = set()
+    if SHARDS in remote:
+        on_hub = {entry.path for entry in api.list_repo_tree(parsed_id, SHARDS, repo_type=REPO_TYPE, revision=before.sha)}
     head = before.sha
     missing = [shard for shard in plan if shard.path not in on_hub]
     with tempfile.TemporaryDirectory(prefix=".shards-", dir=bundle_dir.parent) as tmp:
@@ -172,7 +173,6 @@ def push_bundle(
 
 def dataset_card(bundle: Bundle, repo_id: str, plan: list[Shard], license: str) -> str:
     """The repo's README.md: front matter for the Hub (licence, tags, size, the shards as the data) and a short text."""
-    model = bundle.manifest["model"]
     count = len(bundle.filenames)
     return CARD_TEMPLATE.format(
         license=license,
@@ -181,7 +181,7 @@ def dataset_card(bundle: Bundle, repo_id: str, plan: list[Shard], license: str) 
         repo_id=repo_id,
         count=count,
         shard_count=len(plan),
-        weights=model.get("weights"),
+        weights=bundle.weights,
         precision=bundle.precision,
         dim=bundle.manifest["dim"],
         metadata="one JSON object per product" if bundle.metadata is not None else "not included",
@@ -261,7 +261,8 @@ def fetch_bundle(
         # Asking for the repo info first is what tells "the Hub is away" apart from "nothing needed downloading";
         # it also checks that the token may read the repo, for a commit that is cached as for one that is not.
         sha = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
-        if revision != sha:  # remember where the branch pointed, for a start without the Hub
+        if revision != sha:  # record where the branch pointed, for a start without the Hub (resolve_revision alone
+            # would hide an unreachable Hub behind its own cached answer, so it comes second)
             api.resolve_revision(repo_id, repo_type=REPO_TYPE, revision=revision, cache_dir=library_cache)
         folder = _folder(root, repo_id, sha)
         if not _is_complete(folder):
@@ -302,13 +303,6 @@ def _commit(api: HfApi, repo_id: str, operations: list, message: str, head: str)
     return api.create_commit(
         repo_id, operations, repo_type=REPO_TYPE, commit_message=message, parent_commit=head
     ).oid
-
-
-def _files_under(api: HfApi, repo_id: str, revision: str, folder: str) -> set[str]:
-    try:
-        return {entry.path for entry in api.list_repo_tree(repo_id, folder, repo_type=REPO_TYPE, revision=revision)}
-    except EntryNotFoundError:
-        return set()
 
 
 def _shard_index(plan: list[Shard]) -> bytes:

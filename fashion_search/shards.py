@@ -1,7 +1,7 @@
 """A bundle's images packed for the trip to the Hub: WebDataset `.tar` shards, planned so that they stay stable.
 
     plan = plan_shards(bundle)                       # [Shard(path="shards/<id>.tar", filenames=[...]), ...]
-    write_shard(plan[0], bundle, "/tmp/x.tar")       # image + JSON per product, byte-for-byte reproducible
+    write_shard(plan[0], bundle.images_dir, "x.tar")  # image + JSON per product, byte-for-byte reproducible
     extract_shards(tar_paths, folder, bundle_files)  # back into folder/images/, every file checked
 
 A shard holds, per product in file-name order, `<key>.<ext>` (the image's bytes) and `<key>.json` (its file name and
@@ -50,13 +50,13 @@ _ESCAPES = {"%": "%25", ".": "%2E"}
 class Shard:
     path: str  # in the repo: shards/<20 hex of the content id>.tar
     filenames: list[str]  # bundle file names, in the order they are packed
-    rows: list[dict]  # their metadata rows ({} for a bundle without metadata)
+    documents: list[bytes]  # their JSON members: file name and metadata
 
 
 def plan_shards(bundle: Bundle) -> list[Shard]:
     """Cut the bundle's products into shards; the same products with the same content give the same shards."""
     files = bundle.manifest["files"]
-    rows = dict(zip(bundle.filenames, bundle.metadata or [{}] * len(bundle.filenames)))
+    rows = dict(zip(bundle.filenames, bundle.metadata or [{}] * len(bundle.filenames)))  # {} without metadata
     images = str(bundle.images_dir)
     shards, current, size = [], [], 0
     for name in sorted(rows):
@@ -70,18 +70,22 @@ def plan_shards(bundle: Bundle) -> list[Shard]:
             current, size = [], 0
     if current:
         shards.append(current)
-    return [Shard(_shard_path(names, files, rows), names, [rows[name] for name in names]) for names in shards]
+    plan = []
+    for names in shards:
+        documents = [json.dumps({**rows[name], "filename": name}, ensure_ascii=False, sort_keys=True).encode()
+                     for name in names]  # fmt: skip
+        plan.append(Shard(_shard_path(names, documents, files), names, documents))
+    return plan
 
 
 def write_shard(shard: Shard, images_dir: Path, path: str | Path) -> Path:
     """Write `shard` as a tar at `path`: the same shard always gives the same bytes (no times, owners or modes)."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, row in zip(shard.filenames, shard.rows):
+        for name, document in zip(shard.filenames, shard.documents):
             member = member_name(name)
             with open(os.path.join(images_dir, name), "rb") as image:
                 tar.addfile(_member_info(member, os.fstat(image.fileno()).st_size), image)
-            doc = _product_json(name, row)
-            tar.addfile(_member_info(member.split(".", 1)[0] + ".json", len(doc)), io.BytesIO(doc))
+            tar.addfile(_member_info(member.split(".", 1)[0] + ".json", len(document)), io.BytesIO(document))
     return Path(path)
 
 
@@ -161,15 +165,12 @@ def _is_boundary(name: str) -> bool:
     return value % (SHARD_AVG_FILES - SHARD_MIN_FILES) == 0
 
 
-def _shard_path(names: list[str], files: Mapping[str, str], rows: Mapping[str, dict]) -> str:
+def _shard_path(names: list[str], documents: list[bytes], files: Mapping[str, str]) -> str:
+    """shards/<id>.tar, the id a hash of every member: names, the images' sha256 (from the manifest), the JSONs."""
     content = hashlib.sha256(_FORMAT.encode())
-    for name in names:
-        content.update(json.dumps([name, files[f"{IMAGES}/{name}"]]).encode() + _product_json(name, rows[name]))
+    for name, document in zip(names, documents):
+        content.update(json.dumps([name, files[f"{IMAGES}/{name}"]]).encode() + document)
     return f"{SHARDS}/{content.hexdigest()[:20]}.tar"
-
-
-def _product_json(name: str, row: Mapping) -> bytes:
-    return json.dumps({**row, "filename": name}, ensure_ascii=False, sort_keys=True).encode()
 
 
 def _member_info(name: str, size: int) -> tarfile.TarInfo:
