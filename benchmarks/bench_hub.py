@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +20,8 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 from benchmarks import data
 from benchmarks.report import Row
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from big_catalogue import styles_row, tiny_jpeg, unit_vectors  # noqa: E402
-from hub_standin import HubStandIn  # noqa: E402
+from big_catalogue import grown_copy  # tests/ is on the path (benchmarks/__init__.py)
+from hub_standin import HubStandIn
 
 TOKEN = "bench-token"
 ANONYMOUS_PER_5_MIN = 3000  # the Hub's resolver budget for an anonymous caller (a public Space without HF_TOKEN)
@@ -58,7 +55,7 @@ def run(ctx) -> list[Row]:
             folder = fetch_bundle(pushed.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
             fetch_s = time.perf_counter() - started
             requests = hub.requests[mark:]
-            resolver = [r for r in requests if "/resolve/" in r[1]]
+            resolver = hub.resolver_requests(since=mark)
             assert len(load_bundle(folder, verify_images=False).filenames) == ctx.rows
 
             mark = len(hub.requests)
@@ -67,7 +64,7 @@ def run(ctx) -> list[Row]:
             again_s, again_requests = time.perf_counter() - started, len(hub.requests) - mark
 
             log("figure 6: 100 products more: push and fetch ...")
-            grown = _grown_copy(catalog, work / "grown", extra=100)
+            grown = grown_copy(catalog, work / "grown", extra=100)
             mark_uploads, mark_commits = len(hub.uploads), len(hub.commit_log)
             started = time.perf_counter()
             grown_push = push_bundle(grown, "bench/catalogue", endpoint=hub.url)
@@ -79,11 +76,11 @@ def run(ctx) -> list[Row]:
             started = time.perf_counter()
             fetch_bundle(grown_push.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
             grow_fetch_s = time.perf_counter() - started
-            grow_gets = [r for r in hub.requests[mark:] if r[0] == "GET" and "/resolve/" in r[1]]
+            grow_gets = [r for r in hub.resolver_requests(since=mark) if r[0] == "GET"]
 
             log("figure 6: reference, one file per image, on a tenth of the catalogue ...")
             tenth = ctx.rows // 10
-            small = _grown_copy(catalog, work / "tenth", keep=tenth)
+            small = grown_copy(catalog, work / "tenth", keep=tenth)
             api = HfApi(endpoint=hub.url)
             api.create_repo("bench/per-image", repo_type="dataset")
             mark_commits = len(hub.commit_log)
@@ -96,7 +93,7 @@ def run(ctx) -> list[Row]:
             snapshot_download("bench/per-image", repo_type="dataset", revision=old.oid, local_dir=work / "old",
                               endpoint=hub.url)  # fmt: skip
             old_fetch_s = time.perf_counter() - started
-            old_resolver = len([r for r in hub.requests[mark:] if "/resolve/" in r[1]])
+            old_resolver = len(hub.resolver_requests(since=mark))
             old_folder_entries = hub.max_folder_entries("bench/per-image")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -115,9 +112,9 @@ def run(ctx) -> list[Row]:
         Row("6: … most entries in one folder (over every commit)", f"{old_folder_entries:,} per {tenth:,} products",
             f"{hub.max_folder_entries('bench/catalogue')}", "", "< 10,000",
             "met" if hub.max_folder_entries("bench/catalogue") < 10_000 else "NOT met"),
-        Row(f"6: … seconds and MB sent (stand-in on loopback)", f"{old_push_s:.1f} s per {tenth:,} products",
+        Row("6: … seconds and MB sent (stand-in on loopback)", f"{old_push_s:.1f} s per {tenth:,} products",
             f"{push_s:.1f} s, {sent / 1e6:.0f} MB", "", "(information)"),
-        Row(f"6: fetch from an empty cache (a Space's first start): resolver requests, all requests",
+        Row("6: fetch from an empty cache (a Space's first start): resolver requests, all requests",
             f"{old_resolver:,} per {tenth:,} products (×{scale:.0f}: {old_resolver * scale:,.0f}, "
             f"{old_windows:.0f} anonymous 5-minute windows)", f"{len(resolver)}, {len(requests)} "
             f"({windows:.3f} of one window)", "", "a few dozen", "met" if len(resolver) <= 48 else "NOT met"),
@@ -132,25 +129,3 @@ def run(ctx) -> list[Row]:
             f"{len(grow_gets)} downloads, {grow_fetch_s:.1f} s", "", "(information)"),
     ]  # fmt: skip
     return rows
-
-
-def _grown_copy(catalog: Path, target: Path, *, extra: int = 0, keep: int | None = None) -> Path:
-    """A bundle of the catalogue's first `keep` products as they are (images hard-linked) plus `extra` new ones."""
-    import numpy as np
-
-    from fashion_search.bundle import load_bundle, write_bundle
-
-    bundle = load_bundle(catalog, verify_images=False)
-    names, rows = bundle.filenames[:keep], list(bundle.metadata)[:keep]
-    (target / "images").mkdir(parents=True)
-    for name in names:
-        os.link(catalog / "images" / name, target / "images" / name)
-    first = max(int(Path(name).stem) for name in names) + 1
-    for ident in range(first, first + extra):
-        (target / "images" / f"{ident}.jpg").write_bytes(tiny_jpeg(ident))
-        names.append(f"{ident}.jpg")
-        rows.append(styles_row(ident))
-    vectors = np.concatenate([bundle.embeddings[: len(names) - extra], unit_vectors(extra, bundle.manifest["dim"])])
-    write_bundle(target, embeddings=vectors, filenames=names, metadata=rows, model=bundle.manifest["model"],
-                 preprocessing=bundle.manifest["preprocessing"])  # fmt: skip
-    return target

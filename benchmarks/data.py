@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from big_catalogue import unit_vectors  # (n, dim) float32 unit rows; tests/ is on the path (benchmarks/__init__.py)
 from PIL import Image, ImageDraw
 
 CACHE = Path(os.environ.get("FASHION_BENCH_CACHE", Path(__file__).resolve().parent / ".cache"))
@@ -64,17 +65,6 @@ def query_images(count: int, seed: int = 99) -> list[bytes]:
     rng = np.random.default_rng(seed)
     sizes = [(60, 80), (300, 400), (640, 480), (1080, 1440)]
     return [jpeg_bytes(draw_product(rng, sizes[i % len(sizes)])) for i in range(count)]
-
-
-def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    """(n, dim) float32 unit rows, C-contiguous, made in blocks so 200k rows never need a float64 copy."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 8192):
-        block = rng.standard_normal((min(8192, n - start), dim), dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[start : start + len(block)] = block
-    return out
 
 
 def weights_file() -> Path:

@@ -1,12 +1,13 @@
 """A catalogue at Kaggle's size made without the model: synthetic unit vectors, tiny JPEGs, Kaggle-like metadata.
 
 The bundle is real (written by `write_bundle`, so `load_bundle` verifies it like any other); only its vectors are
-random instead of computed. Used by the Hub tests at the real size and by `benchmarks/bench_hub.py`.
+random instead of computed. Used by the Hub tests at the real size and by the benchmarks.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def tiny_jpeg(ident: int) -> bytes:
     return buffer.getvalue()
 
 
-def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+def unit_vectors(n: int, dim: int = 2048, seed: int = 0) -> np.ndarray:
     """(n, dim) float32 unit rows, made in blocks so large n never needs a float64 copy."""
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), dtype=np.float32)
@@ -61,3 +62,23 @@ def write_catalogue_bundle(root: Path, ids: range, *, model: dict, preprocessing
         preprocessing=preprocessing,
     )
     return root
+
+
+def grown_copy(catalog: Path, target: Path, *, extra: int = 0, keep: int | None = None) -> Path:
+    """A bundle of the catalogue's first `keep` products as they are (images hard-linked) plus `extra` new ones."""
+    from fashion_search.bundle import load_bundle, write_bundle
+
+    bundle = load_bundle(catalog, verify_images=False)
+    names, rows = bundle.filenames[:keep], list(bundle.metadata)[:keep]
+    (target / "images").mkdir(parents=True)
+    for name in names:
+        os.link(catalog / "images" / name, target / "images" / name)
+    first = max(int(Path(name).stem) for name in names) + 1
+    for ident in range(first, first + extra):
+        (target / "images" / f"{ident}.jpg").write_bytes(tiny_jpeg(ident))
+        names.append(f"{ident}.jpg")
+        rows.append(styles_row(ident))
+    vectors = np.concatenate([bundle.embeddings[: len(names) - extra], unit_vectors(extra, bundle.manifest["dim"])])
+    write_bundle(target, embeddings=vectors, filenames=names, metadata=rows, model=bundle.manifest["model"],
+                 preprocessing=bundle.manifest["preprocessing"])  # fmt: skip
+    return target

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from fashion_search.bundle import write_bundle
+
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_SEED = 1234
 
@@ -60,6 +62,29 @@ def write_styles(path: Path, ids: list[str]) -> Path:
         lines.append(f"{ident},{genders[i % 2]},{master},Sub,{kind},{colours[i % 3]},Summer,2012,Casual,{name}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def make_bundle(root: Path, images: dict[str, bytes], metadata: bool = True) -> Path:
+    """A bundle (8-d synthetic unit vectors) of `images`, nested names too; images no longer named are removed."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for old in [p for p in (root / "images").rglob("*") if p.is_file()]:
+        if old.relative_to(root / "images").as_posix() not in images:
+            old.unlink()
+    for name, content in images.items():
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "images" / name).write_bytes(content)
+    rows = np.random.default_rng(len(images)).standard_normal((len(images), 8)).astype(np.float32)
+    names = sorted(images)
+    (root / "metadata.jsonl").unlink(missing_ok=True)
+    write_bundle(
+        root,
+        embeddings=rows / np.linalg.norm(rows, axis=1, keepdims=True),
+        filenames=names,
+        model={"name": "test", "weights": "random:0"},
+        preprocessing="test",
+        metadata=[{"id": Path(name).stem} for name in names] if metadata else None,
+    )
+    return root
 
 
 @pytest.fixture(scope="session")

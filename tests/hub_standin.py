@@ -45,8 +45,8 @@ import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from datetime import datetime, timezone
+from fnmatch import fnmatch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -177,9 +177,10 @@ class HubStandIn:
             commit = repo.commits[self._resolve(repo, revision)]
             return {path: self._read_blob(oid) for path, oid in commit.files.items()}
 
-    def resolver_requests(self) -> list[tuple[str, str]]:
-        """The requests the Hub counts against its download rate limit: HEAD and GET on /resolve/."""
-        return [(method, path) for method, path in self.requests if "/resolve/" in path]
+    def resolver_requests(self, since: int = 0) -> list[tuple[str, str]]:
+        """The requests (from the `since`-th on) the Hub counts against its download rate limit: HEAD and GET on
+        /resolve/."""
+        return [(method, path) for method, path in self.requests[since:] if "/resolve/" in path]
 
     def file_count(self, repo_id: str, revision: str = "main", repo_type: str = "dataset") -> int:
         with self._lock:

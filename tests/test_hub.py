@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import logging
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ import yaml
 from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
 
-from fashion_search.bundle import load_bundle, write_bundle
+from conftest import make_bundle
+from fashion_search.bundle import load_bundle
 from fashion_search.hub import CatalogNotFound, HubUnavailable, fetch_bundle, parse_catalog_spec, push_bundle
 from hub_standin import HubStandIn
 
@@ -30,29 +31,6 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # read by huggingface_hub on every request, as a real login would be
     with HubStandIn(tmp_path / "hub-store", token=TOKEN) as standin:
         yield standin
-
-
-def make_bundle(root: Path, images: dict[str, bytes], metadata: bool = True) -> Path:
-    """A bundle (8-d synthetic unit vectors) of `images`, nested names too; images no longer named are removed."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    for old in [p for p in (root / "images").rglob("*") if p.is_file()]:
-        if old.relative_to(root / "images").as_posix() not in images:
-            old.unlink()
-    for name, content in images.items():
-        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "images" / name).write_bytes(content)
-    rows = np.random.default_rng(len(images)).standard_normal((len(images), 8)).astype(np.float32)
-    names = sorted(images)
-    (root / "metadata.jsonl").unlink(missing_ok=True)
-    write_bundle(
-        root,
-        embeddings=rows / np.linalg.norm(rows, axis=1, keepdims=True),
-        filenames=names,
-        model={"name": "test", "weights": "random:0"},
-        preprocessing="test",
-        metadata=[{"id": Path(name).stem} for name in names] if metadata else None,
-    )
-    return root
 
 
 def image_bytes(seed: int, size: int = 700) -> bytes:

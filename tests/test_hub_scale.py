@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from app_runner import ROOT, AppProcess, app_env, free_port
-from big_catalogue import FIRST_ID, KAGGLE_ROWS, write_catalogue_bundle
+from big_catalogue import FIRST_ID, KAGGLE_ROWS, grown_copy, write_catalogue_bundle
 from conftest import draw_product
 from fashion_search import hub as hub_module
 from fashion_search.bundle import load_bundle
@@ -119,7 +118,7 @@ def test_the_app_starts_from_an_empty_cache_after_a_few_dozen_resolver_requests(
     with AppProcess([], env, tmp_path / "app.log") as app:
         url = app.wait_ready(port)
         _, listing = Client(url, verbose=False).predict(handle_file(str(query)), api_name="/recommend")
-    resolver = [request for request in hub.requests[before:] if "/resolve/" in request[1]]
+    resolver = hub.resolver_requests(since=before)
 
     assert len(resolver) <= FEW_DOZEN_REQUESTS, resolver
     reference = Searcher(embedder, load_bundle(catalogue)).recommend(query)
@@ -129,15 +128,7 @@ def test_the_app_starts_from_an_empty_cache_after_a_few_dozen_resolver_requests(
 
 
 def test_adding_100_products_sends_only_the_shards_they_fall_in(hub, pushed, catalogue, tmp_path):
-    grown = tmp_path / "grown"
-    shutil.copytree(catalogue, grown, copy_function=os.link)
-    for name in ("manifest.json", "embeddings.npy", "filenames.json", "sources.json", "metadata.jsonl"):
-        (grown / name).unlink()  # rewritten below: files of their own, not links to the catalogue's
-    bundle = load_bundle(catalogue, verify_images=False)
-    write_catalogue_bundle(
-        grown, range(FIRST_ID, FIRST_ID + KAGGLE_ROWS + 100), model=bundle.manifest["model"],
-        preprocessing=bundle.manifest["preprocessing"], dim=bundle.manifest["dim"],
-    )  # fmt: skip
+    grown = grown_copy(catalogue, tmp_path / "grown", extra=100)
     before_files, uploads_before = hub.files(REPO), len(hub.uploads)
 
     result = push_bundle(grown, REPO, endpoint=hub.url, token=TOKEN)

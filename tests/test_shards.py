@@ -7,9 +7,9 @@ import io
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from conftest import make_bundle
 from fashion_search import shards
 from fashion_search.bundle import (
     BundleFormatError,
@@ -17,21 +17,8 @@ from fashion_search.bundle import (
     BundleMissingFile,
     BundleUnsafePath,
     load_bundle,
-    write_bundle,
 )
 from fashion_search.shards import extract_shards, filename_of_member, member_name, plan_shards, write_shard
-
-
-def make_bundle(root: Path, images: dict[str, bytes]) -> Path:
-    for name, content in images.items():
-        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "images" / name).write_bytes(content)
-    vectors = np.zeros((len(images), 4), dtype=np.float32)
-    vectors[:, 0] = 1
-    names = sorted(images)
-    write_bundle(root, embeddings=vectors, filenames=names, model={"weights": "random:0"}, preprocessing="t",
-                 metadata=[{"id": name} for name in names])  # fmt: skip
-    return root
 
 
 def catalogue(count: int, first: int = 10000, changed: int | None = None) -> dict[str, bytes]:
