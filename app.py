@@ -20,7 +20,8 @@ import sys
 
 import gradio as gr
 
-from fashion_search import config, demo as demo_assets, webapp
+from fashion_search import config, webapp
+from fashion_search import demo as demo_assets
 from fashion_search.search import MAX_K
 
 
@@ -91,7 +92,12 @@ try:
 except webapp.StartupError as exc:
     sys.exit(f"error: {exc}")
 FILTER_COLUMNS = list(recommender.filter_choices)
-FILTER_LABELS = {"gender": "Gender", "masterCategory": "Category", "articleType": "Article type", "baseColour": "Colour"}
+FILTER_LABELS = {
+    "gender": "Gender",
+    "masterCategory": "Category",
+    "articleType": "Article type",
+    "baseColour": "Colour",
+}
 # The API names its parameters after the handler's: image, top_k, then one per filter column the catalogue has.
 recommend.__signature__ = inspect.signature(recommend).replace(
     parameters=[
@@ -105,7 +111,7 @@ recommend.__signature__ = inspect.signature(recommend).replace(
 gr.set_static_paths([recommender.bundle.images_dir])
 ARTICLE = (
     "Distance: between the pictures' ResNet50 embeddings (unit vectors), from 0 for the same picture up to 2. "
-    "Also an API: `Client(url).predict(handle_file(\"photo.jpg\"), api_name=\"/recommend\")` returns the gallery "
+    'Also an API: `Client(url).predict(handle_file("photo.jpg"), api_name="/recommend")` returns the gallery '
     "and a JSON listing."
     + (" Demo catalogue and examples: Fashion-MNIST, © Zalando SE, MIT licence." if settings.catalog is None else "")
 )
@@ -114,9 +120,13 @@ demo = gr.Interface(
     fn=recommend,
     inputs=pass_upload_through(
         gr.Image(
-            type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Your photo", height=340,
+            type="filepath",
+            image_mode=None,
+            sources=["upload", "webcam", "clipboard"],
+            label="Your photo",
+            height=340,
             elem_id="query",
-        )  # fmt: skip
+        )
     ),
     outputs=[
         gr.Gallery(label="Similar products", columns=3, object_fit="contain", height="auto", elem_id="products"),
@@ -126,7 +136,11 @@ demo = gr.Interface(
         gr.Slider(1, MAX_K, value=5, step=1, precision=0, label="Number of results"),
         *[
             gr.Dropdown(
-                values, value=[], multiselect=True, label=FILTER_LABELS.get(column, column), info="any of these; empty = all"
+                values,
+                value=[],
+                multiselect=True,
+                label=FILTER_LABELS.get(column, column),
+                info="any of these; empty = all",
             )
             for column, values in recommender.filter_choices.items()
         ],

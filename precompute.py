@@ -22,21 +22,35 @@ from fashion_search.pipeline import PrecomputeError, build_bundle
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("images_dir", nargs="?", help="folder of catalogue images (walked recursively); "
-                        "leave out to push the existing bundle as it is")
+    parser.add_argument(
+        "images_dir",
+        nargs="?",
+        help="folder of catalogue images (walked recursively); leave out to push the existing bundle as it is",
+    )
     parser.add_argument("--out", required=True, help="bundle folder to create or update")
     parser.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a Keras .h5 weights file")
     parser.add_argument("--metadata", help="Kaggle styles.csv: product metadata matched by file stem = id")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="the model's arithmetic: float32 (default, the seed's) or bfloat16 (faster on CPUs with "
-                        "bf16 instructions; the app then runs in bfloat16 too)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="the model's arithmetic: float32 (default, the seed's) or bfloat16 (faster on CPUs with "
+        "bf16 instructions; the app then runs in bfloat16 too)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the bundle to this Hugging Face dataset "
-                        "repo (token from HF_TOKEN or `hf auth login`)")
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="OWNER/NAME",
+        help="upload the bundle to this Hugging Face dataset repo (token from HF_TOKEN or `hf auth login`)",
+    )
     parser.add_argument("--private", action="store_true", help="create the dataset repo private")
-    parser.add_argument("--license", default="unknown", help="the licence of the images, for the dataset card: a Hub "
-                        "licence id such as mit or cc-by-4.0 (default unknown)")
+    parser.add_argument(
+        "--license",
+        default="unknown",
+        help="the licence of the images, for the dataset card: a Hub "
+        "licence id such as mit or cc-by-4.0 (default unknown)",
+    )
     args = parser.parse_args(argv)
     if args.images_dir is None and not args.push_to_hub:
         parser.error("give IMAGES_DIR to build a bundle, or --push-to-hub to push an existing one")
@@ -53,9 +67,13 @@ def build(args: argparse.Namespace) -> int:
     try:
         embedder = Embedder.load(args.weights, precision=args.precision)
         summary = build_bundle(
-            args.images_dir, args.out, embedder,
-            metadata=args.metadata, batch_size=args.batch_size, quiet=args.quiet,
-        )  # fmt: skip
+            args.images_dir,
+            args.out,
+            embedder,
+            metadata=args.metadata,
+            batch_size=args.batch_size,
+            quiet=args.quiet,
+        )
     except (WeightsUnavailable, PrecisionUnavailable, PrecomputeError, CatalogueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -82,7 +100,10 @@ def push(args: argparse.Namespace) -> int:
     except HfHubHTTPError as exc:
         print(f"error: the Hub refused the upload ({exc}). Check HF_TOKEN or `hf auth login`.", file=sys.stderr)
         return 1
-    print(f"{'Pushed' if result.created_commit else 'Unchanged, no new commit:'} {args.push_to_hub} at {result.commit_sha}")
+    print(
+        f"{'Pushed' if result.created_commit else 'Unchanged, no new commit:'} "
+        f"{args.push_to_hub} at {result.commit_sha}"
+    )
     print(f"Set this in the Space's variables: FASHION_CATALOG={result.catalog_value}")
     return 0
 

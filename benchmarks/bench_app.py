@@ -80,39 +80,84 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
             f"  trip app {trip_app.values}, noop {trip_noop.values}, in-process {inproc.values}, "
             f"qps 1 {qps_one.values}, qps {CLIENTS} {qps_many.values}, no-op qps 1 {noop_one.values}, "
             f"no-op qps {CLIENTS} {noop_many.values}, client CPU per query {client_cpu.values}, "
-            f"app CPU per query {server_cpu.values}, bfloat16 app qps 1 {bf16_one.values}, qps {CLIENTS} {bf16_many.values}"
+            f"app CPU per query {server_cpu.values}, "
+            f"bfloat16 app qps 1 {bf16_one.values}, qps {CLIENTS} {bf16_many.values}"
         )
-        del searcher
+        searcher = None
     budget = trip_noop.median + inproc.median
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     capacity = cores / server_cpu.median
     return [
         Row("3: gradio_client round trip, no-op app (same components)", "—", ms(trip_noop), "", "reference"),
         Row("3: in-process query on the same files (`Searcher.recommend`)", "—", ms(inproc), "", "reference"),
-        Row(f"3: gradio_client round trip, app.py ({ctx.rows // 1000}k rows, 1 client)",
-            f"no-op + in-process {budget * 1e3:.0f} ms", ms(trip_app), ratio(trip_app.median / budget), "≤ 1.10 ×",
-            verdict(trip_app.median <= 1.10 * budget)),
+        Row(
+            f"3: gradio_client round trip, app.py ({ctx.rows // 1000}k rows, 1 client)",
+            f"no-op + in-process {budget * 1e3:.0f} ms",
+            ms(trip_app),
+            ratio(trip_app.median / budget),
+            "≤ 1.10 ×",
+            verdict(trip_app.median <= 1.10 * budget),
+        ),
         Row("3: queries/s, 1 client sequential", "—", value(qps_one), "", "reference"),
-        Row(f"3: queries/s, {CLIENTS} concurrent clients", f"1 client {qps_one.median:.2f} q/s", value(qps_many),
-            ratio(qps_many.median / qps_one.median), "≥ 2 ×", verdict(qps_many.median >= 2 * qps_one.median)),
-        Row(f"3: queries/s of the no-op app, {CLIENTS} concurrent clients (what Gradio + clients allow here)",
-            f"1 client {noop_one.median:.2f} q/s", value(noop_many), ratio(noop_many.median / noop_one.median),
-            "(information: the ceiling of the ratio above)"),
-        Row(f"3: CPU the {CLIENTS} gradio_client threads spend per query (same machine, shares the 2 cores)", "—",
-            ms(client_cpu), "", "(information)"),
-        Row(f"3: CPU app.py spends per query under {CLIENTS} concurrent clients (all its threads)", "—",
-            ms(server_cpu), "", "(information)"),
-        Row(f"3: queries/s with the clients on other machines, PROJECTED as {cores} cores / app CPU per query "
-            "(not measured)", f"1 client {qps_one.median:.2f} q/s", f"{capacity:.3g} q/s",
-            ratio(capacity / qps_one.median), "≥ 2 ×", verdict(capacity >= 2 * qps_one.median)),
-    ] + ([
-        Row("3: queries/s, 1 client, app.py in bfloat16 (`--precision bfloat16`, the option)", "—", value(bf16_one), "",
-            "(information)"),
-        Row(f"3: queries/s, {CLIENTS} concurrent clients, app.py in bfloat16",
-            f"float32 app {qps_many.median:.3g} q/s; its 1 client {bf16_one.median:.2f} q/s", value(bf16_many),
-            f"{ratio(bf16_many.median / qps_many.median)} float32, {ratio(bf16_many.median / bf16_one.median)} 1 client",
-            "(information)"),
-    ] if bf16_one.values else [])  # fmt: skip
+        Row(
+            f"3: queries/s, {CLIENTS} concurrent clients",
+            f"1 client {qps_one.median:.2f} q/s",
+            value(qps_many),
+            ratio(qps_many.median / qps_one.median),
+            "≥ 2 ×",
+            verdict(qps_many.median >= 2 * qps_one.median),
+        ),
+        Row(
+            f"3: queries/s of the no-op app, {CLIENTS} concurrent clients (what Gradio + clients allow here)",
+            f"1 client {noop_one.median:.2f} q/s",
+            value(noop_many),
+            ratio(noop_many.median / noop_one.median),
+            "(information: the ceiling of the ratio above)",
+        ),
+        Row(
+            f"3: CPU the {CLIENTS} gradio_client threads spend per query (same machine, shares the 2 cores)",
+            "—",
+            ms(client_cpu),
+            "",
+            "(information)",
+        ),
+        Row(
+            f"3: CPU app.py spends per query under {CLIENTS} concurrent clients (all its threads)",
+            "—",
+            ms(server_cpu),
+            "",
+            "(information)",
+        ),
+        Row(
+            f"3: queries/s with the clients on other machines, PROJECTED as {cores} cores / app CPU per query "
+            "(not measured)",
+            f"1 client {qps_one.median:.2f} q/s",
+            f"{capacity:.3g} q/s",
+            ratio(capacity / qps_one.median),
+            "≥ 2 ×",
+            verdict(capacity >= 2 * qps_one.median),
+        ),
+    ] + (
+        [
+            Row(
+                "3: queries/s, 1 client, app.py in bfloat16 (`--precision bfloat16`, the option)",
+                "—",
+                value(bf16_one),
+                "",
+                "(information)",
+            ),
+            Row(
+                f"3: queries/s, {CLIENTS} concurrent clients, app.py in bfloat16",
+                f"float32 app {qps_many.median:.3g} q/s; its 1 client {bf16_one.median:.2f} q/s",
+                value(bf16_many),
+                f"{ratio(bf16_many.median / qps_many.median)} float32, "
+                f"{ratio(bf16_many.median / bf16_one.median)} 1 client",
+                "(information)",
+            ),
+        ]
+        if bf16_one.values
+        else []
+    )
 
 
 def _median(func, queries, repeat: int) -> float:
@@ -147,7 +192,7 @@ def _concurrent_qps(url: str, queries, clients: int, per_client: int) -> float:
         try:
             for i in range(per_client):
                 ask(c, queries[(offset + i) % len(queries)])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(c, n)) for n, c in enumerate(clients_)]

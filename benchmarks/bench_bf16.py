@@ -38,24 +38,56 @@ def run(ctx, runs: int, catalogue: int, queries: int) -> list[Row]:
     same_top1 = float(np.mean(tops["float32"][:, 0] == tops["bfloat16"][:, 0]))
     med = {p: {size: statistics.median(values) for size, values in rates[p].items()} for p in PRECISIONS}
     rows = []
-    for size, label, target in (("32", "batch 32 (precompute's)", "≥ 1.5 ×"), ("8", "batch 8 (the app's, 8 clients)",
-                                "(information)"), ("1", "one image", "(information)")):  # fmt: skip
+    for size, label, target in (
+        ("32", "batch 32 (precompute's)", "≥ 1.5 ×"),
+        ("8", "batch 8 (the app's, 8 clients)", "(information)"),
+        ("1", "one image", "(information)"),
+    ):
         speed = med["bfloat16"][size] / med["float32"][size]
-        rows.append(Row(f"5: bfloat16 forward, {label}", f"float32 {med['float32'][size]:.2f} img/s",
-                        f"{med['bfloat16'][size]:.2f} img/s (n={runs})", ratio(speed), target,
-                        verdict(speed >= 1.5) if target.startswith("≥") else ""))  # fmt: skip
-    rows.append(Row(f"5: bfloat16 top-5 overlap with float32 ({queries} queries, {catalogue} products, random weights)",
-                    "float32 top-5", f"{overlap:.3f} (top-1 same {same_top1:.2f})", "", "≥ 0.95",
-                    verdict(overlap >= 0.95)))  # fmt: skip
+        rows.append(
+            Row(
+                f"5: bfloat16 forward, {label}",
+                f"float32 {med['float32'][size]:.2f} img/s",
+                f"{med['bfloat16'][size]:.2f} img/s (n={runs})",
+                ratio(speed),
+                target,
+                verdict(speed >= 1.5) if target.startswith("≥") else "",
+            )
+        )
+    rows.append(
+        Row(
+            f"5: bfloat16 top-5 overlap with float32 ({queries} queries, {catalogue} products, random weights)",
+            "float32 top-5",
+            f"{overlap:.3f} (top-1 same {same_top1:.2f})",
+            "",
+            "≥ 0.95",
+            verdict(overlap >= 0.95),
+        )
+    )
     return rows
 
 
 def _probe(weights: Path, precision: str, vectors: Path, catalogue: int, queries: int) -> dict:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bf16_probe.py"), str(weights), "--precision", precision,
-         "--vectors", str(vectors), "--catalogue", str(catalogue), "--queries", str(queries)],
-        cwd=ROOT, env={**os.environ, **QUIET_ENV}, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bf16_probe.py"),
+            str(weights),
+            "--precision",
+            precision,
+            "--vectors",
+            str(vectors),
+            "--catalogue",
+            str(catalogue),
+            "--queries",
+            str(queries),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **QUIET_ENV},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"bf16_probe.py --precision {precision} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

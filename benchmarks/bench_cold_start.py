@@ -39,24 +39,47 @@ def run(ctx, runs: int, phases: bool = True) -> list[Row]:
             peak.values.append(app.peak_rss_mb())
     log(f"  first answer {first.values} s, serving {ready.values} s, peak RSS {peak.values} MB")
     rows = [
-        Row(f"4: cold start, `python app.py` → first answer ({ctx.rows // 1000}k-row bundle, OS file cache warm)",
-            "—", value(first), "", f"≤ {TARGET_SECONDS:.0f} s", verdict(first.median <= TARGET_SECONDS)),
+        Row(
+            f"4: cold start, `python app.py` → first answer ({ctx.rows // 1000}k-row bundle, OS file cache warm)",
+            "—",
+            value(first),
+            "",
+            f"≤ {TARGET_SECONDS:.0f} s",
+            verdict(first.median <= TARGET_SECONDS),
+        ),
         Row("4: … of which until the server answers HTTP", "—", value(ready), "", "(information)"),
-        Row("4: cold start peak RSS (kernel VmHWM)", "—", value(peak, digits=4), "", f"≤ {TARGET_RSS_MB:.0f} MB",
-            verdict(peak.median <= TARGET_RSS_MB)),
-    ]  # fmt: skip
+        Row(
+            "4: cold start peak RSS (kernel VmHWM)",
+            "—",
+            value(peak, digits=4),
+            "",
+            f"≤ {TARGET_RSS_MB:.0f} MB",
+            verdict(peak.median <= TARGET_RSS_MB),
+        ),
+    ]
     if phases:
         log("figure 4: start-up phases in a fresh process ...")
         env = {**os.environ, **QUIET_ENV}
         done = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "cold_start_phases.py"), str(catalog), str(ctx.weights)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"cold_start_phases.py failed:\n{done.stderr[-2000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         for phase in result["phases"]:
-            rows.append(Row(f"4 phase: {phase['phase']}", "—", f"{phase['seconds'] * 1e3:.0f} ms",
-                            "", f"peak RSS so far {phase['peak_rss_mb']:.0f} MB"))  # fmt: skip
+            rows.append(
+                Row(
+                    f"4 phase: {phase['phase']}",
+                    "—",
+                    f"{phase['seconds'] * 1e3:.0f} ms",
+                    "",
+                    f"peak RSS so far {phase['peak_rss_mb']:.0f} MB",
+                )
+            )
         ctx.phases = result
     return rows

@@ -18,10 +18,11 @@ from pathlib import Path
 os.environ["HF_HUB_DISABLE_XET"] = "1"  # the stand-in speaks LFS, not Xet (tests/hub_standin.py)
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
-from benchmarks import data
-from benchmarks.report import Row
 from big_catalogue import grown_copy  # tests/ is on the path (benchmarks/__init__.py)
 from hub_standin import HubStandIn
+
+from benchmarks import data
+from benchmarks.report import Row
 
 TOKEN = "bench-token"
 ANONYMOUS_PER_5_MIN = 3000  # the Hub's resolver budget for an anonymous caller (a public Space without HF_TOKEN)
@@ -90,8 +91,9 @@ def run(ctx) -> list[Row]:
             old_commits = hub.commit_log[mark_commits:]
             mark = len(hub.requests)
             started = time.perf_counter()
-            snapshot_download("bench/per-image", repo_type="dataset", revision=old.oid, local_dir=work / "old",
-                              endpoint=hub.url)  # fmt: skip
+            snapshot_download(
+                "bench/per-image", repo_type="dataset", revision=old.oid, local_dir=work / "old", endpoint=hub.url
+            )
             old_fetch_s = time.perf_counter() - started
             old_resolver = len(hub.resolver_requests(since=mark))
             old_folder_entries = hub.max_folder_entries("bench/per-image")
@@ -103,29 +105,77 @@ def run(ctx) -> list[Row]:
     windows = len(resolver) / ANONYMOUS_PER_5_MIN
     old_windows = old_resolver * scale / ANONYMOUS_PER_5_MIN
     rows += [
-        Row(f"6: Hub push of {k} products: files in the repo", f"one per image: {old_commits[0]['operations']:,} "
-            f"per {tenth:,} products (×{scale:.0f}: {old_commits[0]['operations'] * scale:,.0f})", f"{files}",
-            "", "≤ ~100 files", "met" if files <= 110 else "NOT met"),
-        Row("6: … commits; most files in one commit", f"{len(old_commits)}; {old_commits[0]['operations']:,} "
-            f"per {tenth:,} products", f"{len(commits)}; {max(c['operations'] for c in commits)}", "",
-            "every commit ≤ 100 files", "met" if max(c["operations"] for c in commits) <= 100 else "NOT met"),
-        Row("6: … most entries in one folder (over every commit)", f"{old_folder_entries:,} per {tenth:,} products",
-            f"{hub.max_folder_entries('bench/catalogue')}", "", "< 10,000",
-            "met" if hub.max_folder_entries("bench/catalogue") < 10_000 else "NOT met"),
-        Row("6: … seconds and MB sent (stand-in on loopback)", f"{old_push_s:.1f} s per {tenth:,} products",
-            f"{push_s:.1f} s, {sent / 1e6:.0f} MB", "", "(information)"),
-        Row("6: fetch from an empty cache (a Space's first start): resolver requests, all requests",
+        Row(
+            f"6: Hub push of {k} products: files in the repo",
+            f"one per image: {old_commits[0]['operations']:,} "
+            f"per {tenth:,} products (×{scale:.0f}: {old_commits[0]['operations'] * scale:,.0f})",
+            f"{files}",
+            "",
+            "≤ ~100 files",
+            "met" if files <= 110 else "NOT met",
+        ),
+        Row(
+            "6: … commits; most files in one commit",
+            f"{len(old_commits)}; {old_commits[0]['operations']:,} per {tenth:,} products",
+            f"{len(commits)}; {max(c['operations'] for c in commits)}",
+            "",
+            "every commit ≤ 100 files",
+            "met" if max(c["operations"] for c in commits) <= 100 else "NOT met",
+        ),
+        Row(
+            "6: … most entries in one folder (over every commit)",
+            f"{old_folder_entries:,} per {tenth:,} products",
+            f"{hub.max_folder_entries('bench/catalogue')}",
+            "",
+            "< 10,000",
+            "met" if hub.max_folder_entries("bench/catalogue") < 10_000 else "NOT met",
+        ),
+        Row(
+            "6: … seconds and MB sent (stand-in on loopback)",
+            f"{old_push_s:.1f} s per {tenth:,} products",
+            f"{push_s:.1f} s, {sent / 1e6:.0f} MB",
+            "",
+            "(information)",
+        ),
+        Row(
+            "6: fetch from an empty cache (a Space's first start): resolver requests, all requests",
             f"{old_resolver:,} per {tenth:,} products (×{scale:.0f}: {old_resolver * scale:,.0f}, "
-            f"{old_windows:.0f} anonymous 5-minute windows)", f"{len(resolver)}, {len(requests)} "
-            f"({windows:.3f} of one window)", "", "a few dozen", "met" if len(resolver) <= 48 else "NOT met"),
-        Row("6: … seconds (download, unpack, check every image)", f"{old_fetch_s:.1f} s per {tenth:,} products",
-            f"{fetch_s:.1f} s", "", "(information)"),
-        Row("6: restart with the revision already unpacked (persistent storage)", "—",
-            f"{again_requests} requests, {again_s * 1e3:.0f} ms", "", "no unpacking", "met" if again_requests == 0 else "NOT met"),
-        Row("6: 100 products more: push sends", "—", f"{len(shard_sent)} of {shard_total} shards "
+            f"{old_windows:.0f} anonymous 5-minute windows)",
+            f"{len(resolver)}, {len(requests)} ({windows:.3f} of one window)",
+            "",
+            "a few dozen",
+            "met" if len(resolver) <= 48 else "NOT met",
+        ),
+        Row(
+            "6: … seconds (download, unpack, check every image)",
+            f"{old_fetch_s:.1f} s per {tenth:,} products",
+            f"{fetch_s:.1f} s",
+            "",
+            "(information)",
+        ),
+        Row(
+            "6: restart with the revision already unpacked (persistent storage)",
+            "—",
+            f"{again_requests} requests, {again_s * 1e3:.0f} ms",
+            "",
+            "no unpacking",
+            "met" if again_requests == 0 else "NOT met",
+        ),
+        Row(
+            "6: 100 products more: push sends",
+            "—",
+            f"{len(shard_sent)} of {shard_total} shards "
             f"({sum(s for _, s in shard_sent) / 1e6:.2f} MB) and embeddings.npy, {grow_push_s:.1f} s",
-            "", "only the changed shards", "met" if len(shard_sent) <= 2 else "NOT met"),
-        Row("6: … fetch of the new revision with the old one cached", "—",
-            f"{len(grow_gets)} downloads, {grow_fetch_s:.1f} s", "", "(information)"),
-    ]  # fmt: skip
+            "",
+            "only the changed shards",
+            "met" if len(shard_sent) <= 2 else "NOT met",
+        ),
+        Row(
+            "6: … fetch of the new revision with the old one cached",
+            "—",
+            f"{len(grow_gets)} downloads, {grow_fetch_s:.1f} s",
+            "",
+            "(information)",
+        ),
+    ]
     return rows

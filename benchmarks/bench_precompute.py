@@ -61,7 +61,9 @@ def run(ctx, runs: int, images: int, seed_images: int) -> list[Row]:
         forward = bare_forward(ctx.embedder)
         from fashion_search.imaging import load_input
 
-        batches = [np.stack([load_input(p) for p in paths[i : i + BATCH_SIZE]]) for i in range(0, 4 * BATCH_SIZE, BATCH_SIZE)]
+        batches = [
+            np.stack([load_input(p) for p in paths[i : i + BATCH_SIZE]]) for i in range(0, 4 * BATCH_SIZE, BATCH_SIZE)
+        ]
         forward(batches[0]), ctx.embedder.embed(batches[0])  # trace and warm both
 
         seed_rate, bare_rate = Samples("img/s"), Samples("img/s")
@@ -108,25 +110,62 @@ def run(ctx, runs: int, images: int, seed_images: int) -> list[Row]:
     bare_text = f"(b) {bare:.3g} img/s"
     return [
         Row("1a: the seed's loop (load_img + model.predict per image)", "—", value(seed_rate), "", "reference (a)"),
-        Row(f"1b: bare batched forward (batch {BATCH_SIZE}, preprocessed tensors)", "—", value(bare_rate), "",
-            "reference (b)"),
-        Row(f"1: precompute.py, whole command in a fresh process, {images} files", bare_text, value(whole_rate),
-            f"{ratio(whole / bare)} (b); {ratio(whole / seed)} (a)", "≥ 0.9 × (b), ≥ 3 × (a)",
-            verdict(whole >= 0.9 * bare)),
-        Row("1: precompute steady state: build_bundle (hash, decode, embed, write the bundle) with the model "
-            "loaded and warm", bare_text, value(steady_rate), f"{ratio(steady / bare)} (b); {ratio(steady / seed)} (a)",
-            "≥ 0.9 × (b), ≥ 3 × (a)", verdict(steady >= 0.9 * bare)),
-        Row("1: precompute.py one-off cost: whole command minus its files at the steady rate (interpreter, TF "
-            "import, model build, first-call tracing, exit)", "—", value(one_off), "", "(information)"),
-        Row(f"1: precompute.py on Kaggle's {KAGGLE:,} files, PROJECTED as one-off cost + files / steady rate "
-            "(not measured)", bare_text, f"{projected:.3g} img/s", ratio(projected / bare), "≥ 0.9 × (b)",
-            verdict(projected >= 0.9 * bare)),
-    ]  # fmt: skip
+        Row(
+            f"1b: bare batched forward (batch {BATCH_SIZE}, preprocessed tensors)",
+            "—",
+            value(bare_rate),
+            "",
+            "reference (b)",
+        ),
+        Row(
+            f"1: precompute.py, whole command in a fresh process, {images} files",
+            bare_text,
+            value(whole_rate),
+            f"{ratio(whole / bare)} (b); {ratio(whole / seed)} (a)",
+            "≥ 0.9 × (b), ≥ 3 × (a)",
+            verdict(whole >= 0.9 * bare),
+        ),
+        Row(
+            "1: precompute steady state: build_bundle (hash, decode, embed, write the bundle) with the model "
+            "loaded and warm",
+            bare_text,
+            value(steady_rate),
+            f"{ratio(steady / bare)} (b); {ratio(steady / seed)} (a)",
+            "≥ 0.9 × (b), ≥ 3 × (a)",
+            verdict(steady >= 0.9 * bare),
+        ),
+        Row(
+            "1: precompute.py one-off cost: whole command minus its files at the steady rate (interpreter, TF "
+            "import, model build, first-call tracing, exit)",
+            "—",
+            value(one_off),
+            "",
+            "(information)",
+        ),
+        Row(
+            f"1: precompute.py on Kaggle's {KAGGLE:,} files, PROJECTED as one-off cost + files / steady rate "
+            "(not measured)",
+            bare_text,
+            f"{projected:.3g} img/s",
+            ratio(projected / bare),
+            "≥ 0.9 × (b)",
+            verdict(projected >= 0.9 * bare),
+        ),
+    ]
 
 
 def _precompute(images: Path, out: Path, weights: Path) -> tuple[float, float, float]:
     """Run the command; return (wall seconds, its own images/s, its own seconds)."""
-    cmd = [sys.executable, str(ROOT / "precompute.py"), str(images), "--out", str(out), "--weights", str(weights), "--quiet"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "precompute.py"),
+        str(images),
+        "--out",
+        str(out),
+        "--weights",
+        str(weights),
+        "--quiet",
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Figure 2: one query in-process (image bytes -> top-5) vs the bare forward, and the neighbour step vs a numpy floor."""
+"""Figure 2: one query in-process (image bytes -> top-5) vs the bare forward; the neighbour step vs a numpy floor."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from benchmarks import data
 from benchmarks.report import Row, ms, ratio, verdict
-from benchmarks.timing import Samples, interleaved, per_call
+from benchmarks.timing import interleaved, per_call
 
 K = 5
 QUERY_SIZE = (640, 480)  # a typical web photo; decoding cost grows with the upload's pixels
@@ -116,25 +116,42 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
     log("  " + ", ".join(f"{name} {ms(v)}" for name, v in s.items()))
     bare, embed, rec = s["bare"].median, s["embed"].median, s["recommend"].median
     (floor, which), nn = best_floor(s), s["neighbours"].median
-    del searcher, bundle, embeddings
+    searcher = bundle = embeddings = None  # free the catalogue before the next figure
     gc.collect()
     return [
         Row("2: bare single-image forward (preprocessed tensor)", "—", ms(s["bare"]), "", "reference"),
-        Row(f"2: embed one upload (JPEG bytes -> unit vector: decode, resize, preprocess, forward)",
-            f"bare forward {bare * 1e3:.1f} ms", ms(s["embed"]), ratio(embed / bare), "≤ 1.15 ×",
-            verdict(embed <= 1.15 * bare)),
-        Row(f"2: one query in-process, bytes -> top-5 (`Searcher.recommend`, {rows // 1000}k rows)",
-            f"bare forward + numpy floor {(bare + floor) * 1e3:.1f} ms", ms(s["recommend"]),
-            ratio(rec / (bare + floor)), "(information)"),
-        Row(f"2: neighbour step in the query ({rows // 1000}k rows, `NeighbourIndex.search`)",
-            f"numpy floor {floor * 1e3:.1f} ms ({which})", ms(s["neighbours"]), ratio(nn / floor), "≤ 2 × (aim)",
-            verdict(nn <= 2 * floor)),
-        Row(f"2: neighbour step per query when 8 queries are searched in one call ({rows // 1000}k rows)",
+        Row(
+            "2: embed one upload (JPEG bytes -> unit vector: decode, resize, preprocess, forward)",
+            f"bare forward {bare * 1e3:.1f} ms",
+            ms(s["embed"]),
+            ratio(embed / bare),
+            "≤ 1.15 ×",
+            verdict(embed <= 1.15 * bare),
+        ),
+        Row(
+            f"2: one query in-process, bytes -> top-5 (`Searcher.recommend`, {rows // 1000}k rows)",
+            f"bare forward + numpy floor {(bare + floor) * 1e3:.1f} ms",
+            ms(s["recommend"]),
+            ratio(rec / (bare + floor)),
+            "(information)",
+        ),
+        Row(
+            f"2: neighbour step in the query ({rows // 1000}k rows, `NeighbourIndex.search`)",
+            f"numpy floor {floor * 1e3:.1f} ms ({which})",
+            ms(s["neighbours"]),
+            ratio(nn / floor),
+            "≤ 2 × (aim)",
+            verdict(nn <= 2 * floor),
+        ),
+        Row(
+            f"2: neighbour step per query when 8 queries are searched in one call ({rows // 1000}k rows)",
             f"one at a time {nn * 1e3:.1f} ms; numpy floor for 8 at once {s['floor x8'].median * 1e3:.1f} ms/query",
             ms(s["neighbours x8"]),
-            f"{s['neighbours x8'].median / nn:.2f}× one at a time; {s['neighbours x8'].median / s['floor x8'].median:.2f}× its floor",
-            "(the app searches concurrent queries together)"),
-    ]  # fmt: skip
+            f"{s['neighbours x8'].median / nn:.2f}× one at a time; "
+            f"{s['neighbours x8'].median / s['floor x8'].median:.2f}× its floor",
+            "(the app searches concurrent queries together)",
+        ),
+    ]
 
 
 def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
@@ -154,32 +171,50 @@ def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
         floor_dist, floor_idx = numpy_floor(embeddings, query[0])
         assert [m.row for m in mine] == seed_idx[0].tolist() == floor_idx.tolist(), "neighbours disagree"
         assert np.allclose([m.distance for m in mine], seed_dist[0], atol=1e-5)
-        cases = {
-            "seed": lambda: per_call(lambda: seed_index.kneighbors(query), repeat),
-            "ours": lambda: per_call(lambda: ours.search(query), repeat),
-            "ours, all threads": lambda: _with_threads(None, lambda: per_call(lambda: ours.search(query), repeat)),
-            "floor": lambda: per_call(lambda: numpy_floor(embeddings, query[0]), repeat),
-            "floor, 1 thread": lambda: per_call(lambda: numpy_floor_one_thread(embeddings, query[0]), repeat),
-        }
+        cases = _neighbour_cases(seed_index, ours, embeddings, query, repeat)
         s = interleaved(cases, runs, {name: "s" for name in cases})
         ctx.log("  " + ", ".join(f"{name} {ms(v)}" for name, v in s.items()))
         floor, which = best_floor(s)
         ref = f"numpy floor {floor * 1e3:.2f} ms ({which})"
         rows += [
-            Row(f"2b: neighbour step, {n // 1000}k rows: the seed's `kneighbors` call",
-                ref, ms(s["seed"]), ratio(s["seed"].median / floor), "(reference)"),
-            Row(f"2b: neighbour step, {n // 1000}k rows: ours (`NeighbourIndex.search`, still sklearn)",
-                ref, ms(s["ours"]), ratio(s["ours"].median / floor), "≤ 2 × (aim)",
-                verdict(s["ours"].median <= 2 * floor)),
-            Row(f"2b: neighbour step, {n // 1000}k rows: ours but with sklearn's default OpenMP threads (all cores)",
-                ref, ms(s["ours, all threads"]),
-                ratio(s["ours, all threads"].median / floor), "(alternative)"),
-        ]  # fmt: skip
+            Row(
+                f"2b: neighbour step, {n // 1000}k rows: the seed's `kneighbors` call",
+                ref,
+                ms(s["seed"]),
+                ratio(s["seed"].median / floor),
+                "(reference)",
+            ),
+            Row(
+                f"2b: neighbour step, {n // 1000}k rows: ours (`NeighbourIndex.search`, still sklearn)",
+                ref,
+                ms(s["ours"]),
+                ratio(s["ours"].median / floor),
+                "≤ 2 × (aim)",
+                verdict(s["ours"].median <= 2 * floor),
+            ),
+            Row(
+                f"2b: neighbour step, {n // 1000}k rows: ours but with sklearn's default OpenMP threads (all cores)",
+                ref,
+                ms(s["ours, all threads"]),
+                ratio(s["ours, all threads"].median / floor),
+                "(alternative)",
+            ),
+        ]
         if n == 44_000:
             rows += _contended(ctx, runs, repeat, embeddings, query, ours)
-        del embeddings, seed_index, ours
+        embeddings = seed_index = ours = None
         gc.collect()
     return rows
+
+
+def _neighbour_cases(seed_index, ours, embeddings, query, repeat: int) -> dict:
+    return {
+        "seed": lambda: per_call(lambda: seed_index.kneighbors(query), repeat),
+        "ours": lambda: per_call(lambda: ours.search(query), repeat),
+        "ours, all threads": lambda: _with_threads(None, lambda: per_call(lambda: ours.search(query), repeat)),
+        "floor": lambda: per_call(lambda: numpy_floor(embeddings, query[0]), repeat),
+        "floor, 1 thread": lambda: per_call(lambda: numpy_floor_one_thread(embeddings, query[0]), repeat),
+    }
 
 
 def _contended(ctx, runs, repeat, embeddings, query, ours) -> list[Row]:
@@ -206,11 +241,22 @@ def _contended(ctx, runs, repeat, embeddings, query, ours) -> list[Row]:
     floor, which = best_floor(s)
     ref = f"numpy floor {floor * 1e3:.2f} ms ({which})"
     return [
-        Row("2b: neighbour step, 44k rows, one core kept busy by another process: ours (1 OpenMP thread)", ref,
-            ms(s["ours"]), ratio(s["ours"].median / floor), "≤ 2 × (aim)", verdict(s["ours"].median <= 2 * floor)),
-        Row("2b: neighbour step, 44k rows, one core kept busy by another process: sklearn's default threads", ref,
-            ms(s["ours, all threads"]), ratio(s["ours, all threads"].median / floor), "(alternative)"),
-    ]  # fmt: skip
+        Row(
+            "2b: neighbour step, 44k rows, one core kept busy by another process: ours (1 OpenMP thread)",
+            ref,
+            ms(s["ours"]),
+            ratio(s["ours"].median / floor),
+            "≤ 2 × (aim)",
+            verdict(s["ours"].median <= 2 * floor),
+        ),
+        Row(
+            "2b: neighbour step, 44k rows, one core kept busy by another process: sklearn's default threads",
+            ref,
+            ms(s["ours, all threads"]),
+            ratio(s["ours, all threads"].median / floor),
+            "(alternative)",
+        ),
+    ]
 
 
 def _with_threads(threads, func):

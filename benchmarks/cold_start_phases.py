@@ -1,6 +1,6 @@
 """Where app.py's cold start goes: each start-up step timed in a fresh process, with the memory high-water mark.
 
-    python benchmarks/cold_start_phases.py BUNDLE_DIR WEIGHTS.h5     # prints one JSON object
+python benchmarks/cold_start_phases.py BUNDLE_DIR WEIGHTS.h5     # prints one JSON object
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def main(bundle: str, weights: str) -> dict:
     import gradio  # noqa: F401
 
     mark("import gradio")
-    import tensorflow  # noqa: F401
     import keras  # noqa: F401
+    import tensorflow  # noqa: F401
 
     mark("import tensorflow + keras")
     from fashion_search.embedder import Embedder

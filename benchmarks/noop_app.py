@@ -42,8 +42,10 @@ def build(catalog: Path) -> gr.Interface:
     choices = {c: sorted({str(m[c]) for m in metadata if m.get(c)}) for c in FILTER_COLUMNS}
     choices = {c: v for c, v in choices.items() if v}
     images = catalog / "images"
-    gallery = [(str(images / filenames[i]), f"{metadata[i].get('productDisplayName', filenames[i])} · distance 0.000")
-               for i in range(5)]  # fmt: skip
+    gallery = [
+        (str(images / filenames[i]), f"{metadata[i].get('productDisplayName', filenames[i])} · distance 0.000")
+        for i in range(5)
+    ]
     listing = [{"rank": i + 1, "filename": filenames[i], "distance": 0.0, **metadata[i]} for i in range(5)]
 
     def recommend(image, top_k=5, *filters):
@@ -51,7 +53,9 @@ def build(catalog: Path) -> gr.Interface:
 
     return gr.Interface(
         fn=recommend,
-        inputs=QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Your photo"),
+        inputs=QueryImage(
+            type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"], label="Your photo"
+        ),
         outputs=[gr.Gallery(label="Similar products", columns=5), gr.JSON(label="Results")],
         additional_inputs=[
             gr.Slider(1, MAX_K, value=5, step=1, precision=0, label="Number of results"),

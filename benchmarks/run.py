@@ -67,9 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (a few minutes)")
     parser.add_argument("--only", nargs="+", type=int, choices=range(1, 7), metavar="N", help="figures to run (1-6)")
-    parser.add_argument("--runs", type=int, help="rounds per figure (default 5, quick 2; precompute 3 / 2; "
-                        "cold start 3 / 1)")
-    parser.add_argument("--write", action="store_true", help=f"write the table into {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+    parser.add_argument(
+        "--runs", type=int, help="rounds per figure (default 5, quick 2; precompute 3 / 2; cold start 3 / 1)"
+    )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"write the table into {RESULTS}",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     if args.runs:
@@ -85,41 +90,43 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     loads: dict[int, str] = {}  # 1-minute load average as each figure starts
     if 1 in figures:
-        loads[1] = machine.load_average().split(' / ')[0]
+        loads[1] = machine.load_average().split(" / ")[0]
         from benchmarks import bench_precompute
 
         runs = args.runs or min(settings.runs, 3)  # its rounds are long: a fresh precompute.py each
         rows += bench_precompute.run(ctx, runs, settings.precompute_images, settings.seed_images)
     if 2 in figures:
-        loads[2] = machine.load_average().split(' / ')[0]
+        loads[2] = machine.load_average().split(" / ")[0]
         from benchmarks import bench_query
 
         rows += bench_query.run_query(ctx, settings.runs, settings.repeat, BIG_ROWS)
         rows += bench_query.run_neighbours(ctx, settings.runs, settings.repeat, settings.neighbour_sizes)
     if 3 in figures:
-        loads[3] = machine.load_average().split(' / ')[0]
+        loads[3] = machine.load_average().split(" / ")[0]
         from benchmarks import bench_app
 
         rows += bench_app.run(ctx, settings.runs, settings.repeat, settings.per_client)
     if 4 in figures:
-        loads[4] = machine.load_average().split(' / ')[0]
+        loads[4] = machine.load_average().split(" / ")[0]
         from benchmarks import bench_cold_start
 
         rows += bench_cold_start.run(ctx, args.runs or settings.cold_runs)
     if 5 in figures:
-        loads[5] = machine.load_average().split(' / ')[0]
+        loads[5] = machine.load_average().split(" / ")[0]
         from benchmarks import bench_bf16
 
         rows += bench_bf16.run(ctx, settings.runs, settings.bf16_catalogue, settings.bf16_queries)
     if 6 in figures:
-        loads[6] = machine.load_average().split(' / ')[0]
+        loads[6] = machine.load_average().split(" / ")[0]
         from benchmarks import bench_hub
 
         rows += bench_hub.run(ctx)
 
     minutes = (time.perf_counter() - started) / 60
-    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (
-        f" --only {' '.join(map(str, sorted(figures)))}" if args.only else ""
+    command = (
+        "python -m benchmarks"
+        + (" --quick" if args.quick else "")
+        + (f" --only {' '.join(map(str, sorted(figures)))}" if args.only else "")
     )
     text = "\n\n".join(
         [

@@ -40,15 +40,18 @@ class Server:
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, *args, "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     @classmethod
-    def app(cls, catalog: Path, weights: Path) -> "Server":
+    def app(cls, catalog: Path, weights: Path) -> Server:
         return cls(["app.py", "--catalog", str(catalog), "--weights", str(weights), "--host", "127.0.0.1"], "app")
 
     @classmethod
-    def noop(cls, catalog: Path) -> "Server":
+    def noop(cls, catalog: Path) -> Server:
         return cls([str(ROOT / "benchmarks" / "noop_app.py"), "--catalog", str(catalog)], "noop")
 
     def wait_ready(self, timeout: float = 600.0, poll: float = 0.05) -> float:
@@ -91,7 +94,7 @@ class Server:
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -102,7 +102,7 @@ class Bundle:
         return self.images_dir / self.filenames[row]
 
     def check_compatible(self, model: dict, preprocessing: str) -> None:
-        """Raise `BundleMismatch` unless this bundle was made by `model` (an `Embedder.describe()`) and preprocessing."""
+        """Raise `BundleMismatch` unless this bundle was made by `model` (`Embedder.describe()`) and `preprocessing`."""
         mine = self.manifest["model"]
         runs = model.get("precision", "float32")
         if self.precision != runs and {**mine, "precision": None} == {**model, "precision": None}:
@@ -164,7 +164,7 @@ def write_bundle(
         "count": n,
         "dtype": "float32",
         "files": {name: sha256_file(root / name) for name in files},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "project_version": __version__,
     }
     write_atomic(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -179,12 +179,16 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
     """
     root = Path(root)
     if not root.is_dir():
-        raise BundleMissingFile(f"No catalogue bundle at {root}: the folder does not exist. Build one with precompute.py.")
+        raise BundleMissingFile(
+            f"No catalogue bundle at {root}: the folder does not exist. Build one with precompute.py."
+        )
     manifest = _read_manifest(root)
     files: dict = manifest["files"]
     for required in (EMBEDDINGS, FILENAMES, SOURCES):
         if required not in files:
-            raise BundleFormatError(f"{root / MANIFEST} does not list {required}. Rebuild the bundle with precompute.py.")
+            raise BundleFormatError(
+                f"{root / MANIFEST} does not list {required}. Rebuild the bundle with precompute.py."
+            )
     filenames = _read_json_list(root, FILENAMES)
     images = [name[len(IMAGES) + 1 :] for name in files if name.startswith(f"{IMAGES}/")]
     _check_paths(root, filenames + images, set(_plain_files(root / IMAGES)))
@@ -246,7 +250,9 @@ def _check_paths(root: Path, names: list, plain: set[str]) -> None:
         if name in plain:
             continue
         if not is_relative_name(name):
-            raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}: file names must be relative and stay inside images/.")
+            raise BundleUnsafePath(
+                f"{root / FILENAMES} holds {name!r}: file names must be relative and stay inside images/."
+            )
         images = images or (root / IMAGES).resolve()
         target = (root / IMAGES / name).resolve()
         if not target.is_relative_to(images):

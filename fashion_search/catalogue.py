@@ -29,9 +29,7 @@ def list_images(images_dir: str | os.PathLike, exclude: list[Path] = ()) -> list
     found = []
     for folder, subfolders, files in os.walk(root):
         here = Path(folder)
-        subfolders[:] = sorted(
-            d for d in subfolders if not d.startswith(".") and (here / d).resolve() not in excluded
-        )
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and (here / d).resolve() not in excluded)
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append((here / name).relative_to(root).as_posix())

@@ -1,10 +1,10 @@
 """App settings: command-line flags over environment variables over defaults, and where the catalogue comes from.
 
-    FASHION_CATALOG / --catalog   a bundle folder, or a Hub dataset OWNER/NAME[@REVISION]; unset = the demo catalogue
-    FASHION_WEIGHTS / --weights   imagenet (default), random, or a Keras .h5 weights file
-    FASHION_PRECISION / --precision   float32 or bfloat16; unset = the precision the catalogue was made in
-    FASHION_CACHE                 where the demo bundle is built and kept (default ~/.cache/fashion-search)
-    GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are Gradio's own: read by Gradio, overridden only by --host / --port.
+FASHION_CATALOG / --catalog   a bundle folder, or a Hub dataset OWNER/NAME[@REVISION]; unset = the demo catalogue
+FASHION_WEIGHTS / --weights   imagenet (default), random, or a Keras .h5 weights file
+FASHION_PRECISION / --precision   float32 or bfloat16; unset = the precision the catalogue was made in
+FASHION_CACHE                 where the demo bundle is built and kept (default ~/.cache/fashion-search)
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are Gradio's own: read by Gradio, overridden only by --host / --port.
 """
 
 from __future__ import annotations
@@ -43,11 +43,20 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
     parser = argparse.ArgumentParser(
         prog="app.py", description="Fashion visual search: upload a photo, see the most similar catalogue products."
     )
-    parser.add_argument("--catalog", help="bundle folder or Hub dataset OWNER/NAME[@REV] (env FASHION_CATALOG); "
-                        "default: the embedded Fashion-MNIST demo catalogue")  # fmt: skip
-    parser.add_argument("--weights", help="imagenet (default), random, or a Keras .h5 weights file (env FASHION_WEIGHTS)")
-    parser.add_argument("--precision", choices=PRECISIONS, help="the model's arithmetic (env FASHION_PRECISION); "
-                        "default: the catalogue's. bfloat16 is faster on CPUs with bf16 instructions, not seed-exact")
+    parser.add_argument(
+        "--catalog",
+        help="bundle folder or Hub dataset OWNER/NAME[@REV] (env FASHION_CATALOG); "
+        "default: the embedded Fashion-MNIST demo catalogue",
+    )
+    parser.add_argument(
+        "--weights", help="imagenet (default), random, or a Keras .h5 weights file (env FASHION_WEIGHTS)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="the model's arithmetic (env FASHION_PRECISION); "
+        "default: the catalogue's. bfloat16 is faster on CPUs with bf16 instructions, not seed-exact",
+    )
     parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args(list(argv))
@@ -96,7 +105,9 @@ def catalog_to_folder(catalog: str) -> Path:
     except ValueError as exc:  # parse_catalog_spec is stricter than the shape check above
         raise ConfigError(str(exc)) from exc
     except HubError as exc:
-        raise ConfigError(f"FASHION_CATALOG={catalog!r} is no local folder, so it was read as a Hub dataset: {exc}") from exc
+        raise ConfigError(
+            f"FASHION_CATALOG={catalog!r} is no local folder, so it was read as a Hub dataset: {exc}"
+        ) from exc
 
 
 def looks_like_hub_spec(value: str) -> bool:

@@ -67,7 +67,7 @@ class Embedder:
         )
 
     @classmethod
-    def load(cls, weights: str | os.PathLike = "imagenet", seed: int = 0, precision: str = "float32") -> "Embedder":
+    def load(cls, weights: str | os.PathLike = "imagenet", seed: int = 0, precision: str = "float32") -> Embedder:
         """Build ResNet50 with `weights`: "imagenet" (Keras downloads and caches it), "random" (seeded), or a path.
 
         Raises:
@@ -79,9 +79,7 @@ class Embedder:
         _use_precision(precision)  # refused before the model is built, not after
         weights = str(weights)
         if weights == "random":
-            log.warning(
-                "USING RANDOM WEIGHTS (seed %d): embeddings and similar products are NOT meaningful.", seed
-            )
+            log.warning("USING RANDOM WEIGHTS (seed %d): embeddings and similar products are NOT meaningful.", seed)
             keras.utils.set_random_seed(seed)
             return cls(_resnet50(None), f"random:{seed}", precision)
         if weights == "imagenet":

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2  # huggingface_hub's HTTP client: its TransportError is how "the Hub cannot be reached" surfaces
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, scan_cache_dir, snapshot_download
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    constants,
+    scan_cache_dir,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -139,7 +146,9 @@ def push_bundle(
     remote = {entry.path for entry in api.list_repo_tree(parsed_id, repo_type=REPO_TYPE, revision=before.sha)}
     on_hub = set()
     if SHARDS in remote:
-        on_hub = {entry.path for entry in api.list_repo_tree(parsed_id, SHARDS, repo_type=REPO_TYPE, revision=before.sha)}
+        on_hub = {
+            entry.path for entry in api.list_repo_tree(parsed_id, SHARDS, repo_type=REPO_TYPE, revision=before.sha)
+        }
     head = before.sha
     missing = [shard for shard in plan if shard.path not in on_hub]
     with tempfile.TemporaryDirectory(prefix=".shards-", dir=bundle_dir.parent) as tmp:
@@ -293,16 +302,19 @@ def fetch_bundle(
         raise HubUnavailable(unavailable) from hub_error
     logger.warning(
         "Cannot reach the Hub at %s (%s: %s); serving the cached copy of %s at commit %s from %s.",
-        api.endpoint, type(hub_error).__name__, hub_error, where, sha, folder,
+        api.endpoint,
+        type(hub_error).__name__,
+        hub_error,
+        where,
+        sha,
+        folder,
     )
     return folder
 
 
 def _commit(api: HfApi, repo_id: str, operations: list, message: str, head: str) -> str:
     """One commit on top of `head` (so a repo changed meanwhile is refused, not overwritten); the new head."""
-    return api.create_commit(
-        repo_id, operations, repo_type=REPO_TYPE, commit_message=message, parent_commit=head
-    ).oid
+    return api.create_commit(repo_id, operations, repo_type=REPO_TYPE, commit_message=message, parent_commit=head).oid
 
 
 def _shard_index(plan: list[Shard]) -> bytes:
@@ -339,9 +351,14 @@ def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path, folder: P
     def snapshot(patterns: list[str]) -> Path:
         return Path(
             snapshot_download(
-                repo_id, repo_type=REPO_TYPE, revision=sha, cache_dir=library_cache, allow_patterns=patterns,
-                token=api.token, endpoint=api.endpoint,
-            )  # fmt: skip
+                repo_id,
+                repo_type=REPO_TYPE,
+                revision=sha,
+                cache_dir=library_cache,
+                allow_patterns=patterns,
+                token=api.token,
+                endpoint=api.endpoint,
+            )
         )
 
     index = snapshot([MANIFEST, SHARD_INDEX])
@@ -404,5 +421,7 @@ def _prune_older_revisions(current: Path) -> set[str]:
     others.sort(key=lambda folder: folder.stat().st_mtime_ns, reverse=True)
     for folder in others[KEEP_REVISIONS - 1 :]:
         shutil.rmtree(folder, ignore_errors=True)
-        logger.info("Removed the cached catalogue revision %s (kept the %d most recently used).", folder, KEEP_REVISIONS)
+        logger.info(
+            "Removed the cached catalogue revision %s (kept the %d most recently used).", folder, KEEP_REVISIONS
+        )
     return {current.name, *(folder.name for folder in others[: KEEP_REVISIONS - 1])}

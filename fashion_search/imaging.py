@@ -5,11 +5,20 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
-from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
+from PIL import (  # noqa: F401 - importing a plugin module registers its reader
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageCms,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 
 IMAGE_SIZE = (224, 224)  # (height, width), as Keras' target_size
 # Keras' caffe mode: RGB -> BGR, then subtract ImageNet's per-channel mean (BGR order), no scaling.
@@ -21,7 +30,7 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # Pillow's other readers stay shut: rarely exercised parsers are attack surface, and EPS would run Ghostscript.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
 
 
 class ImageError(ValueError):

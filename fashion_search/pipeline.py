@@ -1,4 +1,4 @@
-"""The precompute pipeline: a folder of catalogue images -> a bundle; resumable, incremental, written aside then swapped.
+"""The precompute pipeline: a folder of catalogue images -> a bundle; resumable, incremental, written aside, swapped.
 
 Work happens in a folder beside the output (`.NAME.partial`): the bundle being made (`bundle/`) and, beside it, each
 batch of images embedded and saved as a content-addressed chunk (named by the hash of its file names and contents),
@@ -186,9 +186,11 @@ def _embed(images_dir, work, embedder, todo, digests, vectors, batch_size, worke
             done = _load_chunk(path) if path.exists() else None
             if done is not None and not all((copies / name).exists() for name in done[0]):
                 done = None  # its images' copies left with a bundle swapped in before the chunks were deleted
-            futures = None if done is not None else [
-                pool.submit(_prepare_image, images_dir / name, copies / name) for name in chunk
-            ]
+            futures = (
+                None
+                if done is not None
+                else [pool.submit(_prepare_image, images_dir / name, copies / name) for name in chunk]
+            )
             pending.append((path, chunk, done, futures))
 
         queue = iter(chunks)

@@ -53,7 +53,9 @@ class Searcher:
         """(n, 2048) unit vectors; raises ImageError for the first image that cannot be decoded."""
         return self.embedder.embed(np.stack([load_input(image) for image in images]))
 
-    def recommend(self, image: ImageSource, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None) -> list[Match]:
+    def recommend(
+        self, image: ImageSource, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None
+    ) -> list[Match]:
         return self.matches(self.embed([image]), k, filters)[0]
 
     def matches(self, vectors: np.ndarray, k: int = DEFAULT_K, filters: dict | None = None) -> list[list[Match]]:
@@ -63,9 +65,7 @@ class Searcher:
         rows = self.rows_matching(filters)
         if rows is not None and rows.size == 0:
             raise NoMatch("No product in the catalogue matches these filters. Remove a filter and try again.")
-        return [
-            [self._match(n) for n in neighbours] for neighbours in self.index.search(vectors, k=k, rows=rows)
-        ]
+        return [[self._match(n) for n in neighbours] for neighbours in self.index.search(vectors, k=k, rows=rows)]
 
     def rows_matching(self, filters: dict[str, list[str]] | None) -> np.ndarray | None:
         """Rows whose metadata matches every given filter (a value among the chosen ones); None = no filter."""

@@ -63,8 +63,10 @@ def plan_shards(bundle: Bundle) -> list[Shard]:
         member_name(name)  # refuse a name that cannot be packed before anything is sent
         current.append(name)
         size += os.stat(os.path.join(images, name)).st_size
-        if len(current) >= SHARD_MAX_FILES or size >= SHARD_MAX_BYTES or (
-            len(current) >= SHARD_MIN_FILES and _is_boundary(name)
+        if (
+            len(current) >= SHARD_MAX_FILES
+            or size >= SHARD_MAX_BYTES
+            or (len(current) >= SHARD_MIN_FILES and _is_boundary(name))
         ):
             shards.append(current)
             current, size = [], 0
@@ -72,8 +74,9 @@ def plan_shards(bundle: Bundle) -> list[Shard]:
         shards.append(current)
     plan = []
     for names in shards:
-        documents = [json.dumps({**rows[name], "filename": name}, ensure_ascii=False, sort_keys=True).encode()
-                     for name in names]  # fmt: skip
+        documents = [
+            json.dumps({**rows[name], "filename": name}, ensure_ascii=False, sort_keys=True).encode() for name in names
+        ]
         plan.append(Shard(_shard_path(names, documents, files), names, documents))
     return plan
 
@@ -144,7 +147,8 @@ def member_name(filename: str) -> str:
     stem, dot, extension = base.rpartition(".")
     if not dot or not stem or extension.lower() == "json":
         raise BundleFormatError(
-            f"images/{filename} cannot be packed for the Hub: a catalogue image needs an image extension (.jpg, .png, …)."
+            f"images/{filename} cannot be packed for the Hub: "
+            "a catalogue image needs an image extension (.jpg, .png, …)."
         )
     escaped = "".join(_ESCAPES.get(char, char) for char in stem)
     return f"{folder}/{escaped}.{extension}" if folder else f"{escaped}.{extension}"

@@ -46,7 +46,7 @@ class StartupError(RuntimeError):
 
 
 class QueryError(ValueError):
-    """A request that cannot be answered (no picture, not a picture, no product matches); the message is for a person."""
+    """A request that cannot be answered (no picture, not a picture, no product matches); the message is for people."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,9 @@ class Recommender:
         """One query end to end (a white picture), so the first visitor does not pay for graph tracing."""
         self.recommend(Image.new("RGB", (IMAGE_SIZE[1], IMAGE_SIZE[0]), "white"))
 
-    def recommend(self, image: ImageSource | None, k: int = 5, filters: dict[str, list[str]] | None = None) -> list[Match]:
+    def recommend(
+        self, image: ImageSource | None, k: int = 5, filters: dict[str, list[str]] | None = None
+    ) -> list[Match]:
         """The k most similar products to `image` among those matching `filters`.
 
         Raises:
@@ -258,4 +260,3 @@ def gallery_items(matches: list[Match]) -> list[tuple[str, str]]:
 
 def listing(matches: list[Match]) -> list[dict]:
     return [match.listing() for match in matches]
-

@@ -43,8 +43,16 @@ PER_CLASS = 50
 FIRST_ID = 10000
 SIZE = 112  # 4x the 28px source; the app's 224px input is then an exact 2x nearest-neighbour resize
 STYLES_COLUMNS = [
-    "id", "gender", "masterCategory", "subCategory", "articleType",
-    "baseColour", "season", "year", "usage", "productDisplayName",
+    "id",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "productDisplayName",
 ]
 
 
@@ -174,9 +182,7 @@ def pick_examples(test: Split, train: Split) -> dict[FashionClass, int]:
     train_pixels = {img.tobytes() for img in train.images}
     examples = {}
     for cls in CLASSES:
-        examples[cls] = next(
-            i for i in ranked_indices(test, cls.label) if test.images[i].tobytes() not in train_pixels
-        )
+        examples[cls] = next(i for i in ranked_indices(test, cls.label) if test.images[i].tobytes() not in train_pixels)
     return examples
 
 
@@ -195,18 +201,20 @@ def styles_rows(train: Split, indices: list[int]) -> list[dict[str, str]]:
     rows = []
     for offset, index in enumerate(indices):
         cls = CLASSES[int(train.labels[index])]
-        rows.append({
-            "id": str(FIRST_ID + offset),
-            "gender": "",  # Fashion-MNIST records none of these; left empty rather than guessed
-            "masterCategory": cls.master_category,
-            "subCategory": cls.sub_category,
-            "articleType": cls.name,
-            "baseColour": "",
-            "season": "",
-            "year": "",
-            "usage": "",
-            "productDisplayName": f"Fashion-MNIST {cls.name} (train #{index})",
-        })
+        rows.append(
+            {
+                "id": str(FIRST_ID + offset),
+                "gender": "",  # Fashion-MNIST records none of these; left empty rather than guessed
+                "masterCategory": cls.master_category,
+                "subCategory": cls.sub_category,
+                "articleType": cls.name,
+                "baseColour": "",
+                "season": "",
+                "year": "",
+                "usage": "",
+                "productDisplayName": f"Fashion-MNIST {cls.name} (train #{index})",
+            }
+        )
     return rows
 
 
@@ -292,8 +300,12 @@ def make_demo_assets(source: Path, out: Path) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help=f"directory of the four idx .gz files (default {DEFAULT_SOURCE})")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=DEFAULT_SOURCE,
+        help=f"directory of the four idx .gz files (default {DEFAULT_SOURCE})",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: the repo's assets/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -302,8 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as error:
         log.error("error: %s", error)
         return 1
-    log.info("wrote %d catalogue images, %d examples, styles.csv and licence note to %s (%.2f MB)",
-             summary["images"], summary["examples"], args.out, summary["bytes"] / 1e6)
+    log.info(
+        "wrote %d catalogue images, %d examples, styles.csv and licence note to %s (%.2f MB)",
+        summary["images"],
+        summary["examples"],
+        args.out,
+        summary["bytes"] / 1e6,
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine and run the whole test suite: Debian packages (headless Chromium for the browser test,
-# Fashion-MNIST for the demo-asset test), the Python packages, then pytest. Extra arguments go to pytest.
+# Fashion-MNIST for the demo-asset test), the Python packages, then ruff (lint, format) and pytest. Extra arguments go to
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -14,4 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+python3 -m ruff check .
+python3 -m ruff format --check .
 python3 -m pytest "$@"

@@ -57,13 +57,16 @@ def launch_app(bundle_dir: Path, weights_file: Path):
 
 def app_env(tmp_path: Path, **extra: str) -> dict:
     """This environment without any app, Gradio-server or Hub settings, caches under `tmp_path`, plus `extra`."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "GRADIO_SERVER_", "GRADIO_SSR", "HF_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "GRADIO_SERVER_", "GRADIO_SSR", "HF_"))}
     env.update(
-        GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf"),
-        FASHION_CACHE=str(tmp_path / "cache"), KERAS_HOME=str(tmp_path / "keras"), PYTHONUNBUFFERED="1",
-    )  # fmt: skip
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_XET="1",
+        HF_HOME=str(tmp_path / "hf"),
+        FASHION_CACHE=str(tmp_path / "cache"),
+        KERAS_HOME=str(tmp_path / "keras"),
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra)
     return env
 
@@ -112,6 +115,7 @@ class AppProcess:
 def build_random_weights_bundle(root: Path, count: int = 6) -> Path:
     """A small catalogue with metadata, embedded with `--weights random` into root/"bundle"."""
     from conftest import make_catalogue, write_styles
+
     from fashion_search.embedder import Embedder
     from fashion_search.pipeline import build_bundle
 

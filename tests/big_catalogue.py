@@ -37,8 +37,12 @@ def unit_vectors(n: int, dim: int = 2048, seed: int = 0) -> np.ndarray:
 
 def styles_row(ident: int) -> dict:
     kind = _TYPES[ident % len(_TYPES)]
-    return {"id": str(ident), "gender": ["Men", "Women"][ident % 2], "articleType": kind,
-            "productDisplayName": f"Product {ident} {kind}"}  # fmt: skip
+    return {
+        "id": str(ident),
+        "gender": ["Men", "Women"][ident % 2],
+        "articleType": kind,
+        "productDisplayName": f"Product {ident} {kind}",
+    }
 
 
 def write_catalogue_bundle(root: Path, ids: range, *, model: dict, preprocessing: str, dim: int) -> Path:
@@ -79,6 +83,12 @@ def grown_copy(catalog: Path, target: Path, *, extra: int = 0, keep: int | None 
         names.append(f"{ident}.jpg")
         rows.append(styles_row(ident))
     vectors = np.concatenate([bundle.embeddings[: len(names) - extra], unit_vectors(extra, bundle.manifest["dim"])])
-    write_bundle(target, embeddings=vectors, filenames=names, metadata=rows, model=bundle.manifest["model"],
-                 preprocessing=bundle.manifest["preprocessing"])  # fmt: skip
+    write_bundle(
+        target,
+        embeddings=vectors,
+        filenames=names,
+        metadata=rows,
+        model=bundle.manifest["model"],
+        preprocessing=bundle.manifest["preprocessing"],
+    )
     return target

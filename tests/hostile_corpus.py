@@ -13,9 +13,8 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
-
 from conftest import draw_product
+from PIL import Image
 
 NOT_AN_IMAGE = "not an image that can be read"
 NOT_DECODED = "could not be decoded"
@@ -49,7 +48,9 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:
@@ -129,8 +130,16 @@ def build_corpus() -> list[Upload]:
         Upload("empty.jpg", b"", EMPTY),
         Upload("notes.jpg", b"Just some text, saved with the wrong name.\n", NOT_AN_IMAGE),
         Upload("page.jpg", b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)></body></html>", NOT_AN_IMAGE),
-        Upload("drawing.jpg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>', NOT_AN_IMAGE),
-        Upload("document.jpg", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n", NOT_AN_IMAGE),
+        Upload(
+            "drawing.jpg",
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
+            NOT_AN_IMAGE,
+        ),
+        Upload(
+            "document.jpg",
+            b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n",
+            NOT_AN_IMAGE,
+        ),
         Upload("postscript.jpg", eps, NOT_AN_IMAGE),  # Pillow would hand EPS to Ghostscript: never on uploads
         Upload("scan.jpg", encode(product(8), "TIFF"), NOT_AN_IMAGE),  # a real image, of a format we do not take
         Upload("truncated.jpg", good[: len(good) // 2], NOT_DECODED),
@@ -145,7 +154,11 @@ def build_corpus() -> list[Upload]:
         Upload("palette.png", palette, expected=palette_expected),
         Upload("animated.gif", gif, expected=gif_first),
         Upload("animated.webp", webp, expected=webp_first),
-        Upload("pixel.png", encode(Image.new("RGB", (1, 1), (200, 30, 60)), "PNG"), expected=Image.new("RGB", (1, 1), (200, 30, 60))),
+        Upload(
+            "pixel.png",
+            encode(Image.new("RGB", (1, 1), (200, 30, 60)), "PNG"),
+            expected=Image.new("RGB", (1, 1), (200, 30, 60)),
+        ),
         Upload("phone.jpg", mpo, expected=phone, exact=False),
         Upload("jpeg-named.png", good, expected=Image.open(io.BytesIO(good)).convert("RGB")),
     ]

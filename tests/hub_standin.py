@@ -45,7 +45,7 @@ import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fnmatch import fnmatch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -206,7 +206,7 @@ class HubStandIn:
         parent = repo.branches.get(branch)
         seed = json.dumps([repo.repo_type, repo.repo_id, parent, sorted(files.items()), message, next(self._counter)])
         sha = hashlib.sha1(seed.encode()).hexdigest()
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         commit = Commit(sha, parent, message, dict(files), date)
         repo.commits[sha] = commit
         repo.branches[branch] = sha
@@ -421,16 +421,24 @@ class _Handler(BaseHTTPRequestHandler):
         if "create_pr" in self.query:
             raise HubError(400, "The stand-in does not do pull requests")
         commit = repo.commits[self.hub._resolve(repo, revision)]
-        attributes = self.hub._read_blob(commit.files[".gitattributes"]).decode() if ".gitattributes" in commit.files else ""
+        attributes = (
+            self.hub._read_blob(commit.files[".gitattributes"]).decode() if ".gitattributes" in commit.files else ""
+        )
         lfs_patterns = [line.split()[0] for line in attributes.splitlines() if "filter=lfs" in line]
         answer = []
         for f in json.loads(self.body).get("files", []):
-            lfs = f.get("size", 0) >= LFS_THRESHOLD or any(fnmatch(f["path"].rsplit("/", 1)[-1], p) for p in lfs_patterns)
+            lfs = f.get("size", 0) >= LFS_THRESHOLD or any(
+                fnmatch(f["path"].rsplit("/", 1)[-1], p) for p in lfs_patterns
+            )
             oid = commit.files.get(f["path"])
-            answer.append({
-                "path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                "oid": oid.removeprefix(LFS_PREFIX) if oid else None,
-            })  # fmt: skip
+            answer.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid.removeprefix(LFS_PREFIX) if oid else None,
+                }
+            )
         self._send_json({"files": answer, "commitOid": commit.sha})
 
     def _lfs_batch(self, repo_type: str, repo_id: str) -> None:

@@ -8,16 +8,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from app_runner import launch_app
+from conftest import draw_product
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import draw_product
 from fashion_search import webapp
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
 from fashion_search.search import NoMatch, Searcher
-from app_runner import launch_app
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +113,25 @@ def test_top_k_through_the_api(client, searcher, queries, k):
 def test_filters_through_the_api_give_the_nearest_matching_products(client, searcher, queries):
     filters = {"gender": ["Men"], "articleType": ["Tshirts", "Watches"]}
     gallery, listing = client.predict(
-        handle_file(str(queries[2])), top_k=20, gender=["Men"], articleType=["Tshirts", "Watches"], api_name="/recommend"
+        handle_file(str(queries[2])),
+        top_k=20,
+        gender=["Men"],
+        articleType=["Tshirts", "Watches"],
+        api_name="/recommend",
     )
-    eligible = [row for row in searcher.bundle.metadata if row["gender"] == "Men" and row["articleType"] in ("Tshirts", "Watches")]
+    eligible = [
+        row
+        for row in searcher.bundle.metadata
+        if row["gender"] == "Men" and row["articleType"] in ("Tshirts", "Watches")
+    ]
     assert 0 < len(listing) == len(eligible) < len(searcher.bundle.filenames)
     assert all(row["gender"] == "Men" and row["articleType"] in ("Tshirts", "Watches") for row in listing)
     assert len(gallery) == len(listing)
     assert_same_results(listing, listing_of(searcher.recommend(queries[2], k=20, filters=filters)))
 
-    _, top3 = client.predict(handle_file(str(queries[2])), 3, ["Men"], [], ["Tshirts", "Watches"], api_name="/recommend")
+    _, top3 = client.predict(
+        handle_file(str(queries[2])), 3, ["Men"], [], ["Tshirts", "Watches"], api_name="/recommend"
+    )
     assert top3 == listing[:3]
 
 
@@ -147,7 +157,9 @@ def test_bad_uploads_get_their_message_and_the_app_keeps_serving(client, searche
     with pytest.raises(NoMatch) as reference:
         searcher.recommend(queries[0], filters={"masterCategory": ["Footwear"], "articleType": ["Tshirts"]})
     with pytest.raises(AppError) as caught:
-        client.predict(handle_file(str(queries[0])), masterCategory=["Footwear"], articleType=["Tshirts"], api_name="/recommend")
+        client.predict(
+            handle_file(str(queries[0])), masterCategory=["Footwear"], articleType=["Tshirts"], api_name="/recommend"
+        )
     assert str(caught.value) == str(reference.value)
 
     for k in (0, 21):
@@ -166,7 +178,9 @@ def test_an_upload_over_the_size_limit_is_refused_with_a_message(client, app_url
         client.predict(handle_file(str(big)), api_name="/recommend")  # gradio_client checks before uploading
 
     with open(big, "rb") as handle:  # a client that does not check: the server refuses the upload itself
-        response = httpx.post(f"{app_url}gradio_api/upload", files={"files": ("huge.jpg", handle, "image/jpeg")}, timeout=60)
+        response = httpx.post(
+            f"{app_url}gradio_api/upload", files={"files": ("huge.jpg", handle, "image/jpeg")}, timeout=60
+        )
     assert response.status_code == 413
     assert "maximum allowed size" in response.text
 

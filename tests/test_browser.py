@@ -5,18 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from app_runner import AppProcess, app_env, build_random_weights_bundle, free_port, launch_app
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
-from app_runner import AppProcess, app_env, build_random_weights_bundle, free_port, launch_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 120_000  # generous: the first query on a busy 2-core machine
 ALL_IMAGES_LOADED = """n => {
     const images = [...document.querySelectorAll('#products img')];
@@ -62,7 +67,9 @@ def test_upload_shows_five_similar_products_with_captions(page, app_url, catalog
     page.screenshot(path=str(screenshot), full_page=True)
     print(f"screenshot: {screenshot}")
 
-    sizes = page.eval_on_selector_all("#products img", "images => images.map(img => [img.naturalWidth, img.naturalHeight])")
+    sizes = page.eval_on_selector_all(
+        "#products img", "images => images.map(img => [img.naturalWidth, img.naturalHeight])"
+    )
     assert len(sizes) == 5 and all(w > 0 and h > 0 for w, h in sizes)
     source = Image.open(bundle_dir / "images" / "1006.jpg")
     assert sizes[0] == [source.width, source.height]
@@ -98,9 +105,12 @@ def test_a_space_like_run_with_ssr_and_random_weights(page, tmp_path):
     bundle = build_random_weights_bundle(tmp_path / "random")
     port = free_port()
     env = app_env(
-        tmp_path, FASHION_CATALOG=str(bundle), FASHION_WEIGHTS="random", GRADIO_SERVER_PORT=str(port),
+        tmp_path,
+        FASHION_CATALOG=str(bundle),
+        FASHION_WEIGHTS="random",
+        GRADIO_SERVER_PORT=str(port),
         GRADIO_SSR_MODE="true",
-    )  # fmt: skip
+    )
     with AppProcess([], env, tmp_path / "app.log") as app:
         url = app.wait_ready(port)
         page.goto(url)

@@ -40,9 +40,13 @@ def small_bundle(tmp_path):
     x = np.random.default_rng(0).normal(size=(6, 2048)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     write_bundle(
-        root, embeddings=x, filenames=names, model=MODEL, preprocessing=PREPROCESSING_ID,
+        root,
+        embeddings=x,
+        filenames=names,
+        model=MODEL,
+        preprocessing=PREPROCESSING_ID,
         metadata=[{"id": str(i), "articleType": "Tshirts"} for i in range(6)],
-    )  # fmt: skip
+    )
     return root, x, names
 
 
@@ -76,8 +80,12 @@ def test_round_trip(small_bundle):
     assert manifest["format_version"] == 1 and manifest["count"] == 6 and manifest["dim"] == 2048
     assert manifest["model"] == MODEL and manifest["preprocessing"] == PREPROCESSING_ID
     assert set(manifest["files"]) == {
-        "embeddings.npy", "filenames.json", "sources.json", "metadata.jsonl", *(f"images/{n}" for n in names)
-    }  # fmt: skip
+        "embeddings.npy",
+        "filenames.json",
+        "sources.json",
+        "metadata.jsonl",
+        *(f"images/{n}" for n in names),
+    }
     assert np.load(root / "embeddings.npy", allow_pickle=False).shape == (6, 2048)
 
 
@@ -120,9 +128,14 @@ def test_a_loaded_bundle_writes_the_same_files_as_the_lists_it_was_read_from(sma
     ]:
         shutil.copytree(root / "images", tmp_path / folder / "images")
         write_bundle(
-            tmp_path / folder, embeddings=x, filenames=names, model=MODEL, preprocessing=PREPROCESSING_ID,
-            sources=digests, metadata=rows,
-        )  # fmt: skip
+            tmp_path / folder,
+            embeddings=x,
+            filenames=names,
+            model=MODEL,
+            preprocessing=PREPROCESSING_ID,
+            sources=digests,
+            metadata=rows,
+        )
     for name in ("metadata.jsonl", "sources.json"):
         assert (tmp_path / "loaded" / name).read_bytes() == (tmp_path / "lists" / name).read_bytes()
     assert load_bundle(tmp_path / "loaded").metadata == [json.loads(line) for line in odd.splitlines()]

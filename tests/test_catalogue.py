@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import write_styles
+
 from fashion_search.catalogue import CatalogueError, list_images, metadata_for, read_styles
 
 
 def test_lists_images_recursively_sorted_and_skips_the_rest(tmp_path):
-    for name in ["b.JPG", "a.png", "sub/c.webp", "sub/deeper/d.gif", "e.bmp", "f.jpeg", "notes.txt", ".hidden.jpg",
-                 ".cache/g.jpg", "out/h.jpg"]:
+    for name in [
+        "b.JPG",
+        "a.png",
+        "sub/c.webp",
+        "sub/deeper/d.gif",
+        "e.bmp",
+        "f.jpeg",
+        "notes.txt",
+        ".hidden.jpg",
+        ".cache/g.jpg",
+        "out/h.jpg",
+    ]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     assert list_images(tmp_path, exclude=[tmp_path / "out"]) == [
-        "a.png", "b.JPG", "e.bmp", "f.jpeg", "sub/c.webp", "sub/deeper/d.gif"
+        "a.png",
+        "b.JPG",
+        "e.bmp",
+        "f.jpeg",
+        "sub/c.webp",
+        "sub/deeper/d.gif",
     ]
 
 
@@ -27,8 +42,15 @@ def test_styles_rows_by_id_with_commas_rejoined(tmp_path):
     styles = read_styles(write_styles(tmp_path / "styles.csv", ["15970", "39386"]))
     assert styles["15970"]["productDisplayName"] == "Product 15970, Blue Tshirts"
     assert styles["39386"] == {
-        "id": "39386", "gender": "Women", "masterCategory": "Accessories", "subCategory": "Sub",
-        "articleType": "Watches", "baseColour": "Red", "season": "Summer", "year": "2012", "usage": "Casual",
+        "id": "39386",
+        "gender": "Women",
+        "masterCategory": "Accessories",
+        "subCategory": "Sub",
+        "articleType": "Watches",
+        "baseColour": "Red",
+        "season": "Summer",
+        "year": "2012",
+        "usage": "Casual",
         "productDisplayName": "Product 39386 Watches",
     }
 

@@ -9,19 +9,23 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
-
+from app_runner import ROOT, AppProcess, app_env, build_random_weights_bundle, free_port
 from conftest import draw_product
+from gradio_client import Client, handle_file
+from hub_standin import HubStandIn
+
 from fashion_search import config
 from fashion_search.bundle import load_bundle
 from fashion_search.search import Searcher
-from hub_standin import HubStandIn
-from app_runner import ROOT, AppProcess, app_env, build_random_weights_bundle, free_port
 
 
 def test_defaults_without_flags_or_environment():
     assert config.resolve([], {}) == config.Settings(
-        catalog=None, weights="imagenet", cache_dir=Path.home() / ".cache" / "fashion-search", server_name=None, server_port=None
+        catalog=None,
+        weights="imagenet",
+        cache_dir=Path.home() / ".cache" / "fashion-search",
+        server_name=None,
+        server_port=None,
     )
 
 
@@ -29,7 +33,9 @@ def test_environment_and_flags_flags_win():
     env = {"FASHION_CATALOG": "bundles/kaggle", "FASHION_WEIGHTS": "w.h5", "FASHION_CACHE": "/var/cache/fs"}
     from_env = config.resolve([], env)
     assert (from_env.catalog, from_env.weights, from_env.cache_dir) == ("bundles/kaggle", "w.h5", Path("/var/cache/fs"))
-    from_flags = config.resolve(["--catalog", "shop/cat@abc", "--weights", "random", "--host", "0.0.0.0", "--port", "8000"], env)
+    from_flags = config.resolve(
+        ["--catalog", "shop/cat@abc", "--weights", "random", "--host", "0.0.0.0", "--port", "8000"], env
+    )
     assert (from_flags.catalog, from_flags.weights) == ("shop/cat@abc", "random")
     assert (from_flags.server_name, from_flags.server_port) == ("0.0.0.0", 8000)
     assert config.resolve([], {"FASHION_CATALOG": "", "FASHION_WEIGHTS": ""}).weights == "imagenet"
@@ -43,9 +49,17 @@ def test_gradio_server_settings_are_left_to_gradio():
 
 @pytest.mark.parametrize(
     ("value", "hub"),
-    [("shop/catalogue", True), ("shop/catalogue@0123abc", True), ("user-1/fashion.v2@main", True),
-     ("./bundle", False), ("/srv/bundles/kaggle", False), ("a/b/c", False), ("bundle", False), ("~/x", False)],
-)  # fmt: skip
+    [
+        ("shop/catalogue", True),
+        ("shop/catalogue@0123abc", True),
+        ("user-1/fashion.v2@main", True),
+        ("./bundle", False),
+        ("/srv/bundles/kaggle", False),
+        ("a/b/c", False),
+        ("bundle", False),
+        ("~/x", False),
+    ],
+)
 def test_what_counts_as_a_hub_reference(value, hub):
     assert config.looks_like_hub_spec(value) is hub
 
@@ -68,7 +82,9 @@ def query(tmp_path) -> Path:
     return path
 
 
-def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(bundle_dir, weights_file, embedder, query, tmp_path):
+def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(
+    bundle_dir, weights_file, embedder, query, tmp_path
+):
     hub = HubStandIn(tmp_path / "hub").start()
     try:
         from fashion_search.hub import push_bundle
@@ -76,9 +92,13 @@ def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(bu
         pushed = push_bundle(bundle_dir, "shop/catalogue", endpoint=hub.url, token="test-token")
         port = free_port()
         env = app_env(
-            tmp_path, FASHION_CATALOG=pushed.catalog_value, FASHION_WEIGHTS=str(weights_file),
-            GRADIO_SERVER_PORT=str(port), HF_ENDPOINT=hub.url, HF_TOKEN="test-token",
-        )  # fmt: skip
+            tmp_path,
+            FASHION_CATALOG=pushed.catalog_value,
+            FASHION_WEIGHTS=str(weights_file),
+            GRADIO_SERVER_PORT=str(port),
+            HF_ENDPOINT=hub.url,
+            HF_TOKEN="test-token",
+        )
         with AppProcess([], env, tmp_path / "app.log") as app:
             url = app.wait_ready(port)
             _, listing = Client(url, verbose=False).predict(handle_file(str(query)), api_name="/recommend")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import make_catalogue, write_styles
+
 from fashion_search import demo
 from fashion_search.bundle import BundleHashMismatch, load_bundle
 

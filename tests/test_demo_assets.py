@@ -21,10 +21,19 @@ IMAGES = ASSETS / "catalog" / "images"
 STYLES = ASSETS / "catalog" / "styles.csv"
 EXAMPLES = ASSETS / "examples"
 
-HEADER = ["id", "gender", "masterCategory", "subCategory", "articleType",
-          "baseColour", "season", "year", "usage", "productDisplayName"]
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+HEADER = [
+    "id",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "productDisplayName",
+]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def _load_script():
@@ -65,7 +74,7 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def _same(name: str, committed: Path, fresh: Path) -> bool:
-    """Same bytes; for a PNG, the same mode and pixels (its compressed bytes depend on the zlib Pillow was built with)."""
+    """Same bytes; for a PNG, the same mode and pixels (its compressed bytes depend on the zlib of Pillow's build)."""
     if committed.read_bytes() == fresh.read_bytes():
         return True
     if not name.endswith(".png"):
@@ -101,10 +110,16 @@ def test_styles_ids_and_images_match_one_to_one(rows):
 def test_styles_fields_are_known_facts_only(rows):
     categories = {row["articleType"]: (row["masterCategory"], row["subCategory"]) for row in rows}
     assert categories == {
-        "T-shirt/top": ("Apparel", "Topwear"), "Trouser": ("Apparel", "Bottomwear"),
-        "Pullover": ("Apparel", "Topwear"), "Dress": ("Apparel", "Dress"), "Coat": ("Apparel", "Topwear"),
-        "Sandal": ("Footwear", "Sandal"), "Shirt": ("Apparel", "Topwear"), "Sneaker": ("Footwear", "Shoes"),
-        "Bag": ("Accessories", "Bags"), "Ankle boot": ("Footwear", "Shoes"),
+        "T-shirt/top": ("Apparel", "Topwear"),
+        "Trouser": ("Apparel", "Bottomwear"),
+        "Pullover": ("Apparel", "Topwear"),
+        "Dress": ("Apparel", "Dress"),
+        "Coat": ("Apparel", "Topwear"),
+        "Sandal": ("Footwear", "Sandal"),
+        "Shirt": ("Apparel", "Topwear"),
+        "Sneaker": ("Footwear", "Shoes"),
+        "Bag": ("Accessories", "Bags"),
+        "Ankle boot": ("Footwear", "Shoes"),
     }
     for row in rows:
         assert [row[c] for c in ("gender", "baseColour", "season", "year", "usage")] == ["", "", "", "", ""]
@@ -115,7 +130,7 @@ def test_display_names_point_at_train_items_of_that_class(rows, script):
     for row in rows:
         prefix = f"Fashion-MNIST {row['articleType']} (train #"
         assert row["productDisplayName"].startswith(prefix) and row["productDisplayName"].endswith(")")
-        index = int(row["productDisplayName"][len(prefix):-1])
+        index = int(row["productDisplayName"][len(prefix) : -1])
         assert CLASS_NAMES[train.labels[index]] == row["articleType"]
 
 
@@ -132,8 +147,18 @@ def test_images_are_rgb_garments_on_white():
 def test_examples_are_named_by_class_and_not_in_the_catalogue():
     names = sorted(p.name for p in EXAMPLES.iterdir())
     assert 6 <= len(names) <= 10
-    assert set(names) <= {"tshirt_top.png", "trouser.png", "pullover.png", "dress.png", "coat.png",
-                          "sandal.png", "shirt.png", "sneaker.png", "bag.png", "ankle_boot.png"}
+    assert set(names) <= {
+        "tshirt_top.png",
+        "trouser.png",
+        "pullover.png",
+        "dress.png",
+        "coat.png",
+        "sandal.png",
+        "shirt.png",
+        "sneaker.png",
+        "bag.png",
+        "ankle_boot.png",
+    }
     catalogue = {_pixels(p).tobytes() for p in IMAGES.iterdir()}
     assert len(catalogue) == 500  # no two catalogue images are identical either
     for name in names:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import draw_product
 from sklearn.neighbors import NearestNeighbors
 
-from conftest import draw_product
 from fashion_search.embedder import DIM, Embedder, WeightsUnavailable
 from fashion_search.imaging import load_input
 from fashion_search.index import NeighbourIndex

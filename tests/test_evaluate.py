@@ -219,8 +219,10 @@ def test_k_1_is_nearest_neighbour_accuracy():
     # 0 -> 5 hit, 5 -> 0 hit, 95 -> 90 miss, 180 -> 95 hit; 90 is the only "b", so it is no query
     assert result["count"] == 4
     assert result["precision_at_k"] == result["map_at_k"] == pytest.approx(3 / 4)
-    assert result["per_label"] == {"a": {"count": 2, "precision_at_k": 1.0, "map_at_k": 1.0},
-                                   "c": {"count": 2, "precision_at_k": 0.5, "map_at_k": 0.5}}  # fmt: skip
+    assert result["per_label"] == {
+        "a": {"count": 2, "precision_at_k": 1.0, "map_at_k": 1.0},
+        "c": {"count": 2, "precision_at_k": 0.5, "map_at_k": 0.5},
+    }
 
 
 def test_a_perfect_ranking_scores_one_even_when_r_is_below_k():
@@ -292,8 +294,12 @@ def test_table_has_aligned_columns_and_notes_what_was_left_out():
     result = evaluate_leave_one_out(x, labels, 3, label="articleType")
     lines = format_table(result, missing=4, unshared=1).splitlines()
     assert lines[0].split() == ["articleType", "count", "P@3", "mAP@3"]
-    assert lines[1].split() == ["overall", str(result["count"]), f"{result['precision_at_k']:.4f}",
-                                f"{result['map_at_k']:.4f}"]  # fmt: skip
+    assert lines[1].split() == [
+        "overall",
+        str(result["count"]),
+        f"{result['precision_at_k']:.4f}",
+        f"{result['map_at_k']:.4f}",
+    ]
     assert [line.split()[0] for line in lines[2:-1]] == list(result["per_label"])
     assert len({len(line) for line in lines[:-1]}) == 1  # every column lines up
     assert lines[-1] == "not counted as queries: 4 without a value, 1 whose value no other product has"
@@ -312,9 +318,13 @@ def make_bundle(root: Path, x: np.ndarray, metadata: list[dict] | None) -> Path:
     for i, name in enumerate(names):
         Image.new("RGB", (4, 4), (i % 256, 0, 0)).save(root / "images" / name)
     write_bundle(
-        root, embeddings=x, filenames=names, model={"architecture": "test", "weights": "random:0"},
-        preprocessing="test", metadata=metadata,
-    )  # fmt: skip
+        root,
+        embeddings=x,
+        filenames=names,
+        model={"architecture": "test", "weights": "random:0"},
+        preprocessing="test",
+        metadata=metadata,
+    )
     return root
 
 
@@ -322,8 +332,12 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "fashion_search.evaluate", *map(str, args)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from app_runner import app_env
 from conftest import ROOT, make_catalogue
+from PIL import Image
+from test_pipeline import bundle_contents, precompute
+
 from fashion_search.bundle import load_bundle
 from fashion_search.files import sha256_file
 from fashion_search.pipeline import PrecomputeError, build_bundle
-from test_pipeline import bundle_contents, precompute
 
 KILL_SEED = 6  # the kill points are drawn from this seed: the same three points every run
 BATCH = 3
@@ -87,15 +87,27 @@ def test_update_killed_three_times_resumes_to_the_identical_bundle(tmp_path, emb
     ]
     chunks = tmp_path / ".out.partial" / "chunks"
     copies = tmp_path / ".out.partial" / "bundle" / "images"
-    command = [sys.executable, ROOT / "precompute.py", images, "--out", out, "--weights", weights_file,
-               "--batch-size", str(BATCH), "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        ROOT / "precompute.py",
+        images,
+        "--out",
+        out,
+        "--weights",
+        weights_file,
+        "--batch-size",
+        str(BATCH),
+        "--quiet",
+    ]
     for how, amount in plan:
         done_before = len(list(chunks.glob("*.npz")))
         copied_before = len(list(copies.glob("*")))
-        process = subprocess.Popen(list(map(str, command)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            list(map(str, command)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         started = time.monotonic()
 
-        def waiting() -> bool:
+        def waiting(process=process, how=how, amount=amount, started=started) -> bool:
             assert process.poll() is None, f"the run ended before the kill {how} {amount}"
             assert time.monotonic() - started < 300
             return True
@@ -113,7 +125,9 @@ def test_update_killed_three_times_resumes_to_the_identical_bundle(tmp_path, emb
         assert process.poll() is None, f"the run ended before the kill {how} {amount}"
         process.send_signal(signal.SIGKILL)
         process.wait()
-        print(f"killed {how} {amount:.3g}: {len(list(chunks.glob('*.npz')))} chunks, {len(list(copies.glob('*')))} copies")
+        print(
+            f"killed {how} {amount:.3g}: {len(list(chunks.glob('*.npz')))} chunks, {len(list(copies.glob('*')))} copies"
+        )
         assert bundle_contents(out) == previous, f"the previous bundle changed under a kill {how} {amount}"
         assert len(list(chunks.glob("*.npz"))) < total_chunks
 
@@ -147,7 +161,9 @@ def noise_images(images: Path, count: int, seed: int) -> None:
         Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(images / f"noise{i:02}.png")
 
 
-def test_full_disk_is_a_clear_error_the_previous_bundle_survives_and_the_rerun_resumes(tmp_path, embedder, weights_file):
+def test_full_disk_is_a_clear_error_the_previous_bundle_survives_and_the_rerun_resumes(
+    tmp_path, embedder, weights_file
+):
     images = tmp_path / "images"
     make_catalogue(images, 4, seed=31)
     with tmpfs(tmp_path / "disk", "2m") as disk:
@@ -218,7 +234,9 @@ def test_no_write_permission_is_a_clear_error_and_the_previous_bundle_survives(t
     with guard:
         with pytest.raises(OSError):  # the fault is real: root cannot write there either
             (out if "bundle" in fault else parent).joinpath("probe").mkdir()
-        with pytest.raises(PrecomputeError, match=r"^No permission to write .*Choose an --out folder you can write to\.$"):
+        with pytest.raises(
+            PrecomputeError, match=r"^No permission to write .*Choose an --out folder you can write to\.$"
+        ):
             build_bundle(images, out, embedder, batch_size=BATCH, quiet=True)
         assert bundle_contents(out) == previous
     assert len(load_bundle(out).filenames) == 4
@@ -362,8 +380,12 @@ def test_app_refuses_to_start_on_a_corrupt_bundle(tmp_path, bundle_dir, weights_
         starts = {
             name: subprocess.Popen(
                 [sys.executable, str(ROOT / "app.py"), "--catalog", str(bad[name][0]), "--weights", str(weights_file)],
-                cwd=ROOT, env=app_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                cwd=ROOT,
+                env=app_env(tmp_path),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for name in pair
         }
         try:

@@ -15,11 +15,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import draw_product
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import draw_product
 from fashion_search.imaging import ImageError, load_input, open_image
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1500"))
@@ -110,7 +110,11 @@ def mutated(draw) -> bytes:
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         else:  # a field set to an extreme value: 0, 1, 0x7fff, 0xffff, 0xffffffff...
             pos = draw(st.integers(0, min(len(data), 64) - 1))
-            value = draw(st.sampled_from([b"\x00\x00", b"\x00\x01", b"\x7f\xff", b"\xff\xff", b"\xff\xff\xff\xff", b"\x80\x00\x00\x00"]))
+            value = draw(
+                st.sampled_from(
+                    [b"\x00\x00", b"\x00\x01", b"\x7f\xff", b"\xff\xff", b"\xff\xff\xff\xff", b"\x80\x00\x00\x00"]
+                )
+            )
             data[pos : pos + len(value)] = value
     return bytes(data)
 

@@ -12,16 +12,15 @@ import urllib.request
 
 import numpy as np
 import pytest
+from app_runner import launch_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from hostile_corpus import build_corpus, encode
 from PIL import Image
-
-from app_runner import launch_app
 
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, load_input, open_image
 from fashion_search.search import Searcher
-from hostile_corpus import build_corpus, encode
 
 CORPUS = {upload.name: upload for upload in build_corpus()}
 GOOD = [name for name, upload in CORPUS.items() if upload.good]
@@ -161,9 +160,10 @@ def test_app_gives_our_message_for_bad_uploads(name, client, searcher, upload_pa
 def _call_api(app_url: str, data: list) -> tuple[str, str]:
     """A raw API call (what a script can send without gradio_client): returns the SSE event name and its data."""
     request = urllib.request.Request(
-        app_url + "gradio_api/call/recommend", data=json.dumps({"data": data}).encode(),
+        app_url + "gradio_api/call/recommend",
+        data=json.dumps({"data": data}).encode(),
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         event_id = json.load(response)["event_id"]
     with urllib.request.urlopen(f"{app_url}gradio_api/call/recommend/{event_id}", timeout=120) as response:
@@ -191,7 +191,6 @@ def test_app_serves_no_server_file_named_in_a_raw_api_call(app_url, client, sear
 @pytest.fixture(scope="module")
 def browser_page():
     from playwright.sync_api import sync_playwright
-
     from test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 
     with sync_playwright() as playwright:

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import make_bundle
+from hub_standin import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
 
-from conftest import make_bundle
 from fashion_search.bundle import load_bundle
 from fashion_search.hub import CatalogNotFound, HubUnavailable, fetch_bundle, parse_catalog_spec, push_bundle
-from hub_standin import HubStandIn
 
 REPO = "fashion-team/catalogue"
 TOKEN = "hf_standin_token"
@@ -71,8 +71,22 @@ def test_parse_catalog_spec_accepts_repo_and_revision(spec, expected):
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "name", "owner/", "/name", "a/b/c", "owner/name@", "owner/name@x@y", "owner/na me", "owner/name@rev ision",
-     "-owner/name", "owner/name-", "own--er/name", "owner/na..me", "https://huggingface.co/datasets/owner/name"],
+    [
+        "",
+        "name",
+        "owner/",
+        "/name",
+        "a/b/c",
+        "owner/name@",
+        "owner/name@x@y",
+        "owner/na me",
+        "owner/name@rev ision",
+        "-owner/name",
+        "owner/name-",
+        "own--er/name",
+        "owner/na..me",
+        "https://huggingface.co/datasets/owner/name",
+    ],
 )
 def test_parse_catalog_spec_rejects_junk_with_the_expected_form(spec):
     with pytest.raises(ValueError, match=r"use OWNER/NAME or OWNER/NAME@REVISION"):
@@ -93,14 +107,28 @@ def test_push_creates_the_dataset_repo_and_returns_the_commit_to_pin(hub, bundle
     shards = json.loads(remote["shards.json"])["shards"]
     assert [shard["count"] for shard in shards] == [3]
     assert sorted(remote) == sorted(
-        [".gitattributes", "README.md", "shards.json", shards[0]["path"], "manifest.json", "embeddings.npy",
-         "filenames.json", "sources.json", "metadata.jsonl"]
-    )  # fmt: skip
+        [
+            ".gitattributes",
+            "README.md",
+            "shards.json",
+            shards[0]["path"],
+            "manifest.json",
+            "embeddings.npy",
+            "filenames.json",
+            "sources.json",
+            "metadata.jsonl",
+        ]
+    )
     for name in ["manifest.json", "embeddings.npy", "filenames.json", "sources.json", "metadata.jsonl"]:
         assert remote[name] == (bundle / name).read_bytes()
     # The shard and the array went the Hub's way for such files (LFS here; Xet on the Hub), the rest as git blobs.
     assert sorted(path for path, _ in hub.uploads if not path.startswith("lfs:")) == [
-        "README.md", "filenames.json", "manifest.json", "metadata.jsonl", "shards.json", "sources.json"
+        "README.md",
+        "filenames.json",
+        "manifest.json",
+        "metadata.jsonl",
+        "shards.json",
+        "sources.json",
     ]
     assert len([path for path, _ in hub.uploads if path.startswith("lfs:")]) == 2
 
@@ -115,7 +143,12 @@ def test_each_product_is_an_image_and_a_json_in_a_webdataset_shard(hub, bundle, 
     with tarfile.open(fileobj=io.BytesIO(remote[shard["path"]])) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar]
     assert [name for name, _ in members] == [
-        "1163.jpg", "1163.json", "a%2Eb%25c.jpg", "a%2Eb%25c.json", "shoes/9.png", "shoes/9.json"
+        "1163.jpg",
+        "1163.json",
+        "a%2Eb%25c.jpg",
+        "a%2Eb%25c.json",
+        "shoes/9.png",
+        "shoes/9.json",
     ]
     assert members[2][1] == images["a.b%c.jpg"]
     assert json.loads(members[3][1]) == {"filename": "a.b%c.jpg", "id": "a.b%c"}
@@ -136,6 +169,7 @@ def test_the_dataset_card_describes_the_catalogue_and_names_the_shards_as_its_da
 def test_datasets_load_dataset_reads_the_pushed_repo(hub, tmp_path):
     """What the Hub's Dataset Viewer and `load_dataset("OWNER/NAME")` read: the card's configs, the shards."""
     import datasets  # requirements-dev.txt
+
     root = tmp_path / "jpegs"
     pictures = {}
     for i, name in enumerate(["1163.jpg", "1164.jpg", "shoes/9.jpg"]):
@@ -144,8 +178,9 @@ def test_datasets_load_dataset_reads_the_pushed_repo(hub, tmp_path):
         pictures[name] = buffer.getvalue()
     make_bundle(root, pictures)
     result = push_bundle(root, REPO, endpoint=hub.url)
-    repo = snapshot_download(REPO, repo_type="dataset", revision=result.commit_sha, local_dir=tmp_path / "repo",
-                             endpoint=hub.url)  # fmt: skip
+    repo = snapshot_download(
+        REPO, repo_type="dataset", revision=result.commit_sha, local_dir=tmp_path / "repo", endpoint=hub.url
+    )
 
     rows = datasets.load_dataset(repo, split="train")
 
@@ -190,9 +225,17 @@ def test_push_of_a_changed_catalogue_removes_the_stale_shards_and_files(hub, bun
     remote = hub.files(REPO)
     (shard,) = json.loads(remote["shards.json"])["shards"]
     assert sorted(remote) == sorted(
-        [".gitattributes", "README.md", "shards.json", shard["path"], "manifest.json", "embeddings.npy",
-         "filenames.json", "sources.json"]
-    )  # fmt: skip
+        [
+            ".gitattributes",
+            "README.md",
+            "shards.json",
+            shard["path"],
+            "manifest.json",
+            "embeddings.npy",
+            "filenames.json",
+            "sources.json",
+        ]
+    )
     assert shard["path"] not in old_shards
     assert tree(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
     assert first.commit_sha != result.commit_sha
@@ -371,7 +414,11 @@ def test_hf_endpoint_in_the_environment_is_what_a_fresh_process_uses(hub, bundle
 
     done = subprocess.run(
         [sys.executable, "-c", code, result.catalog_value],
-        env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
     )
 
     folder = Path(done.stdout.strip().splitlines()[-1])
@@ -399,7 +446,11 @@ def run_precompute(hub, tmp_path, *args):
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "home")}
     root = Path(__file__).resolve().parents[1]
     return subprocess.run(
-        [sys.executable, str(root / "precompute.py"), *map(str, args)], env=env, cwd=root, capture_output=True, text=True
+        [sys.executable, str(root / "precompute.py"), *map(str, args)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
 
 

@@ -12,16 +12,16 @@ import sys
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
-
 from app_runner import ROOT, AppProcess, app_env, free_port
 from big_catalogue import FIRST_ID, KAGGLE_ROWS, grown_copy, write_catalogue_bundle
 from conftest import draw_product
+from gradio_client import Client, handle_file
+from hub_standin import HubError, HubStandIn
+
 from fashion_search import hub as hub_module
 from fashion_search.bundle import load_bundle
 from fashion_search.hub import push_bundle
 from fashion_search.search import Searcher
-from hub_standin import HubError, HubStandIn
 
 REPO = "shop/kaggle-catalogue"
 TOKEN = "hf_scale_token"
@@ -85,14 +85,19 @@ def test_a_44k_push_keeps_to_the_hubs_limits(hub, pushed, catalogue):
     assert hub.file_count(REPO) <= MAX_FILES_PER_REPO
     assert max(commit["operations"] for commit in hub.commit_log) <= MAX_FILES_PER_COMMIT
     assert hub.max_folder_entries(REPO) < MAX_FOLDER_ENTRIES
-    assert pushed["again"].stdout.splitlines()[-1] == f"Set this in the Space's variables: FASHION_CATALOG={REPO}@{pushed['sha']}"
+    assert (
+        pushed["again"].stdout.splitlines()[-1]
+        == f"Set this in the Space's variables: FASHION_CATALOG={REPO}@{pushed['sha']}"
+    )
 
 
 def test_a_push_killed_half_way_resumes_without_sending_a_shard_twice(hub, pushed, catalogue):
     first = pushed["first"]
     assert first["returncode"] == -signal.SIGKILL and first["commits"] == 1  # the first commit of shards landed
     shard_objects = {
-        "lfs:" + hashlib.sha256(content).hexdigest() for path, content in hub.files(REPO).items() if path.endswith(".tar")
+        "lfs:" + hashlib.sha256(content).hexdigest()
+        for path, content in hub.files(REPO).items()
+        if path.endswith(".tar")
     }
     assert len(shard_objects) > hub_module.SHARDS_PER_COMMIT  # so the push needed more than one commit of shards
     sent_before_the_kill = lfs_objects(first["uploads"]) & shard_objects
@@ -108,9 +113,12 @@ def test_the_app_starts_from_an_empty_cache_after_a_few_dozen_resolver_requests(
 ):
     port = free_port()
     env = app_env(  # no HF_TOKEN: anonymous, as a public Space is
-        tmp_path, FASHION_CATALOG=f"{REPO}@{pushed['sha']}", FASHION_WEIGHTS=str(weights_file),
-        GRADIO_SERVER_PORT=str(port), HF_ENDPOINT=hub.url,
-    )  # fmt: skip
+        tmp_path,
+        FASHION_CATALOG=f"{REPO}@{pushed['sha']}",
+        FASHION_WEIGHTS=str(weights_file),
+        GRADIO_SERVER_PORT=str(port),
+        HF_ENDPOINT=hub.url,
+    )
     before = len(hub.requests)
     query = tmp_path / "query.jpg"
     draw_product(np.random.default_rng(7), size=(120, 160)).save(query)

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import draw_product
 from PIL import Image
 
-from conftest import draw_product
 from fashion_search.imaging import CAFFE_MEAN_BGR, ImageError, image_to_input, load_input, open_image
 
 
@@ -142,7 +142,9 @@ def test_decompression_bomb_is_refused_before_decoding():
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    data = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageError, match="too large"):
         open_image(data)
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
-
 from app_runner import AppProcess, app_env, free_port
 from conftest import draw_product
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from hostile_corpus import build_corpus
+
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
 from fashion_search.search import Searcher
-from hostile_corpus import build_corpus
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 50
@@ -45,8 +45,11 @@ def rss_mb(pid: int) -> float:
 def server(bundle_dir, weights_file, tmp_path_factory):
     folder = tmp_path_factory.mktemp("load-app")
     port = free_port()
-    with AppProcess(["--catalog", str(bundle_dir), "--weights", str(weights_file), "--port", str(port)],
-                    app_env(folder), folder / "app.log") as app:  # fmt: skip
+    with AppProcess(
+        ["--catalog", str(bundle_dir), "--weights", str(weights_file), "--port", str(port)],
+        app_env(folder),
+        folder / "app.log",
+    ) as app:
         app.url = app.wait_ready(port)
         yield app
 
@@ -86,7 +89,10 @@ def test_concurrent_clients_get_only_right_answers_and_our_messages(server, embe
     pick = random.Random(SEED)
     for _ in range(CLIENTS):
         plans.append(
-            [pick.choice(sorted(bad)) if pick.random() < BAD_SHARE else pick.choice(sorted(good)) for _ in range(REQUESTS_PER_CLIENT)]
+            [
+                pick.choice(sorted(bad)) if pick.random() < BAD_SHARE else pick.choice(sorted(good))
+                for _ in range(REQUESTS_PER_CLIENT)
+            ]
         )
     outcomes = {"right": 0, "message": 0, "wrong": [], "error": []}
     lock = threading.Lock()
@@ -109,8 +115,10 @@ def test_concurrent_clients_get_only_right_answers_and_our_messages(server, embe
                 continue
             got = [(row["filename"], row["distance"]) for row in listing]
             with lock:
-                if path in good and len(got) == 5 and all(
-                    g[0] == e[0] and abs(g[1] - e[1]) <= 1e-5 for g, e in zip(got, good[path])
+                if (
+                    path in good
+                    and len(got) == 5
+                    and all(g[0] == e[0] and abs(g[1] - e[1]) <= 1e-5 for g, e in zip(got, good[path]))
                 ):
                     outcomes["right"] += 1
                 else:

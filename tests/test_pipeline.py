@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, make_catalogue
 from PIL import Image
 
-from conftest import ROOT, make_catalogue
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import load_input
 from fashion_search.pipeline import PrecomputeError, build_bundle
@@ -23,8 +23,12 @@ from fashion_search.pipeline import PrecomputeError, build_bundle
 def precompute(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "precompute.py"), *map(str, args)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, **kwargs,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        **kwargs,
+    )
 
 
 def bundle_contents(root: Path) -> dict:
@@ -86,7 +90,9 @@ def test_command_skips_and_lists_bad_files(tmp_path, weights_file):
         ("truncated.jpg", "could not be decoded"),
     ]:
         assert f"skipped {name}: " in result.stderr and reason in result.stderr
-    assert load_bundle(tmp_path / "out").filenames == [f"nested/{1000 + i}.{'png' if i == 3 else 'jpg'}" for i in range(5)]
+    assert load_bundle(tmp_path / "out").filenames == [
+        f"nested/{1000 + i}.{'png' if i == 3 else 'jpg'}" for i in range(5)
+    ]
 
 
 def test_command_fatal_errors_name_the_fix(tmp_path, weights_file):
@@ -103,12 +109,24 @@ def test_command_fatal_errors_name_the_fix(tmp_path, weights_file):
 def test_killed_run_resumes_to_the_identical_bundle(tmp_path, weights_file):
     images = tmp_path / "images"
     make_catalogue(images, 24, seed=5)
-    reference = precompute(images, "--out", tmp_path / "reference", "--weights", weights_file, "--batch-size", "4", "--quiet")
+    reference = precompute(
+        images, "--out", tmp_path / "reference", "--weights", weights_file, "--batch-size", "4", "--quiet"
+    )
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "resumed"
     chunks = tmp_path / ".resumed.partial" / "chunks"
-    args = [sys.executable, str(ROOT / "precompute.py"), images, "--out", out, "--weights", weights_file, "--batch-size", "4"]
+    args = [
+        sys.executable,
+        str(ROOT / "precompute.py"),
+        images,
+        "--out",
+        out,
+        "--weights",
+        weights_file,
+        "--batch-size",
+        "4",
+    ]
     process = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(chunks.glob("*.npz"))) < 2:

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from app_runner import ROOT, AppProcess, app_env, free_port
 from gradio_client import Client, handle_file
 
-from app_runner import ROOT, AppProcess, app_env, free_port
 from fashion_search import config, webapp
 from fashion_search.bundle import BundleMismatch, load_bundle
 from fashion_search.embedder import Embedder, PrecisionUnavailable, cpu_has_bf16
@@ -59,8 +59,11 @@ def bf16_copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 def test_a_bfloat16_catalogue_is_not_searched_by_a_float32_model(embedder, weights_file, bundle_dir, tmp_path):
     copy = bf16_copy(bundle_dir, tmp_path)
-    with pytest.raises(BundleMismatch, match="made in bfloat16 arithmetic, but the model runs in float32. Start the app "
-                       "with --precision bfloat16 .FASHION_PRECISION.") as caught:  # fmt: skip
+    with pytest.raises(
+        BundleMismatch,
+        match="made in bfloat16 arithmetic, but the model runs in float32. Start the app "
+        "with --precision bfloat16 .FASHION_PRECISION.",
+    ) as caught:
         load_bundle(copy).check_compatible(embedder.describe(), PREPROCESSING_ID)
     assert "precompute.py --precision float32" in str(caught.value)
 
@@ -72,16 +75,34 @@ def test_a_bfloat16_catalogue_is_not_searched_by_a_float32_model(embedder, weigh
     with pytest.raises(webapp.StartupError) as caught:
         webapp.load_recommender(settings, warm_up=False)
     assert str(caught.value).startswith("The catalogue was made in bfloat16 and FASHION_PRECISION is unset")
-    assert "needs a process of its own" in str(caught.value) and "precompute.py --precision float32" in str(caught.value)
+    assert "needs a process of its own" in str(caught.value) and "precompute.py --precision float32" in str(
+        caught.value
+    )
 
 
 def test_bfloat16_from_precompute_to_the_app_in_processes_of_their_own(catalogue, weights_file, bundle_dir, tmp_path):
     out = tmp_path / "bundle-bf16"
     done = subprocess.run(
-        [sys.executable, "precompute.py", str(catalogue / "images"), "--out", str(out), "--weights", str(weights_file),
-         "--metadata", str(catalogue / "styles.csv"), "--precision", "bfloat16", "--quiet"],
-        cwd=ROOT, env=app_env(tmp_path), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "precompute.py",
+            str(catalogue / "images"),
+            "--out",
+            str(out),
+            "--weights",
+            str(weights_file),
+            "--metadata",
+            str(catalogue / "styles.csv"),
+            "--precision",
+            "bfloat16",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=app_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if not cpu_has_bf16():
         assert done.returncode == 1
         assert "bfloat16 needs a CPU with bf16 instructions" in done.stderr and "Traceback" not in done.stderr

@@ -30,8 +30,13 @@ def reference(searcher, vector, k, filters):
 
 @pytest.mark.parametrize(
     "filters",
-    [{}, {"gender": ["Women"]}, {"articleType": ["Watches", "Tshirts"]}, {"gender": ["Men"], "baseColour": ["Red"]},
-     {"masterCategory": ["Footwear"], "gender": []}],
+    [
+        {},
+        {"gender": ["Women"]},
+        {"articleType": ["Watches", "Tshirts"]},
+        {"gender": ["Men"], "baseColour": ["Red"]},
+        {"masterCategory": ["Footwear"], "gender": []},
+    ],
 )
 @pytest.mark.parametrize("k", [1, 5, 20])
 def test_filters_are_exact_among_matching_products(searcher, catalogue, filters, k):
@@ -61,8 +66,10 @@ def test_unknown_filter_column_is_refused(searcher, catalogue):
 
 def test_filter_choices_and_listing(searcher, catalogue):
     assert searcher.filter_choices() == {
-        "gender": ["Men", "Women"], "masterCategory": ["Accessories", "Apparel", "Footwear"],
-        "articleType": ["Casual Shoes", "Tshirts", "Watches"], "baseColour": ["Black", "Blue", "Red"],
+        "gender": ["Men", "Women"],
+        "masterCategory": ["Accessories", "Apparel", "Footwear"],
+        "articleType": ["Casual Shoes", "Tshirts", "Watches"],
+        "baseColour": ["Black", "Blue", "Red"],
     }
     match = searcher.recommend(catalogue / "images" / "1000.jpg")[0]
     listing = match.listing()

@@ -8,8 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import make_bundle
+
 from fashion_search import shards
 from fashion_search.bundle import (
     BundleFormatError,
@@ -25,10 +25,16 @@ def catalogue(count: int, first: int = 10000, changed: int | None = None) -> dic
     return {f"{i}.jpg": b"jpeg %d%s" % (i, b" new" if i == changed else b"") for i in range(first, first + count)}
 
 
-@pytest.mark.parametrize("name, member", [
-    ("1163.jpg", "1163.jpg"), ("shoes/9.png", "shoes/9.png"), ("a.b.jpg", "a%2Eb.jpg"), ("50%.c.JPG", "50%25%2Ec.JPG"),
-    ("v1.2/x.webp", "v1.2/x.webp"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, member",
+    [
+        ("1163.jpg", "1163.jpg"),
+        ("shoes/9.png", "shoes/9.png"),
+        ("a.b.jpg", "a%2Eb.jpg"),
+        ("50%.c.JPG", "50%25%2Ec.JPG"),
+        ("v1.2/x.webp", "v1.2/x.webp"),
+    ],
+)
 def test_member_names_keep_one_dot_per_product_and_map_back(name, member):
     assert member_name(name) == member
     assert filename_of_member(member) == name
@@ -65,13 +71,19 @@ def test_a_shard_is_the_same_bytes_every_time_and_unpacks_to_the_bundles_images(
     images = {"1163.jpg": b"a" * 700, "shoes/9.png": b"b" * 10, "a.b.jpg": b"c"}
     bundle = load_bundle(make_bundle(tmp_path / "b", images))
     (shard,) = plan_shards(bundle)
-    first, second = write_shard(shard, bundle.images_dir, tmp_path / "1.tar"), write_shard(shard, bundle.images_dir, tmp_path / "2.tar")
+    first, second = (
+        write_shard(shard, bundle.images_dir, tmp_path / "1.tar"),
+        write_shard(shard, bundle.images_dir, tmp_path / "2.tar"),
+    )
     assert first.read_bytes() == second.read_bytes()
 
     extract_shards([first], tmp_path / "out", bundle.manifest["files"])
 
-    assert {p.relative_to(tmp_path / "out" / "images").as_posix(): p.read_bytes()
-            for p in (tmp_path / "out" / "images").rglob("*") if p.is_file()} == images  # fmt: skip
+    assert {
+        p.relative_to(tmp_path / "out" / "images").as_posix(): p.read_bytes()
+        for p in (tmp_path / "out" / "images").rglob("*")
+        if p.is_file()
+    } == images
 
 
 # ---------------------------------------------------------------- hostile shards
@@ -104,18 +116,21 @@ def device(name: str) -> tarfile.TarInfo:
 MANIFEST = {"images/a.jpg": hashlib.sha256(b"A").hexdigest(), "images/d/b.jpg": hashlib.sha256(b"B").hexdigest()}
 
 
-@pytest.mark.parametrize("members, error, message", [
-    ([link("a.jpg", "/etc/passwd", tarfile.SYMTYPE)], BundleUnsafePath, "link or a device"),
-    ([link("a.jpg", "../../x", tarfile.LNKTYPE)], BundleUnsafePath, "link or a device"),
-    ([device("a.jpg")], BundleUnsafePath, "link or a device"),
-    ([("../a.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
-    ([("/tmp/a.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
-    ([("d/../../a.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
-    ([("other.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
-    ([("a.jpg", b"A"), ("a.jpg", b"A")], BundleFormatError, "comes twice"),
-    ([("a.jpg", b"not A")], BundleHashMismatch, "does not match the manifest"),
-    ([("a.jpg", b"A")], BundleMissingFile, "lack 1 images of the manifest, e.g. images/d/b.jpg"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "members, error, message",
+    [
+        ([link("a.jpg", "/etc/passwd", tarfile.SYMTYPE)], BundleUnsafePath, "link or a device"),
+        ([link("a.jpg", "../../x", tarfile.LNKTYPE)], BundleUnsafePath, "link or a device"),
+        ([device("a.jpg")], BundleUnsafePath, "link or a device"),
+        ([("../a.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
+        ([("/tmp/a.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
+        ([("d/../../a.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
+        ([("other.jpg", b"A")], BundleUnsafePath, "not an image of the bundle's manifest"),
+        ([("a.jpg", b"A"), ("a.jpg", b"A")], BundleFormatError, "comes twice"),
+        ([("a.jpg", b"not A")], BundleHashMismatch, "does not match the manifest"),
+        ([("a.jpg", b"A")], BundleMissingFile, "lack 1 images of the manifest, e.g. images/d/b.jpg"),
+    ],
+)
 def test_an_unsafe_or_wrong_shard_is_refused_and_nothing_lands_outside(tmp_path, members, error, message):
     tar = hostile_tar(tmp_path / "x.tar", *members)
     root = tmp_path / "sandbox" / "bundle"

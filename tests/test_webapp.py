@@ -1,4 +1,4 @@
-"""The app's non-UI half: the batchers (forward pass, search), per-request errors, captions and listings, start-up errors."""
+"""The app's non-UI half: the batchers (forward pass, search), per-request errors, captions, listings, start-up."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def run_in_threads(batcher: webapp.Batcher, values: list[float], results: dict) 
     def worker(value):
         try:
             results[value] = batcher.submit(query(value))
-        except Exception as exc:  # noqa: BLE001 - the test looks at what each request got
+        except Exception as exc:  # the test looks at what each request got
             results[value] = exc
 
     threads = [threading.Thread(target=worker, args=(v,)) for v in values]
@@ -185,7 +185,12 @@ def test_searches_made_together_equal_searches_made_one_at_a_time(recommender):
         (None, 5, None, webapp.NO_IMAGE),
         (b"not a picture", 5, None, "This file is not an image that can be read"),
         ("IMAGE", 0, None, "between 1 and 20"),
-        ("IMAGE", 5, {"masterCategory": ["Footwear"], "articleType": ["Watches"]}, "No product in the catalogue matches"),
+        (
+            "IMAGE",
+            5,
+            {"masterCategory": ["Footwear"], "articleType": ["Watches"]},
+            "No product in the catalogue matches",
+        ),
         ("IMAGE", 5, {"season": ["Summer"]}, "Cannot filter on ['season']"),
     ],
 )
@@ -211,7 +216,13 @@ def test_captions_name_the_product_or_else_the_file_and_give_the_distance():
     assert webapp.caption(blank) == "44.png\ndistance 0.500"
     assert webapp.gallery_items([named]) == [("/bundle/images/shirts/42.jpg", "Blue Oxford Shirt\nMen\ndistance 0.123")]
     assert webapp.listing([named]) == [
-        {"rank": 1, "filename": "shirts/42.jpg", "distance": 0.12345, "productDisplayName": "Blue Oxford Shirt", "gender": "Men"}
+        {
+            "rank": 1,
+            "filename": "shirts/42.jpg",
+            "distance": 0.12345,
+            "productDisplayName": "Blue Oxford Shirt",
+            "gender": "Men",
+        }
     ]
 
 
