@@ -22,26 +22,8 @@ import gradio as gr
 
 from fashion_search import config, webapp
 from fashion_search import demo as demo_assets
-from fashion_search.search import MAX_K
-
-
-def pass_upload_through(image: gr.Image):
-    """Make `image` hand the uploaded file to our decoder untouched: Gradio's own preprocessing opens it with PIL
-    first and fails with a bare exception on a file that is not a picture. (An instance attribute rather than a
-    subclass: Gradio writes a .pyi file next to the module of every component class.)"""
-    gradio_preprocess = image.preprocess
-
-    def preprocess(payload):
-        if payload is None or not (payload.url or "").startswith("data:"):
-            return None if payload is None else payload.path
-        try:
-            return gradio_preprocess(payload)  # a base64 data URL from an API client: Gradio writes it to a file
-        except Exception as exc:
-            raise gr.Error("The image could not be decoded. Please upload a JPEG, PNG or WebP photo.") from exc
-
-    image.preprocess = preprocess
-    return image
-
+from fashion_search.search import DEFAULT_K, MAX_K
+from fashion_search.upload_image import UploadedImage
 
 # The page: title, a short description, and the products as cards.
 CSS = """
@@ -58,14 +40,12 @@ CSS = """
 """
 
 
-def recommend(image: str | None, top_k: float = 5, *filters: list[str]) -> tuple[list, list[dict]]:
-    """One request: the uploaded file -> (gallery of (image, caption), listing of {rank, filename, distance, ...})."""
-    chosen = dict(zip(FILTER_COLUMNS, filters))
-    try:
-        matches = recommender.recommend(image, int(top_k), chosen)
-    except webapp.QueryError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
-    return webapp.gallery_items(matches), webapp.listing(matches)
+FILTER_LABELS = {
+    "gender": "Gender",
+    "masterCategory": "Category",
+    "articleType": "Article type",
+    "baseColour": "Colour",
+}
 
 
 def description(info: webapp.CatalogueInfo) -> str:
@@ -84,77 +64,89 @@ def description(info: webapp.CatalogueInfo) -> str:
     return text
 
 
+def article(info: webapp.CatalogueInfo) -> str:
+    return (
+        "Distance: between the pictures' ResNet50 embeddings (unit vectors), from 0 for the same picture up to 2. "
+        'Also an API: `Client(url).predict(handle_file("photo.jpg"), api_name="/recommend")` returns the gallery '
+        "and a JSON listing."
+        + (" Demo catalogue and examples: Fashion-MNIST, © Zalando SE, MIT licence." if info.source == "demo" else "")
+    )
+
+
+def build_demo(recommender: webapp.Recommender) -> gr.Interface:
+    """The page and the `/recommend` endpoint: a photo, then the options (number of results, one filter per column)."""
+    filter_columns = list(recommender.filter_choices)
+
+    def recommend(image: str | None, top_k: float = DEFAULT_K, *filters: list[str]) -> tuple[list, list[dict]]:
+        """One request: the uploaded file -> (gallery of (image, caption), listing of {rank, filename, ...})."""
+        try:
+            matches = recommender.recommend(image, int(top_k), dict(zip(filter_columns, filters)))
+        except webapp.QueryError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return webapp.gallery_items(matches), webapp.listing(matches)
+
+    # Gradio names the API's parameters from inspect.signature, which reads __signature__: image, top_k, then one
+    # keyword per filter column (tests/test_app.py calls them by name).
+    recommend.__signature__ = inspect.signature(recommend).replace(
+        parameters=[
+            *list(inspect.signature(recommend).parameters.values())[:2],
+            *[inspect.Parameter(c, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=[]) for c in filter_columns],
+        ]
+    )
+    photo = UploadedImage(
+        type="filepath",
+        image_mode=None,
+        sources=["upload", "webcam", "clipboard"],
+        label="Your photo",
+        height=340,
+        elem_id="query",
+    )
+    filters = [
+        gr.Dropdown(
+            values,
+            value=[],
+            multiselect=True,
+            label=FILTER_LABELS.get(column, column),
+            info="any of these; empty = all",
+        )
+        for column, values in recommender.filter_choices.items()
+    ]
+    return gr.Interface(
+        fn=recommend,
+        inputs=photo,
+        outputs=[
+            gr.Gallery(label="Similar products", columns=3, object_fit="contain", height="auto", elem_id="products"),
+            gr.JSON(label="Results", max_height=260),
+        ],
+        additional_inputs=[
+            gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Number of results"),
+            *filters,
+        ],
+        additional_inputs_accordion=gr.Accordion("Options: number of results and filters", open=False),
+        examples=[[str(path)] for path in demo_assets.example_images()],
+        cache_examples=False,  # a query costs well under a second; cached results would ignore the options
+        title="Fashion visual search",
+        description=description(recommender.info),
+        article=article(recommender.info),
+        api_name="recommend",
+        flagging_mode="never",
+        concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes and searches
+    )
+
+
+# Loaded once, at import: Gradio (and a Space) look for this module's `demo`.
 settings = config.resolve(sys.argv[1:] if __name__ == "__main__" else [])
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-checks are not news
 try:
-    recommender = webapp.load_recommender(settings)  # the model and the catalogue, once, warmed up
+    recommender = webapp.load_recommender(settings)
 except webapp.StartupError as exc:
+    if __name__ != "__main__":
+        raise
     sys.exit(f"error: {exc}")
-FILTER_COLUMNS = list(recommender.filter_choices)
-FILTER_LABELS = {
-    "gender": "Gender",
-    "masterCategory": "Category",
-    "articleType": "Article type",
-    "baseColour": "Colour",
-}
-# The API names its parameters after the handler's: image, top_k, then one per filter column the catalogue has.
-recommend.__signature__ = inspect.signature(recommend).replace(
-    parameters=[
-        *list(inspect.signature(recommend).parameters.values())[:2],
-        *[inspect.Parameter(c, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=[]) for c in FILTER_COLUMNS],
-    ]
-)
-# The gallery's files are served where they are, and no other file of the bundle is. Static paths rather than
-# launch(allowed_paths=...): Gradio then neither hashes nor copies each answer's images into its cache (8 concurrent
-# clients, side by side: the app's CPU per query 127 -> 123 ms), and its cache does not grow with every product shown.
+# The gallery's files are served in place (not copied into Gradio's cache per answer), and no other file of the bundle.
 gr.set_static_paths([recommender.bundle.images_dir])
-ARTICLE = (
-    "Distance: between the pictures' ResNet50 embeddings (unit vectors), from 0 for the same picture up to 2. "
-    'Also an API: `Client(url).predict(handle_file("photo.jpg"), api_name="/recommend")` returns the gallery '
-    "and a JSON listing."
-    + (" Demo catalogue and examples: Fashion-MNIST, © Zalando SE, MIT licence." if settings.catalog is None else "")
-)
-
-demo = gr.Interface(
-    fn=recommend,
-    inputs=pass_upload_through(
-        gr.Image(
-            type="filepath",
-            image_mode=None,
-            sources=["upload", "webcam", "clipboard"],
-            label="Your photo",
-            height=340,
-            elem_id="query",
-        )
-    ),
-    outputs=[
-        gr.Gallery(label="Similar products", columns=3, object_fit="contain", height="auto", elem_id="products"),
-        gr.JSON(label="Results", max_height=260),
-    ],
-    additional_inputs=[
-        gr.Slider(1, MAX_K, value=5, step=1, precision=0, label="Number of results"),
-        *[
-            gr.Dropdown(
-                values,
-                value=[],
-                multiselect=True,
-                label=FILTER_LABELS.get(column, column),
-                info="any of these; empty = all",
-            )
-            for column, values in recommender.filter_choices.items()
-        ],
-    ],
-    additional_inputs_accordion=gr.Accordion("Options: number of results and filters", open=False),
-    examples=[[str(path)] for path in demo_assets.example_images()],
-    cache_examples=False,  # a query costs well under a second; cached results would ignore the options
-    title="Fashion visual search",
-    description=description(recommender.info),
-    article=ARTICLE,
-    api_name="recommend",
-    flagging_mode="never",
-    concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes and searches (webapp.Batcher)
-)
+demo = build_demo(recommender)
 
 
 def launch_options() -> dict:

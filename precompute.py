@@ -104,7 +104,7 @@ def push(args: argparse.Namespace) -> int:
         f"{'Pushed' if result.created_commit else 'Unchanged, no new commit:'} "
         f"{args.push_to_hub} at {result.commit_sha}"
     )
-    print(f"Set this in the Space's variables: FASHION_CATALOG={result.catalog_value}")
+    print(f"Set this in the Space's variables: FASHION_CATALOG={result.catalogue_value}")
     return 0
 
 

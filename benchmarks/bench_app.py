@@ -26,9 +26,10 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
     from fashion_search.bundle import load_bundle
     from fashion_search.embedder import cpu_has_bf16
     from fashion_search.search import Searcher
+    from fashion_search.webapp import Recommender
 
     log = ctx.log
-    catalog = data.big_bundle(ctx.rows, ctx.weights, log=log)
+    catalogue = data.big_bundle(ctx.rows, ctx.weights, log=log)
     work = Path(tempfile.mkdtemp(prefix="bench-app-"))
     rng = np.random.default_rng(11)
     queries = []
@@ -39,10 +40,13 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
 
     log(f"figure 3: starting app.py and the no-op app on {ctx.rows:,} rows ...")
     with ExitStack() as servers:
-        app, noop = servers.enter_context(Server.app(catalog, ctx.weights)), servers.enter_context(Server.noop(catalog))
+        app, noop = (
+            servers.enter_context(Server.app(catalogue, ctx.weights)),
+            servers.enter_context(Server.noop(catalogue)),
+        )
         log(f"  app ready after {app.wait_ready():.1f} s, no-op after {noop.wait_ready():.1f} s")
         # The option, for information: app.py in bfloat16 (it follows a bundle made in bfloat16), where the CPU can.
-        bf16 = servers.enter_context(Server.app(data.bfloat16_twin(catalog), ctx.weights)) if cpu_has_bf16() else None
+        bf16 = servers.enter_context(Server.app(data.bfloat16_twin(catalogue), ctx.weights)) if cpu_has_bf16() else None
         if bf16 is not None:
             log(f"  bfloat16 app ready after {bf16.wait_ready():.1f} s")
         app_client, noop_client = client(app.url), client(noop.url)
@@ -52,9 +56,9 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
                 if warming is not None:
                     ask(warming, path)
         # The in-process query on the same bundle and files, in this process, for the target's sum.
-        searcher = Searcher(ctx.embedder, load_bundle(catalog, verify_images=False))
+        recommender = Recommender(Searcher(ctx.embedder, load_bundle(catalogue, verify_images=False)))
         for path in queries:
-            searcher.recommend(path.read_bytes())
+            recommender.recommend(path.read_bytes())
 
         trip_app, trip_noop, inproc = Samples("s"), Samples("s"), Samples("s")
         qps_one, qps_many, noop_one, noop_many, bf16_one, bf16_many = (Samples("q/s") for _ in range(6))
@@ -64,7 +68,7 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
             log(f"  round {r + 1}/{runs}: round trips ...")
             trip_noop.values.append(_median_trip(noop_client, queries, repeat))
             trip_app.values.append(_median_trip(app_client, queries, repeat))
-            inproc.values.append(_median(lambda p: searcher.recommend(p.read_bytes()), queries, repeat))
+            inproc.values.append(_median(lambda p: recommender.recommend(p.read_bytes()), queries, repeat))
             log(f"  round {r + 1}/{runs}: 1 client sequential, then {CLIENTS} concurrent clients (app, no-op) ...")
             qps_one.values.append(_sequential_qps(app_client, queries, sequential))
             cpu, served = time.process_time(), _cpu_seconds(app.proc.pid)
@@ -83,13 +87,13 @@ def run(ctx, runs: int, repeat: int, per_client: int) -> list[Row]:
             f"app CPU per query {server_cpu.values}, "
             f"bfloat16 app qps 1 {bf16_one.values}, qps {CLIENTS} {bf16_many.values}"
         )
-        searcher = None
+        recommender = None
     budget = trip_noop.median + inproc.median
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     capacity = cores / server_cpu.median
     return [
         Row("3: gradio_client round trip, no-op app (same components)", "—", ms(trip_noop), "", "reference"),
-        Row("3: in-process query on the same files (`Searcher.recommend`)", "—", ms(inproc), "", "reference"),
+        Row("3: in-process query on the same files (`Recommender.recommend`)", "—", ms(inproc), "", "reference"),
         Row(
             f"3: gradio_client round trip, app.py ({ctx.rows // 1000}k rows, 1 client)",
             f"no-op + in-process {budget * 1e3:.0f} ms",

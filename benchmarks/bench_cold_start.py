@@ -25,13 +25,13 @@ def run(ctx, runs: int, phases: bool = True) -> list[Row]:
     import os
 
     log = ctx.log
-    catalog = data.big_bundle(ctx.rows, ctx.weights, log=log)
+    catalogue = data.big_bundle(ctx.rows, ctx.weights, log=log)
     query = Path(tempfile.mkdtemp(prefix="bench-cold-")) / "query.jpg"
     query.write_bytes(data.jpeg_bytes(data.draw_product(np.random.default_rng(3), QUERY_SIZE)))
     first, ready, peak = Samples("s"), Samples("s"), Samples("MB")
     for r in range(runs):
         log(f"figure 4: round {r + 1}/{runs}: python app.py --catalog <{ctx.rows:,} rows> until the first answer ...")
-        with Server.app(catalog, ctx.weights) as app:
+        with Server.app(catalogue, ctx.weights) as app:
             up = app.wait_ready(poll=0.02)
             ask(client(app.url), query)
             first.values.append(time.perf_counter() - app.started)
@@ -61,7 +61,7 @@ def run(ctx, runs: int, phases: bool = True) -> list[Row]:
         log("figure 4: start-up phases in a fresh process ...")
         env = {**os.environ, **QUIET_ENV}
         done = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "cold_start_phases.py"), str(catalog), str(ctx.weights)],
+            [sys.executable, str(ROOT / "benchmarks" / "cold_start_phases.py"), str(catalogue), str(ctx.weights)],
             cwd=ROOT,
             env=env,
             capture_output=True,

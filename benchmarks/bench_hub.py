@@ -36,7 +36,7 @@ def run(ctx) -> list[Row]:
     from fashion_search.hub import fetch_bundle, push_bundle
 
     log = ctx.log
-    catalog = data.big_bundle(ctx.rows, ctx.weights, log=log)
+    catalogue = data.big_bundle(ctx.rows, ctx.weights, log=log)
     work = Path(tempfile.mkdtemp(prefix="bench-hub-"))
     os.environ["HF_TOKEN"] = TOKEN
     rows: list[Row] = []
@@ -44,7 +44,7 @@ def run(ctx) -> list[Row]:
         with HubStandIn(work / "hub", token=TOKEN) as hub:
             log(f"figure 6: push {ctx.rows:,} products (shards) ...")
             started = time.perf_counter()
-            pushed = push_bundle(catalog, "bench/catalogue", endpoint=hub.url)
+            pushed = push_bundle(catalogue, "bench/catalogue", endpoint=hub.url)
             push_s = time.perf_counter() - started
             commits = list(hub.commit_log)
             sent = sum(size for _, size in hub.uploads)
@@ -53,7 +53,7 @@ def run(ctx) -> list[Row]:
             log("figure 6: fetch it into an empty cache ...")
             mark = len(hub.requests)
             started = time.perf_counter()
-            folder = fetch_bundle(pushed.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
+            folder = fetch_bundle(pushed.catalogue_value, cache_dir=work / "cache", endpoint=hub.url)
             fetch_s = time.perf_counter() - started
             requests = hub.requests[mark:]
             resolver = hub.resolver_requests(since=mark)
@@ -61,11 +61,11 @@ def run(ctx) -> list[Row]:
 
             mark = len(hub.requests)
             started = time.perf_counter()
-            fetch_bundle(pushed.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
+            fetch_bundle(pushed.catalogue_value, cache_dir=work / "cache", endpoint=hub.url)
             again_s, again_requests = time.perf_counter() - started, len(hub.requests) - mark
 
             log("figure 6: 100 products more: push and fetch ...")
-            grown = grown_copy(catalog, work / "grown", extra=100)
+            grown = grown_copy(catalogue, work / "grown", extra=100)
             mark_uploads, mark_commits = len(hub.uploads), len(hub.commit_log)
             started = time.perf_counter()
             grown_push = push_bundle(grown, "bench/catalogue", endpoint=hub.url)
@@ -75,13 +75,13 @@ def run(ctx) -> list[Row]:
             shard_total = len(json.loads(hub.files("bench/catalogue")["shards.json"])["shards"])
             mark = len(hub.requests)
             started = time.perf_counter()
-            fetch_bundle(grown_push.catalog_value, cache_dir=work / "cache", endpoint=hub.url)
+            fetch_bundle(grown_push.catalogue_value, cache_dir=work / "cache", endpoint=hub.url)
             grow_fetch_s = time.perf_counter() - started
             grow_gets = [r for r in hub.resolver_requests(since=mark) if r[0] == "GET"]
 
             log("figure 6: reference, one file per image, on a tenth of the catalogue ...")
             tenth = ctx.rows // 10
-            small = grown_copy(catalog, work / "tenth", keep=tenth)
+            small = grown_copy(catalogue, work / "tenth", keep=tenth)
             api = HfApi(endpoint=hub.url)
             api.create_repo("bench/per-image", repo_type="dataset")
             mark_commits = len(hub.commit_log)

@@ -69,11 +69,12 @@ def memory_bound_ms(n: int) -> str:
 
 
 def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
-    """Bytes -> top-5 through `Searcher.recommend`, against the bare single-image forward pass."""
+    """Bytes -> top-5 through the app's query path (`Recommender.recommend`), against the bare single-image forward."""
     from benchmarks.forward import bare_forward
     from fashion_search.bundle import Bundle
     from fashion_search.imaging import PREPROCESSING_ID, load_input
     from fashion_search.search import Searcher
+    from fashion_search.webapp import Recommender
 
     log = ctx.log
     log(f"figure 2: one query against {rows:,} rows ({QUERY_SIZE[0]}x{QUERY_SIZE[1]} JPEG uploads) ...")
@@ -87,14 +88,15 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
         manifest={"model": ctx.embedder.describe(), "preprocessing": PREPROCESSING_ID},
     )
     searcher = Searcher(ctx.embedder, bundle)
+    recommender = Recommender(searcher)
     rng = np.random.default_rng(5)
     uploads = [data.jpeg_bytes(data.draw_product(rng, QUERY_SIZE)) for _ in range(4)]
     tensors = [load_input(b)[None] for b in uploads]
     forward = bare_forward(ctx.embedder)
-    vector = searcher.embed([uploads[0]])
+    vector = ctx.embedder.embed(tensors[0])
     eight = data.unit_vectors(8, seed=6)  # what a batch of 8 concurrent queries would search at once
     for i in range(2):  # warm every path once
-        forward(tensors[i]), searcher.recommend(uploads[i]), numpy_floor(embeddings, vector[0])
+        forward(tensors[i]), recommender.recommend(uploads[i]), numpy_floor(embeddings, vector[0])
 
     state = {"i": 0}
 
@@ -104,8 +106,8 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
 
     cases = {
         "bare": lambda: per_call(lambda: forward(tensors[next_index()]), repeat),
-        "embed": lambda: per_call(lambda: searcher.embed([uploads[next_index()]]), repeat),
-        "recommend": lambda: per_call(lambda: searcher.recommend(uploads[next_index()]), repeat),
+        "embed": lambda: per_call(lambda: ctx.embedder.embed(load_input(uploads[next_index()])[None]), repeat),
+        "recommend": lambda: per_call(lambda: recommender.recommend(uploads[next_index()]), repeat),
         "neighbours": lambda: per_call(lambda: searcher.index.search(vector), repeat),
         "floor": lambda: per_call(lambda: numpy_floor(embeddings, vector[0]), repeat),
         "floor, 1 thread": lambda: per_call(lambda: numpy_floor_one_thread(embeddings, vector[0]), repeat),
@@ -116,7 +118,7 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
     log("  " + ", ".join(f"{name} {ms(v)}" for name, v in s.items()))
     bare, embed, rec = s["bare"].median, s["embed"].median, s["recommend"].median
     (floor, which), nn = best_floor(s), s["neighbours"].median
-    searcher = bundle = embeddings = None  # free the catalogue before the next figure
+    searcher = recommender = bundle = embeddings = None  # free the catalogue before the next figure
     gc.collect()
     return [
         Row("2: bare single-image forward (preprocessed tensor)", "—", ms(s["bare"]), "", "reference"),
@@ -129,7 +131,7 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
             verdict(embed <= 1.15 * bare),
         ),
         Row(
-            f"2: one query in-process, bytes -> top-5 (`Searcher.recommend`, {rows // 1000}k rows)",
+            f"2: one query in-process, bytes -> top-5 (`Recommender.recommend`, {rows // 1000}k rows)",
             f"bare forward + numpy floor {(bare + floor) * 1e3:.1f} ms",
             ms(s["recommend"]),
             ratio(rec / (bare + floor)),

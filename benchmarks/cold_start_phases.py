@@ -52,14 +52,15 @@ def main(bundle: str, weights: str) -> dict:
     loaded = load_bundle(bundle)
     mark("load_bundle(): the same plus every image hashed (the app's call)")
     from fashion_search.search import Searcher
+    from fashion_search.webapp import Recommender
 
-    searcher = Searcher(embedder, loaded)
+    recommender = Recommender(Searcher(embedder, loaded))
     mark("Searcher: index fit, filter columns")
     from PIL import Image
 
-    searcher.recommend(Image.new("RGB", (224, 224), "white"))
+    recommender.recommend(Image.new("RGB", (224, 224), "white"))
     mark("warm-up query (first forward traces the graph)")
-    searcher.recommend(Image.new("RGB", (224, 224), "grey"))
+    recommender.recommend(Image.new("RGB", (224, 224), "grey"))
     mark("a second query")
     return {"total_seconds": round(time.perf_counter() - start, 3), "phases": phases}
 

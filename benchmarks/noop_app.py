@@ -35,13 +35,13 @@ class QueryImage(gr.Image):
         return super().preprocess(payload)
 
 
-def build(catalog: Path) -> gr.Interface:
-    filenames = json.loads((catalog / "filenames.json").read_text())
-    metadata_path = catalog / "metadata.jsonl"
+def build(catalogue: Path) -> gr.Interface:
+    filenames = json.loads((catalogue / "filenames.json").read_text())
+    metadata_path = catalogue / "metadata.jsonl"
     metadata = [json.loads(line) for line in metadata_path.open()] if metadata_path.exists() else [{}] * len(filenames)
     choices = {c: sorted({str(m[c]) for m in metadata if m.get(c)}) for c in FILTER_COLUMNS}
     choices = {c: v for c, v in choices.items() if v}
-    images = catalog / "images"
+    images = catalogue / "images"
     gallery = [
         (str(images / filenames[i]), f"{metadata[i].get('productDisplayName', filenames[i])} · distance 0.000")
         for i in range(5)

@@ -47,12 +47,12 @@ class Server:
         )
 
     @classmethod
-    def app(cls, catalog: Path, weights: Path) -> Server:
-        return cls(["app.py", "--catalog", str(catalog), "--weights", str(weights), "--host", "127.0.0.1"], "app")
+    def app(cls, catalogue: Path, weights: Path) -> Server:
+        return cls(["app.py", "--catalog", str(catalogue), "--weights", str(weights), "--host", "127.0.0.1"], "app")
 
     @classmethod
-    def noop(cls, catalog: Path) -> Server:
-        return cls([str(ROOT / "benchmarks" / "noop_app.py"), "--catalog", str(catalog)], "noop")
+    def noop(cls, catalogue: Path) -> Server:
+        return cls([str(ROOT / "benchmarks" / "noop_app.py"), "--catalog", str(catalogue)], "noop")
 
     def wait_ready(self, timeout: float = 600.0, poll: float = 0.05) -> float:
         """Block until the server answers HTTP; return seconds since the process was started."""

@@ -19,8 +19,9 @@ from pathlib import Path
 from fashion_search.embedder import PRECISIONS  # (TensorFlow loads only when a model is built)
 
 DEFAULT_WEIGHTS = "imagenet"
-# OWNER/NAME[@REVISION] as the Hub spells repo ids; fashion_search.hub.parse_catalog_spec has the exact rules.
-_HUB_SPEC = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@\S+)?")
+# OWNER/NAME[@REVISION], with OWNER and NAME as the Hub spells repo ids
+_HUB_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_HUB_SPEC = re.compile(rf"({_HUB_NAME})/({_HUB_NAME})(?:@([^\s@]+))?")
 
 
 class ConfigError(ValueError):
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    catalog: str | None  # as given: a folder or a Hub spec; None = the embedded demo catalogue
+    catalogue: str | None  # as given: a folder or a Hub spec; None = the embedded demo catalogue
     weights: str  # "imagenet", "random" or a path
     cache_dir: Path  # the demo bundle's home
     precision: str | None = None  # "float32" or "bfloat16"; None = as the catalogue was made (the demo: float32)
@@ -60,13 +61,13 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
     parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args(list(argv))
-    catalog = args.catalog or env.get("FASHION_CATALOG") or None
+    catalogue = args.catalog or env.get("FASHION_CATALOG") or None
     weights = args.weights or env.get("FASHION_WEIGHTS") or DEFAULT_WEIGHTS
     precision = args.precision or env.get("FASHION_PRECISION", "").strip() or None
     if precision not in (None, *PRECISIONS):
         parser.error(f"FASHION_PRECISION={precision!r}: use one of {', '.join(PRECISIONS)}, or leave it unset")
     return Settings(
-        catalog=catalog.strip() if catalog else None,
+        catalogue=catalogue.strip() if catalogue else None,
         weights=weights.strip(),
         cache_dir=default_cache_dir(env),
         precision=precision,
@@ -82,33 +83,47 @@ def default_cache_dir(env: Mapping[str, str]) -> Path:
     return Path(base).expanduser() / "fashion-search"
 
 
-def catalog_to_folder(catalog: str) -> Path:
+def catalogue_folder(catalogue: str) -> Path:
     """The local bundle folder for a FASHION_CATALOG value: the folder itself, or a Hub dataset fetched into the cache.
 
     Raises:
         ConfigError: neither an existing folder nor a Hub dataset that could be fetched (the message says why).
     """
-    path = Path(catalog).expanduser()
+    path = Path(catalogue).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise ConfigError(f"FASHION_CATALOG={catalog!r} is a file; it must be a bundle folder made by precompute.py.")
-    if not looks_like_hub_spec(catalog):
+        raise ConfigError(f"FASHION_CATALOG={catalogue!r} is a file; it must be a bundle folder made by precompute.py.")
+    if not looks_like_hub_spec(catalogue):
         raise ConfigError(
-            f"FASHION_CATALOG={catalog!r}: there is no folder there, and it is not a Hub dataset reference "
+            f"FASHION_CATALOG={catalogue!r}: there is no folder there, and it is not a Hub dataset reference "
             "(OWNER/NAME or OWNER/NAME@REVISION). Build a bundle with precompute.py and pass its folder."
         )
     from fashion_search.hub import HubError, fetch_bundle  # huggingface_hub loads only for a Hub catalogue
 
     try:
-        return Path(fetch_bundle(catalog))
-    except ValueError as exc:  # parse_catalog_spec is stricter than the shape check above
-        raise ConfigError(str(exc)) from exc
+        return Path(fetch_bundle(catalogue))
     except HubError as exc:
         raise ConfigError(
-            f"FASHION_CATALOG={catalog!r} is no local folder, so it was read as a Hub dataset: {exc}"
+            f"FASHION_CATALOG={catalogue!r} is no local folder, so it was read as a Hub dataset: {exc}"
         ) from exc
 
 
+def parse_hub_spec(spec: str) -> tuple[str, str | None]:
+    """Split "OWNER/NAME" or "OWNER/NAME@REVISION" into (repo_id, revision or None)."""
+    match = _HUB_SPEC.fullmatch(spec.strip()) if isinstance(spec, str) else None
+    if match is None or any("--" in part or ".." in part for part in match.groups()[:2]):
+        raise ValueError(
+            f"Catalogue {spec!r} is not a Hub dataset reference: use OWNER/NAME or OWNER/NAME@REVISION "
+            "(REVISION a commit sha or branch), e.g. the FASHION_CATALOG value printed by precompute.py --push-to-hub."
+        )
+    owner, name, revision = match.groups()
+    return f"{owner}/{name}", revision
+
+
 def looks_like_hub_spec(value: str) -> bool:
-    return bool(_HUB_SPEC.fullmatch(value)) and not value.startswith((".", "~"))
+    try:
+        parse_hub_spec(value)
+    except ValueError:
+        return False
+    return True

@@ -1,4 +1,4 @@
-"""The embedded demo catalogue: assets/catalog built into a bundle once per model, cached, reused on later starts."""
+"""The embedded demo catalogue: assets/catalogue built into a bundle once per model, cached, reused on later starts."""
 
 from __future__ import annotations
 
@@ -18,20 +18,20 @@ from fashion_search.pipeline import build_bundle
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-CATALOG = "catalog"  # assets/catalog/images/*.png + assets/catalog/styles.csv
+CATALOGUE = "catalogue"  # assets/catalogue/images/*.png + assets/catalogue/styles.csv
 EXAMPLES = "examples"  # assets/examples/*.png: query pictures that are not in the catalogue
 
 
 def demo_key(embedder, assets: Path = ASSETS) -> str:
     """What the demo bundle depends on: the model, the preprocessing, the format, this version and every asset byte."""
-    catalog = assets / CATALOG
-    files = [f"images/{name}" for name in list_images(catalog / "images")] + ["styles.csv"]
+    catalogue = assets / CATALOGUE
+    files = [f"images/{name}" for name in list_images(catalogue / "images")] + ["styles.csv"]
     recipe = {
         "model": embedder.describe(),
         "preprocessing": PREPROCESSING_ID,
         "format_version": FORMAT_VERSION,
         "project_version": __version__,
-        "assets": {name: sha256_file(catalog / name) for name in files},
+        "assets": {name: sha256_file(catalogue / name) for name in files},
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
@@ -42,15 +42,15 @@ def demo_bundle(embedder, cache_dir: Path, assets: Path = ASSETS, quiet: bool = 
     A damaged or half-built cached bundle is rebuilt (build_bundle resumes and reuses what is intact).
     """
     out = Path(cache_dir) / f"demo-{demo_key(embedder, assets)[:16]}"
-    catalog = assets / CATALOG
+    catalogue = assets / CATALOGUE
     with _exclusive(out.with_name(f".{out.name}.lock")):  # two apps starting at once build it once
         if (out / "manifest.json").exists():
             try:
                 return load_bundle(out)
             except BundleError as exc:
                 log.warning("Rebuilding the demo catalogue at %s: %s", out, exc)
-        log.info("Building the demo catalogue (%s) into %s; later starts reuse it.", catalog, out)
-        summary = build_bundle(catalog / "images", out, embedder, metadata=catalog / "styles.csv", quiet=quiet)
+        log.info("Building the demo catalogue (%s) into %s; later starts reuse it.", catalogue, out)
+        summary = build_bundle(catalogue / "images", out, embedder, metadata=catalogue / "styles.csv", quiet=quiet)
         log.info("Demo catalogue: %s", summary.describe())
         return load_bundle(out)
 

@@ -1,7 +1,7 @@
 """Hub transfer: push a catalogue bundle to a Hugging Face dataset repo, fetch a pinned revision of it back.
 
     result = push_bundle("bundle/", "OWNER/NAME")            # token from HF_TOKEN or `hf auth login`
-    print(result.catalog_value)                               # OWNER/NAME@<commit sha>: set it as FASHION_CATALOG
+    print(result.catalogue_value)                               # OWNER/NAME@<commit sha>: set it as FASHION_CATALOG
     root = fetch_bundle("OWNER/NAME@<commit sha>")            # a plain folder: load_bundle(root) as usual
 
 On the Hub a bundle is a dataset in a bounded number of files, whatever the number of products:
@@ -43,6 +43,7 @@ from huggingface_hub.errors import (
 )
 
 from fashion_search.bundle import DATA_FILES, IMAGES, MANIFEST, Bundle, BundleFormatError, load_bundle
+from fashion_search.config import parse_hub_spec
 from fashion_search.shards import SHARD_NAME, SHARDS, Shard, extract_shards, plan_shards, write_shard
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ SHARD_INDEX = "shards.json"
 CARD = "README.md"
 MAX_COMMIT_FILES = 100  # the Hub's limit on the files of one commit made over HTTP
 SHARDS_PER_COMMIT = 10  # each commit of shards is a point a killed push resumes from
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_SPEC = re.compile(rf"({_NAME})/({_NAME})(?:@([^\s@]+))?")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # Revisions of one catalogue kept in the cache: the one just fetched and the one used before it (a process that is
 # still serving it, during a restart, keeps its images). Older ones are deleted after each fetch from the Hub.
@@ -77,27 +76,15 @@ class HubUnavailable(HubError):
     """The Hub cannot be reached and no complete copy of the requested revision is cached."""
 
 
-class CatalogNotFound(HubError):
+class CatalogueNotFound(HubError):
     """The Hub answered: no such repo (or no access to it), or no such revision."""
 
 
 @dataclass(frozen=True)
 class PushResult:
     commit_sha: str  # head of main after the push
-    catalog_value: str  # "OWNER/NAME@<commit_sha>", the exact FASHION_CATALOG value
+    catalogue_value: str  # "OWNER/NAME@<commit_sha>", the exact FASHION_CATALOG value
     created_commit: bool  # False when the bundle was already there, unchanged
-
-
-def parse_catalog_spec(spec: str) -> tuple[str, str | None]:
-    """Split "OWNER/NAME" or "OWNER/NAME@REVISION" into (repo_id, revision or None)."""
-    match = _SPEC.fullmatch(spec.strip()) if isinstance(spec, str) else None
-    if match is None or any("--" in part or ".." in part for part in match.groups()[:2]):
-        raise ValueError(
-            f"Catalogue {spec!r} is not a Hub dataset reference: use OWNER/NAME or OWNER/NAME@REVISION "
-            "(REVISION a commit sha or branch), e.g. the FASHION_CATALOG value printed by precompute.py --push-to-hub."
-        )
-    owner, name, revision = match.groups()
-    return f"{owner}/{name}", revision
 
 
 def push_bundle(
@@ -126,7 +113,7 @@ def push_bundle(
         BundleError: a bundle the app would refuse (it is loaded and verified first); nothing is sent.
     """
     bundle_dir = Path(bundle_dir)
-    parsed_id, revision = parse_catalog_spec(repo_id)
+    parsed_id, revision = parse_hub_spec(repo_id)
     if revision is not None:
         raise ValueError(f"Push to a repo, not a revision: got {repo_id!r}, expected OWNER/NAME.")
     if not (bundle_dir / MANIFEST).is_file():
@@ -177,7 +164,7 @@ def push_bundle(
         head = _commit(api, parsed_id, deletions[start : start + MAX_COMMIT_FILES], "Remove unused image shards", head)
     created = head != before.sha
     logger.info("%s %s at commit %s", "Pushed" if created else "Unchanged:", parsed_id, head)
-    return PushResult(commit_sha=head, catalog_value=f"{parsed_id}@{head}", created_commit=created)
+    return PushResult(commit_sha=head, catalogue_value=f"{parsed_id}@{head}", created_commit=created)
 
 
 def dataset_card(bundle: Bundle, repo_id: str, plan: list[Shard], license: str) -> str:
@@ -256,10 +243,10 @@ def fetch_bundle(
 
     Raises:
         HubUnavailable: the Hub cannot be reached and that revision is not (completely) cached.
-        CatalogNotFound: the Hub says the repo or revision does not exist, or the token gives no access.
+        CatalogueNotFound: the Hub says the repo or revision does not exist, or the token gives no access.
         BundleError: the revision's files do not make a bundle (e.g. an image that does not match the manifest).
     """
-    repo_id, revision = parse_catalog_spec(spec)
+    repo_id, revision = parse_hub_spec(spec)
     root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "fashion-search"
     library_cache = root / "hub"
     api = HfApi(endpoint=endpoint, token=token)
@@ -278,7 +265,7 @@ def fetch_bundle(
             _download(api, repo_id, sha, library_cache, folder)
         return _keep(folder, library_cache, repo_id)
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise CatalogNotFound(
+        raise CatalogueNotFound(
             f"The Hub at {api.endpoint} has no dataset {where} you can read ({type(err).__name__}). Check the "
             "FASHION_CATALOG value (precompute.py --push-to-hub prints it) and, for a private repo, set HF_TOKEN."
         ) from err

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from fashion_search.bundle import Bundle
-from fashion_search.imaging import PREPROCESSING_ID, ImageSource, load_input
-from fashion_search.index import DEFAULT_K, NeighbourIndex
+from fashion_search.imaging import PREPROCESSING_ID
+from fashion_search.index import NeighbourIndex
 from fashion_search.metadata import MetadataTable
 
+DEFAULT_K = 5  # results per query, as the reference design
 MAX_K = 20
 FILTER_COLUMNS = ("gender", "masterCategory", "articleType", "baseColour")
 
@@ -49,19 +50,9 @@ class Searcher:
         """For each filterable column the bundle has: its values, sorted."""
         return {column: sorted(values) for column, values in self._columns.items()}
 
-    def embed(self, images: list[ImageSource]) -> np.ndarray:
-        """(n, 2048) unit vectors; raises ImageError for the first image that cannot be decoded."""
-        return self.embedder.embed(np.stack([load_input(image) for image in images]))
-
-    def recommend(
-        self, image: ImageSource, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None
-    ) -> list[Match]:
-        return self.matches(self.embed([image]), k, filters)[0]
-
     def matches(self, vectors: np.ndarray, k: int = DEFAULT_K, filters: dict | None = None) -> list[list[Match]]:
         """The k nearest products for each query vector, among those matching `filters` (exact, not a post-filter)."""
-        if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+        check_k(k)
         rows = self.rows_matching(filters)
         if rows is not None and rows.size == 0:
             raise NoMatch("No product in the catalogue matches these filters. Remove a filter and try again.")
@@ -84,6 +75,12 @@ class Searcher:
         return Match(
             neighbour.rank, row, self.bundle.filenames[row], neighbour.distance, self.bundle.image_path(row), metadata
         )
+
+
+def check_k(k: int) -> None:
+    """Raise ValueError unless 1 <= k <= MAX_K; the message is for people."""
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"The number of results must be between 1 and {MAX_K}; got {k}.")
 
 
 def _column_values(table: MetadataTable | None) -> dict[str, set[str]]:

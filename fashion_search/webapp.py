@@ -1,12 +1,8 @@
 """What the app serves, without the UI: start-up (model, catalogue, warm-up), batched queries, captions and listings.
 
-Batching: Gradio's own `batch=True` cannot give each request its own error (one bad upload fails every request
-of its batch, and Gradio 6's `validator=` does not work for batched functions with more than one input), so each
-request is its own Gradio event (decoded and checked on its own) and the heavy steps are shared by the requests
-that arrive together: one `Batcher` runs their queries through the model in one forward pass and hands the vectors
-on, together, to a second that searches those sharing k and filters in one scikit-learn call (the same results as
-one at a time, bit for bit, at a fraction of the cost per query). Each stage has its own thread, so one batch is
-searched while the next is embedded.
+Each request is its own Gradio event, decoded and checked on its own, so a bad upload fails only itself (Gradio's
+`batch=True` fails a whole batch for one bad input). The heavy steps are shared instead: requests that arrive while
+the model is busy go through it together in one forward pass, and then search together in one scikit-learn call.
 """
 
 from __future__ import annotations
@@ -14,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,10 +20,10 @@ from PIL import Image
 
 from fashion_search.bundle import Bundle, BundleError, load_bundle
 from fashion_search.catalogue import CatalogueError
-from fashion_search.config import ConfigError, Settings, catalog_to_folder, looks_like_hub_spec
-from fashion_search.imaging import IMAGE_SIZE, ImageError, ImageSource, load_input
+from fashion_search.config import ConfigError, Settings, catalogue_folder, looks_like_hub_spec
+from fashion_search.imaging import IMAGE_SIZE, ImageSource, load_input
 from fashion_search.pipeline import PrecomputeError
-from fashion_search.search import MAX_K, Match, NoMatch, Searcher
+from fashion_search.search import DEFAULT_K, Match, NoMatch, Searcher, check_k
 
 log = logging.getLogger(__name__)
 
@@ -63,41 +60,30 @@ class Batcher:
     """Runs the items that arrive while it is busy together, in one call of `run_batch`, in a thread of its own.
 
     Nothing waits for a batch to fill: a lone item goes straight through; items that arrive during a call (up to
-    `max_batch_size`, whole submissions at a time) make up the next one. `run_batch(items)` returns one result per
-    item, an exception instance for an item that failed; if it raises, every item of the batch gets that exception.
-    Either way it keeps serving.
+    `max_batch_size`) make up the next one. `run_batch(items)` returns one result per item, an exception instance
+    for an item that failed; if it raises, every item of the batch gets that exception. Either way it keeps serving.
     """
 
     def __init__(self, run_batch, max_batch_size: int = MAX_BATCH_SIZE, name: str = "batcher"):
         self._run_batch = run_batch  # list of items -> list of results (or exceptions), one per item
         self._max = max_batch_size
-        self._queue: queue.SimpleQueue[list[tuple[object, Future]]] = queue.SimpleQueue()  # one list per submit_all
-        self._held: list[tuple[object, Future]] | None = None  # a submission that did not fit in the last batch
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-        self.batch_sizes: list[int] = []  # the size of every call so far (for tests and benchmarks)
+        self._queue: queue.SimpleQueue[tuple[object, Future]] = queue.SimpleQueue()
+        self.batch_sizes: Counter[int] = Counter()  # how many calls of each size so far
+        threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def submit(self, item):
         """Queue one item; block until its batch is done; return its result or raise its exception."""
-        return self.submit_all([item])[0].result()
-
-    def submit_all(self, items: list) -> list[Future]:
-        """Queue items to be run together (they are never split between calls); do not wait."""
-        work = [(item, Future()) for item in items]
-        self._queue.put(work)
-        return [future for _, future in work]
+        future = Future()
+        self._queue.put((item, future))
+        return future.result()
 
     def _next_batch(self) -> list[tuple[object, Future]]:
-        batch, self._held = self._held or self._queue.get(), None
+        batch = [self._queue.get()]
         while len(batch) < self._max:
             try:
-                more = self._queue.get_nowait()
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-            if len(batch) + len(more) > self._max:
-                self._held = more  # first in the next batch
-                break
-            batch = batch + more
         return batch
 
     def _run(self) -> None:
@@ -109,7 +95,7 @@ class Batcher:
                     raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
             except BaseException as exc:  # hand the failure to every waiting request; keep serving
                 results = [exc] * len(batch)
-            self.batch_sizes.append(len(batch))
+            self.batch_sizes[len(batch)] += 1
             for (_, future), result in zip(batch, results):
                 if isinstance(result, BaseException):
                     future.set_exception(result)
@@ -119,7 +105,7 @@ class Batcher:
 
 @dataclass(frozen=True)
 class _Query:
-    array: np.ndarray  # (224, 224, 3) float32, preprocessed
+    vector: np.ndarray  # (2048,) float32, a unit vector
     k: int
     filters: tuple  # canonical: ((column, (value, ...)), ...), sorted, empty choices left out
 
@@ -140,12 +126,12 @@ def _canonical(filters: dict[str, list[str]] | None) -> tuple:
 class Recommender:
     """A loaded catalogue and model, shared by every request; safe to call from many threads at once."""
 
-    def __init__(self, searcher: Searcher, info: CatalogueInfo, max_batch_size: int = MAX_BATCH_SIZE):
+    def __init__(self, searcher: Searcher, info: CatalogueInfo | None = None, max_batch_size: int = MAX_BATCH_SIZE):
         # Pillow registers its file-format plugins on the first Image.open, and that is not thread-safe: two requests
         # decoding at once can see a half-registered plugin (KeyError: 'MPO'). Register them all now, in one thread.
         Image.init()
         self.searcher = searcher
-        self.info = info
+        self.info = info  # what the page says about the catalogue; set by load_recommender
         self.embedding = Batcher(self._embed_batch, max_batch_size, name="embed-batcher")
         self.searching = Batcher(self._search_batch, max_batch_size, name="search-batcher")
         self.filter_choices = searcher.filter_choices()  # {column: sorted values}, only columns the bundle has
@@ -159,7 +145,7 @@ class Recommender:
         self.recommend(Image.new("RGB", (IMAGE_SIZE[1], IMAGE_SIZE[0]), "white"))
 
     def recommend(
-        self, image: ImageSource | None, k: int = 5, filters: dict[str, list[str]] | None = None
+        self, image: ImageSource | None, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None
     ) -> list[Match]:
         """The k most similar products to `image` among those matching `filters`.
 
@@ -168,27 +154,26 @@ class Recommender:
         """
         if image is None:
             raise QueryError(NO_IMAGE)
-        if not 1 <= k <= MAX_K:
-            raise QueryError(f"The number of results must be between 1 and {MAX_K}; got {k}.")
         try:
+            check_k(k)
             array = load_input(image)
-        except ImageError as exc:
+        except ValueError as exc:  # k out of range, or an ImageError
             raise QueryError(str(exc)) from exc
-        return self.embedding.submit(_Query(array, k, _canonical(filters))).result()
+        vector = self.embedding.submit(array)
+        return self.searching.submit(_Query(vector, k, _canonical(filters)))
 
-    def _embed_batch(self, queries: list[_Query]) -> list[Future]:
-        """One forward pass; its vectors go on to the search stage together (its futures are the results)."""
-        vectors = self.searcher.embedder.embed(np.stack([query.array for query in queries]))
-        return self.searching.submit_all(list(zip(vectors, queries)))
+    def _embed_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """One forward pass: (n, 224, 224, 3) preprocessed pictures -> (n, 2048) unit vectors."""
+        return self.searcher.embedder.embed(np.stack(arrays))
 
-    def _search_batch(self, items: list[tuple[np.ndarray, _Query]]) -> list[list[Match] | QueryError]:
-        """One scikit-learn call per (k, filters) among the (vector, query) items; an error stays in its group."""
+    def _search_batch(self, queries: list[_Query]) -> list[list[Match] | QueryError]:
+        """One scikit-learn call per (k, filters) among the queries; an error stays in its group."""
         groups: dict[tuple, list[int]] = {}
-        for position, (_, query) in enumerate(items):
+        for position, query in enumerate(queries):
             groups.setdefault((query.k, query.filters), []).append(position)
-        results: list = [None] * len(items)
+        results: list = [None] * len(queries)
         for (k, filters), positions in groups.items():
-            vectors = np.stack([items[p][0] for p in positions])
+            vectors = np.stack([queries[p].vector for p in positions])
             try:
                 found = self.searcher.matches(vectors, k, {column: list(values) for column, values in filters})
             except (NoMatch, ValueError) as exc:  # no product matches, or a column the catalogue does not have
@@ -209,7 +194,7 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
 
     try:
         # A given catalogue is checked before the model is built, so a broken one is refused in seconds.
-        bundle = None if settings.catalog is None else load_bundle(catalog_to_folder(settings.catalog))
+        bundle = None if settings.catalogue is None else load_bundle(catalogue_folder(settings.catalogue))
         precision = settings.precision or (bundle.precision if bundle is not None else "float32")
         try:
             embedder = Embedder.load(settings.weights, precision=precision)
@@ -228,8 +213,8 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
     except OSError as exc:
         raise StartupError(f"Could not read or write {exc.filename or 'a file'}: {exc.strerror or exc}.") from exc
     info = CatalogueInfo(
-        source=settings.catalog or "demo",
-        name=_catalogue_name(settings.catalog),
+        source=settings.catalogue or "demo",
+        name=_catalogue_name(settings.catalogue),
         count=len(bundle.filenames),
         weights=embedder.fingerprint,
         random_weights=embedder.fingerprint.startswith("random"),
@@ -241,10 +226,14 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
     return recommender
 
 
-def _catalogue_name(catalog: str | None) -> str:
-    if catalog is None:
+def _catalogue_name(catalogue: str | None) -> str:
+    if catalogue is None:
         return "demo"
-    return catalog if looks_like_hub_spec(catalog) and not Path(catalog).expanduser().exists() else Path(catalog).name
+    return (
+        catalogue
+        if looks_like_hub_spec(catalogue) and not Path(catalogue).expanduser().exists()
+        else Path(catalogue).name
+    )
 
 
 def caption(match: Match) -> str:

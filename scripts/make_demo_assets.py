@@ -6,8 +6,8 @@ Usage:
     python scripts/make_demo_assets.py --source DIR         # idx .gz files from DIR instead of Debian's
 
 Reads the four idx .gz files (Debian package `dataset-fashion-mnist`) and writes:
-    <out>/catalog/images/<id>.png   500 TRAIN items, 50 per class, ids 10000..10499 (in source order)
-    <out>/catalog/styles.csv        Kaggle fashion-product-images-small columns, one row per image
+    <out>/catalogue/images/<id>.png   500 TRAIN items, 50 per class, ids 10000..10499 (in source order)
+    <out>/catalogue/styles.csv        Kaggle fashion-product-images-small columns, one row per image
     <out>/examples/<class>.png      one TEST item per class, as query images (not in the catalogue)
     <out>/LICENSE-fashion-mnist.md  attribution, MIT licence, how these files were made
 
@@ -231,7 +231,7 @@ def license_note(train: Split, test: Split, examples: dict[FashionClass, int]) -
     lines = [
         "# Fashion-MNIST demo catalogue",
         "",
-        "The images under `catalog/` and `examples/` are derived from **Fashion-MNIST** by Zalando Research",
+        "The images under `catalogue/` and `examples/` are derived from **Fashion-MNIST** by Zalando Research",
         "(<https://github.com/zalandoresearch/fashion-mnist>), Copyright © 2017 Zalando SE, used under the MIT",
         "licence reproduced below. Paper: Han Xiao, Kashif Rasul, Roland Vollgraf, *Fashion-MNIST: a Novel Image",
         "Dataset for Benchmarking Machine Learning Algorithms*, arXiv:1708.07747 (2017).",
@@ -245,11 +245,11 @@ def license_note(train: Split, test: Split, examples: dict[FashionClass, int]) -
         COMMAND,
         "```",
         "",
-        f"- `catalog/images/<id>.png`: {PER_CLASS * len(CLASSES)} items of the TRAIN split, {PER_CLASS} per class,",
+        f"- `catalogue/images/<id>.png`: {PER_CLASS * len(CLASSES)} items of the TRAIN split, {PER_CLASS} per class,",
         f"  ids {FIRST_ID}..{FIRST_ID + PER_CLASS * len(CLASSES) - 1} in source order. Each 28x28 grey image is",
         f"  inverted (garment dark on white), upscaled bicubically to {SIZE}x{SIZE}, kept to 128 grey levels and",
         "  saved as RGB PNG.",
-        "- `catalog/styles.csv`: the column layout of Kaggle's fashion-product-images-small `styles.csv`.",
+        "- `catalogue/styles.csv`: the column layout of Kaggle's fashion-product-images-small `styles.csv`.",
         "  `articleType` is the Fashion-MNIST class; `masterCategory`/`subCategory` follow from it;",
         "  `productDisplayName` names the class and the item's index in the train split. Fashion-MNIST has no",
         "  gender, colour, season, year or usage, so those columns are empty.",
@@ -286,10 +286,10 @@ def make_demo_assets(source: Path, out: Path) -> dict[str, int]:
     images = {f"{row['id']}.png": render_png(train.images[i]) for row, i in zip(rows, indices)}
     example_images = {f"{cls.slug}.png": render_png(test.images[i]) for cls, i in examples.items()}
     others = {
-        out / "catalog" / "styles.csv": styles_csv(rows),
+        out / "catalogue" / "styles.csv": styles_csv(rows),
         out / "LICENSE-fashion-mnist.md": license_note(train, test, examples),
     }
-    _write_dir(out / "catalog" / "images", images)
+    _write_dir(out / "catalogue" / "images", images)
     _write_dir(out / "examples", example_images)
     for path, data in others.items():
         path.write_bytes(data)

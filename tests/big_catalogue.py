@@ -68,15 +68,15 @@ def write_catalogue_bundle(root: Path, ids: range, *, model: dict, preprocessing
     return root
 
 
-def grown_copy(catalog: Path, target: Path, *, extra: int = 0, keep: int | None = None) -> Path:
+def grown_copy(catalogue: Path, target: Path, *, extra: int = 0, keep: int | None = None) -> Path:
     """A bundle of the catalogue's first `keep` products as they are (images hard-linked) plus `extra` new ones."""
     from fashion_search.bundle import load_bundle, write_bundle
 
-    bundle = load_bundle(catalog, verify_images=False)
+    bundle = load_bundle(catalogue, verify_images=False)
     names, rows = bundle.filenames[:keep], list(bundle.metadata)[:keep]
     (target / "images").mkdir(parents=True)
     for name in names:
-        os.link(catalog / "images" / name, target / "images" / name)
+        os.link(catalogue / "images" / name, target / "images" / name)
     first = max(int(Path(name).stem) for name in names) + 1
     for ident in range(first, first + extra):
         (target / "images" / f"{ident}.jpg").write_bytes(tiny_jpeg(ident))

@@ -118,6 +118,22 @@ def catalogue(tmp_path_factory) -> Path:
     return root
 
 
+def embed_files(embedder, paths) -> np.ndarray:
+    """(n, 2048) unit vectors of image files, decoded as the app decodes an upload."""
+    from fashion_search.imaging import load_input
+
+    return embedder.embed(np.stack([load_input(path) for path in paths]))
+
+
+def reference_top_k(embedder, bundle, path, k: int = 5) -> tuple[list[str], list[float]]:
+    """The reference design's answer for an image file: (filenames, distances), nearest first."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(bundle.embeddings)
+    distances, rows = index.kneighbors(embed_files(embedder, [path]))
+    return [bundle.filenames[row] for row in rows[0]], distances[0].tolist()
+
+
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory, catalogue, embedder) -> Path:
     from fashion_search.pipeline import build_bundle
@@ -125,3 +141,13 @@ def bundle_dir(tmp_path_factory, catalogue, embedder) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "catalogue"
     build_bundle(catalogue / "images", out, embedder, metadata=catalogue / "styles.csv", batch_size=8, quiet=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def recommender(embedder, bundle_dir):
+    """The app's query path (batched forward pass and search), in this process, over `bundle_dir`."""
+    from fashion_search import webapp
+    from fashion_search.bundle import load_bundle
+    from fashion_search.search import Searcher
+
+    return webapp.Recommender(Searcher(embedder, load_bundle(bundle_dir)))

@@ -10,18 +10,17 @@ import httpx
 import numpy as np
 import pytest
 from app_runner import ROOT, AppProcess, app_env, build_random_weights_bundle, free_port
-from conftest import draw_product
+from conftest import draw_product, reference_top_k
 from gradio_client import Client, handle_file
 from hub_standin import HubStandIn
 
 from fashion_search import config
 from fashion_search.bundle import load_bundle
-from fashion_search.search import Searcher
 
 
 def test_defaults_without_flags_or_environment():
     assert config.resolve([], {}) == config.Settings(
-        catalog=None,
+        catalogue=None,
         weights="imagenet",
         cache_dir=Path.home() / ".cache" / "fashion-search",
         server_name=None,
@@ -32,11 +31,15 @@ def test_defaults_without_flags_or_environment():
 def test_environment_and_flags_flags_win():
     env = {"FASHION_CATALOG": "bundles/kaggle", "FASHION_WEIGHTS": "w.h5", "FASHION_CACHE": "/var/cache/fs"}
     from_env = config.resolve([], env)
-    assert (from_env.catalog, from_env.weights, from_env.cache_dir) == ("bundles/kaggle", "w.h5", Path("/var/cache/fs"))
+    assert (from_env.catalogue, from_env.weights, from_env.cache_dir) == (
+        "bundles/kaggle",
+        "w.h5",
+        Path("/var/cache/fs"),
+    )
     from_flags = config.resolve(
         ["--catalog", "shop/cat@abc", "--weights", "random", "--host", "0.0.0.0", "--port", "8000"], env
     )
-    assert (from_flags.catalog, from_flags.weights) == ("shop/cat@abc", "random")
+    assert (from_flags.catalogue, from_flags.weights) == ("shop/cat@abc", "random")
     assert (from_flags.server_name, from_flags.server_port) == ("0.0.0.0", 8000)
     assert config.resolve([], {"FASHION_CATALOG": "", "FASHION_WEIGHTS": ""}).weights == "imagenet"
     assert config.resolve([], {"XDG_CACHE_HOME": "/xdg"}).cache_dir == Path("/xdg/fashion-search")
@@ -65,11 +68,11 @@ def test_what_counts_as_a_hub_reference(value, hub):
 
 
 def test_a_local_catalogue_is_used_as_it_is(bundle_dir, tmp_path):
-    assert config.catalog_to_folder(str(bundle_dir)) == bundle_dir
+    assert config.catalogue_folder(str(bundle_dir)) == bundle_dir
     with pytest.raises(config.ConfigError, match="is a file"):
-        config.catalog_to_folder(str(bundle_dir / "manifest.json"))
+        config.catalogue_folder(str(bundle_dir / "manifest.json"))
     with pytest.raises(config.ConfigError, match="there is no folder there, and it is not a Hub dataset reference"):
-        config.catalog_to_folder(str(tmp_path / "missing"))
+        config.catalogue_folder(str(tmp_path / "missing"))
 
 
 # --- `python app.py` in a subprocess ---------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(
         port = free_port()
         env = app_env(
             tmp_path,
-            FASHION_CATALOG=pushed.catalog_value,
+            FASHION_CATALOG=pushed.catalogue_value,
             FASHION_WEIGHTS=str(weights_file),
             GRADIO_SERVER_PORT=str(port),
             HF_ENDPOINT=hub.url,
@@ -104,9 +107,9 @@ def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(
             _, listing = Client(url, verbose=False).predict(handle_file(str(query)), api_name="/recommend")
     finally:
         hub.stop()
-    reference = Searcher(embedder, load_bundle(bundle_dir)).recommend(query)
-    assert [row["filename"] for row in listing] == [m.filename for m in reference]
-    assert [row["distance"] for row in listing] == pytest.approx([m.distance for m in reference], abs=1e-5)
+    filenames, distances = reference_top_k(embedder, load_bundle(bundle_dir), query)
+    assert [row["filename"] for row in listing] == filenames
+    assert [row["distance"] for row in listing] == pytest.approx(distances, abs=1e-5)
 
 
 @pytest.fixture()

@@ -29,10 +29,10 @@ class CountingEmbedder:
 
 @pytest.fixture()
 def assets(tmp_path) -> Path:
-    """An assets/ folder shaped like the committed one: catalog/images, catalog/styles.csv, examples/."""
+    """An assets/ folder shaped like the committed one: catalogue/images, catalogue/styles.csv, examples/."""
     root = tmp_path / "assets"
-    names = make_catalogue(root / "catalog" / "images", 6, seed=7)
-    write_styles(root / "catalog" / "styles.csv", [Path(n).stem for n in names])
+    names = make_catalogue(root / "catalogue" / "images", 6, seed=7)
+    write_styles(root / "catalogue" / "styles.csv", [Path(n).stem for n in names])
     make_catalogue(root / "examples", 2, seed=8)
     return root
 
@@ -43,7 +43,7 @@ def test_first_start_builds_the_demo_bundle_and_later_starts_reuse_it(embedder, 
     bundle = demo.demo_bundle(counting, cache, assets)
 
     assert bundle.root == cache / f"demo-{demo.demo_key(embedder, assets)[:16]}"
-    assert bundle.filenames == sorted(p.name for p in (assets / "catalog" / "images").iterdir())
+    assert bundle.filenames == sorted(p.name for p in (assets / "catalogue" / "images").iterdir())
     assert bundle.metadata[0]["productDisplayName"].startswith("Product 1000")
     assert bundle.weights == embedder.fingerprint
     assert counting.embedded == 6
@@ -59,7 +59,7 @@ def test_the_cache_key_follows_the_model_and_every_asset_byte(embedder, assets):
     other_model = CountingEmbedder(embedder, {**embedder.describe(), "weights": "random:0"})
     assert demo.demo_key(other_model, assets) != key
 
-    styles = assets / "catalog" / "styles.csv"
+    styles = assets / "catalogue" / "styles.csv"
     styles.write_text(styles.read_text().replace("Summer", "Winter"))
     assert demo.demo_key(embedder, assets) != key
 
@@ -75,12 +75,12 @@ def test_a_damaged_cached_bundle_is_rebuilt(embedder, assets, tmp_path):
     assert rebuilt.root == bundle.root
     assert load_bundle(rebuilt.root).filenames == bundle.filenames  # every hash verified again
     assert (rebuilt.images_dir / bundle.filenames[0]).read_bytes() == (
-        assets / "catalog" / "images" / bundle.filenames[0]
+        assets / "catalogue" / "images" / bundle.filenames[0]
     ).read_bytes()
 
 
 def test_the_committed_examples_are_query_pictures_outside_the_catalogue():
     examples = demo.example_images()
     assert len(examples) == 10
-    catalogue_bytes = {p.read_bytes() for p in (demo.ASSETS / "catalog" / "images").iterdir()}
+    catalogue_bytes = {p.read_bytes() for p in (demo.ASSETS / "catalogue" / "images").iterdir()}
     assert all(path.read_bytes() not in catalogue_bytes for path in examples)

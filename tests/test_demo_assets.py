@@ -17,8 +17,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "make_demo_assets.py"
 ASSETS = ROOT / "assets"
-IMAGES = ASSETS / "catalog" / "images"
-STYLES = ASSETS / "catalog" / "styles.csv"
+IMAGES = ASSETS / "catalogue" / "images"
+STYLES = ASSETS / "catalogue" / "styles.csv"
 EXAMPLES = ASSETS / "examples"
 
 HEADER = [

@@ -1,6 +1,6 @@
 """Hostile uploads: each file of the corpus gives the right result or its own clear message, never anything else.
 
-Checked at four depths: the decoder (`fashion_search.imaging`), the search (`Searcher.recommend`, as the app
+Checked at four depths: the decoder (`fashion_search.imaging`), the query path (`Recommender.recommend`, as the app
 calls it, on a file path), the running app through gradio_client, and the page in headless Chromium.
 """
 
@@ -13,24 +13,19 @@ import urllib.request
 import numpy as np
 import pytest
 from app_runner import launch_app
+from conftest import embed_files
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hostile_corpus import build_corpus, encode
 from PIL import Image
 
-from fashion_search.bundle import load_bundle
+from fashion_search import webapp
 from fashion_search.imaging import ImageError, load_input, open_image
-from fashion_search.search import Searcher
 
 CORPUS = {upload.name: upload for upload in build_corpus()}
 GOOD = [name for name, upload in CORPUS.items() if upload.good]
 BAD = [name for name, upload in CORPUS.items() if not upload.good]
 LOSSY_MEAN_ERROR = 4.0  # mean |difference| per channel allowed for the lossy cases (CMYK, MPO): JPEG noise only
-
-
-@pytest.fixture(scope="module")
-def searcher(embedder, bundle_dir) -> Searcher:
-    return Searcher(embedder, load_bundle(bundle_dir))
 
 
 @pytest.fixture
@@ -70,39 +65,39 @@ def test_bad_uploads_are_refused_with_their_message(name):
 
 
 @pytest.mark.parametrize("name", GOOD)
-def test_good_uploads_search_as_their_picture(name, searcher, upload_path):
+def test_good_uploads_search_as_their_picture(name, recommender, embedder, upload_path):
     """Top-5 of the upload = top-5 of its expected picture stored as a plain PNG (exactly, where decoding is exact)."""
     upload = CORPUS[name]
     path, reference_path = upload_path(name), upload_path("reference.png", encode(upload.expected, "PNG"))
-    got, reference = searcher.recommend(path), searcher.recommend(reference_path)
+    got, reference = recommender.recommend(path), recommender.recommend(reference_path)
     assert len(got) == 5 and [m.rank for m in got] == [1, 2, 3, 4, 5]
     if upload.exact:
         assert results(got) == results(reference)
     else:  # JPEG noise moves the vector a little: less than the distance to any catalogue product
-        vectors = searcher.embed([path, reference_path])
-        nearest_product = np.linalg.norm(searcher.bundle.embeddings - vectors[1], axis=1).min()
+        vectors = embed_files(embedder, [path, reference_path])
+        nearest_product = np.linalg.norm(recommender.bundle.embeddings - vectors[1], axis=1).min()
         assert np.linalg.norm(vectors[0] - vectors[1]) < nearest_product / 2
 
 
 @pytest.mark.parametrize("name", BAD)
-def test_bad_uploads_give_their_message_through_search(name, searcher, upload_path):
-    with pytest.raises(ImageError, match=re.escape(CORPUS[name].message)):
-        searcher.recommend(upload_path(name))
+def test_bad_uploads_give_their_message_through_search(name, recommender, upload_path):
+    with pytest.raises(webapp.QueryError, match=re.escape(CORPUS[name].message)):
+        recommender.recommend(upload_path(name))
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
-def test_exif_rotated_photo_searches_as_the_upright_photo(orientation, searcher, upload_path):
+def test_exif_rotated_photo_searches_as_the_upright_photo(orientation, recommender, embedder, upload_path):
     """Same vector and same top-5 as the upright picture; and the test has teeth: ignoring EXIF would change both."""
     name = f"exif-orientation-{orientation}.jpg"
     upright = upload_path("upright.png", encode(CORPUS[name].expected, "PNG"))
     rotated = upload_path(name)
-    np.testing.assert_array_equal(searcher.embed([rotated]), searcher.embed([upright]))
-    assert results(searcher.recommend(rotated)) == results(searcher.recommend(upright))
+    np.testing.assert_array_equal(embed_files(embedder, [rotated]), embed_files(embedder, [upright]))
+    assert results(recommender.recommend(rotated)) == results(recommender.recommend(upright))
 
     with Image.open(rotated) as stored:  # the pixels as stored, EXIF ignored
         sideways = upload_path("sideways.png", encode(stored.convert("RGB"), "PNG"))
-    assert not np.array_equal(searcher.embed([sideways]), searcher.embed([upright]))
-    assert results(searcher.recommend(sideways)) != results(searcher.recommend(upright))
+    assert not np.array_equal(embed_files(embedder, [sideways]), embed_files(embedder, [upright]))
+    assert results(recommender.recommend(sideways)) != results(recommender.recommend(upright))
 
 
 # Through the running app: gradio_client uploads the file as a browser would, the app answers or says why not.
@@ -118,8 +113,8 @@ def client(app_url) -> Client:
     return Client(app_url, verbose=False)
 
 
-def expected_listing(searcher, path) -> list[dict]:
-    return [match.listing() for match in searcher.recommend(path)]
+def expected_listing(recommender, path) -> list[dict]:
+    return [match.listing() for match in recommender.recommend(path)]
 
 
 def assert_same_listing(got: list[dict], expected: list[dict]) -> None:
@@ -129,24 +124,24 @@ def assert_same_listing(got: list[dict], expected: list[dict]) -> None:
     np.testing.assert_allclose([row["distance"] for row in got], [row["distance"] for row in expected], atol=2e-6)
 
 
-def assert_server_answers(client, searcher, upload_path) -> None:
+def assert_server_answers(client, recommender, upload_path) -> None:
     """A good request after a bad one gets its right answer: the bad one did not break the server."""
-    path = upload_path("after.jpg", encode(Image.open(searcher.bundle.image_path(4)).convert("RGB"), "JPEG"))
+    path = upload_path("after.jpg", encode(Image.open(recommender.bundle.image_path(4)).convert("RGB"), "JPEG"))
     gallery, listing = client.predict(handle_file(str(path)), api_name="/recommend")
-    assert_same_listing(listing, expected_listing(searcher, path))
+    assert_same_listing(listing, expected_listing(recommender, path))
     assert len(gallery) == 5
 
 
 @pytest.mark.parametrize("name", GOOD)
-def test_app_answers_good_uploads_like_the_searcher(name, client, searcher, upload_path):
+def test_app_answers_good_uploads_like_the_searcher(name, client, recommender, upload_path):
     path = upload_path(name)
     gallery, listing = client.predict(handle_file(str(path)), api_name="/recommend")
-    assert_same_listing(listing, expected_listing(searcher, path))
+    assert_same_listing(listing, expected_listing(recommender, path))
     assert [item["caption"].splitlines()[0] for item in gallery] == [row["productDisplayName"] for row in listing]
 
 
 @pytest.mark.parametrize("name", BAD)
-def test_app_gives_our_message_for_bad_uploads(name, client, searcher, upload_path):
+def test_app_gives_our_message_for_bad_uploads(name, client, recommender, upload_path):
     path = upload_path(name)
     with pytest.raises(ImageError) as ours:
         open_image(path)
@@ -154,7 +149,7 @@ def test_app_gives_our_message_for_bad_uploads(name, client, searcher, upload_pa
         client.predict(handle_file(str(path)), api_name="/recommend")
     assert str(answer.value) == str(ours.value)  # our sentence, word for word: not Gradio's bare "Error"
     assert CORPUS[name].message in str(answer.value)
-    assert_server_answers(client, searcher, upload_path)
+    assert_server_answers(client, recommender, upload_path)
 
 
 def _call_api(app_url: str, data: list) -> tuple[str, str]:
@@ -173,16 +168,16 @@ def _call_api(app_url: str, data: list) -> tuple[str, str]:
     return event, payload
 
 
-def test_app_serves_no_server_file_named_in_a_raw_api_call(app_url, client, searcher, upload_path, capfd):
+def test_app_serves_no_server_file_named_in_a_raw_api_call(app_url, client, recommender, upload_path, capfd):
     """A request naming a server path instead of uploading a file is refused by Gradio, and nothing of it leaks."""
-    options = [5] + [[]] * len(searcher.filter_choices())  # top_k, then no filter
+    options = [5] + [[]] * len(recommender.filter_choices)  # top_k, then no filter
     for path in ("/etc/passwd", str(upload_path("elsewhere.png", encode(Image.new("RGB", (4, 4)), "PNG")))):
         event, payload = _call_api(app_url, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *options])
         assert event == "error" and "root:" not in payload
         assert "was not uploaded by a user" in capfd.readouterr().err  # refused for the right reason: Gradio's check
     event, payload = _call_api(app_url, [None, *options])
     assert event == "error" and "Please upload a photo of a product first" in payload
-    assert_server_answers(client, searcher, upload_path)
+    assert_server_answers(client, recommender, upload_path)
 
 
 # Through the page: the file chosen in the browser's file input, the answer as a person sees it.
@@ -201,8 +196,8 @@ def browser_page():
         browser.close()
 
 
-def test_the_page_answers_every_upload_of_the_corpus(browser_page, app_url, searcher, upload_path):
-    """Each upload in turn, on a fresh page: five products (the searcher's) or our message in the error toast."""
+def test_the_page_answers_every_upload_of_the_corpus(browser_page, app_url, recommender, upload_path):
+    """Each upload in turn, on a fresh page: five products (the recommender's) or our message in the error toast."""
     from test_browser import ALL_IMAGES_LOADED
 
     page = browser_page
@@ -215,7 +210,7 @@ def test_the_page_answers_every_upload_of_the_corpus(browser_page, app_url, sear
         if upload.good:
             page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
             captions = page.locator("#products .caption-label").all_inner_texts()
-            expected = [m.metadata["productDisplayName"] for m in searcher.recommend(path)]
+            expected = [m.metadata["productDisplayName"] for m in recommender.recommend(path)]
             assert [caption.splitlines()[0] for caption in captions] == expected, name
         else:
             with pytest.raises(ImageError) as ours:

@@ -20,7 +20,7 @@ from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
 
 from fashion_search.bundle import load_bundle
-from fashion_search.hub import CatalogNotFound, HubUnavailable, fetch_bundle, parse_catalog_spec, push_bundle
+from fashion_search.hub import CatalogueNotFound, HubUnavailable, fetch_bundle, parse_hub_spec, push_bundle
 
 REPO = "fashion-team/catalogue"
 TOKEN = "hf_standin_token"
@@ -52,7 +52,7 @@ def bundle(tmp_path) -> Path:
     return make_bundle(tmp_path / "bundle", images)
 
 
-# ---------------------------------------------------------------- parse_catalog_spec
+# ---------------------------------------------------------------- parse_hub_spec
 
 
 @pytest.mark.parametrize(
@@ -65,8 +65,8 @@ def bundle(tmp_path) -> Path:
         ("owner/name@release--2", ("owner/name", "release--2")),
     ],
 )
-def test_parse_catalog_spec_accepts_repo_and_revision(spec, expected):
-    assert parse_catalog_spec(spec) == expected
+def test_parse_hub_spec_accepts_repo_and_revision(spec, expected):
+    assert parse_hub_spec(spec) == expected
 
 
 @pytest.mark.parametrize(
@@ -88,9 +88,9 @@ def test_parse_catalog_spec_accepts_repo_and_revision(spec, expected):
         "https://huggingface.co/datasets/owner/name",
     ],
 )
-def test_parse_catalog_spec_rejects_junk_with_the_expected_form(spec):
+def test_parse_hub_spec_rejects_junk_with_the_expected_form(spec):
     with pytest.raises(ValueError, match=r"use OWNER/NAME or OWNER/NAME@REVISION"):
-        parse_catalog_spec(spec)
+        parse_hub_spec(spec)
 
 
 # ---------------------------------------------------------------- push
@@ -101,7 +101,7 @@ def test_push_creates_the_dataset_repo_and_returns_the_commit_to_pin(hub, bundle
 
     assert result.created_commit is True
     assert result.commit_sha == hub.head(REPO)
-    assert result.catalog_value == f"{REPO}@{result.commit_sha}"
+    assert result.catalogue_value == f"{REPO}@{result.commit_sha}"
     assert hub.repo(REPO).repo_type == "dataset" and hub.repo(REPO).private is False
     remote = hub.files(REPO, result.commit_sha)
     shards = json.loads(remote["shards.json"])["shards"]
@@ -195,9 +195,9 @@ def test_push_private_creates_a_private_repo_that_anonymous_callers_cannot_read(
     assert hub.repo(REPO).private is True
 
     monkeypatch.delenv("HF_TOKEN")  # a saved login, if any, is not the stand-in's token either
-    with pytest.raises(CatalogNotFound, match=rf"{REPO}@{result.commit_sha}.*HF_TOKEN"):
-        fetch_bundle(result.catalog_value, cache_dir=tmp_path / "anon", endpoint=hub.url)
-    fetched = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "owner", token=TOKEN, endpoint=hub.url)
+    with pytest.raises(CatalogueNotFound, match=rf"{REPO}@{result.commit_sha}.*HF_TOKEN"):
+        fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "anon", endpoint=hub.url)
+    fetched = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "owner", token=TOKEN, endpoint=hub.url)
     assert tree(fetched) == tree(bundle)
 
 
@@ -209,7 +209,7 @@ def test_unchanged_repush_makes_no_commit(hub, bundle):
     again = push_bundle(bundle, REPO, endpoint=hub.url)
 
     assert again.created_commit is False
-    assert again.commit_sha == first.commit_sha and again.catalog_value == first.catalog_value
+    assert again.commit_sha == first.commit_sha and again.catalogue_value == first.catalogue_value
     assert hub.commit_count(REPO) == commits
     assert [r for r in hub.requests if r[0] == "POST" and "/commit/" in r[1]] == commit_posts
 
@@ -237,7 +237,7 @@ def test_push_of_a_changed_catalogue_removes_the_stale_shards_and_files(hub, bun
         ]
     )
     assert shard["path"] not in old_shards
-    assert tree(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
+    assert tree(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
     assert first.commit_sha != result.commit_sha
 
 
@@ -249,7 +249,7 @@ def test_push_to_a_repo_of_the_one_file_per_image_layout_replaces_it(hub, bundle
     result = push_bundle(bundle, REPO, endpoint=hub.url)
 
     assert not [path for path in hub.files(REPO) if path.startswith("images/")]
-    assert tree(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
+    assert tree(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
 
 
 def test_a_revision_of_the_one_file_per_image_layout_still_fetches(hub, bundle, tmp_path):
@@ -277,7 +277,7 @@ def test_push_refuses_a_folder_that_is_not_a_finished_bundle(hub, tmp_path):
 def test_fetch_in_a_fresh_cache_gives_the_pushed_bytes_as_plain_files(hub, bundle, tmp_path):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
 
-    folder = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    folder = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
 
     assert folder == tmp_path / "cache" / "bundles" / "datasets--fashion-team--catalogue" / result.commit_sha
     assert tree(folder) == tree(bundle)  # and no .gitattributes: it is the Hub's, not the bundle's
@@ -293,12 +293,12 @@ def test_fetch_follows_main_and_a_pinned_revision_stays_put_after_a_newer_push(h
     assert new.commit_sha != old.commit_sha
     cache = tmp_path / "cache"
 
-    assert tree(fetch_bundle(old.catalog_value, cache_dir=cache, endpoint=hub.url)) == old_files
+    assert tree(fetch_bundle(old.catalogue_value, cache_dir=cache, endpoint=hub.url)) == old_files
     latest = fetch_bundle(REPO, cache_dir=cache, endpoint=hub.url)
     assert latest.name == new.commit_sha and tree(latest) == tree(bundle)
     assert tree(fetch_bundle(f"{REPO}@main", cache_dir=cache, endpoint=hub.url)) == tree(bundle)
     # the pinned copy was not touched by fetching main into the same cache
-    assert tree(fetch_bundle(old.catalog_value, cache_dir=cache, endpoint=hub.url)) == old_files
+    assert tree(fetch_bundle(old.catalogue_value, cache_dir=cache, endpoint=hub.url)) == old_files
 
 
 def test_the_cache_keeps_the_revision_fetched_and_the_one_used_before_it(hub, bundle, tmp_path):
@@ -307,24 +307,24 @@ def test_the_cache_keeps_the_revision_fetched_and_the_one_used_before_it(hub, bu
     for seed in (10, 11, 12):
         make_bundle(bundle, {"1163.jpg": image_bytes(seed)})
         pushed.append((push_bundle(bundle, REPO, endpoint=hub.url), tree(bundle)))
-    folders = [fetch_bundle(result.catalog_value, cache_dir=cache, endpoint=hub.url) for result, _ in pushed]
+    folders = [fetch_bundle(result.catalogue_value, cache_dir=cache, endpoint=hub.url) for result, _ in pushed]
 
     assert sorted(folder.name for folder in folders[0].parent.iterdir()) == sorted(f.name for f in folders[1:])
     # going back to the previous one is served from the cache, even with the Hub gone; the oldest one is not there
     hub.stop()
-    assert tree(fetch_bundle(pushed[1][0].catalog_value, cache_dir=cache, endpoint=hub.url)) == pushed[1][1]
+    assert tree(fetch_bundle(pushed[1][0].catalogue_value, cache_dir=cache, endpoint=hub.url)) == pushed[1][1]
     with pytest.raises(HubUnavailable):
-        fetch_bundle(pushed[0][0].catalog_value, cache_dir=cache, endpoint=hub.url)
+        fetch_bundle(pushed[0][0].catalogue_value, cache_dir=cache, endpoint=hub.url)
 
 
 def test_a_pinned_revision_already_unpacked_is_served_without_asking_the_hub(hub, bundle, tmp_path, caplog):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    online = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    online = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
     hub.stop()
     asked = len(hub.requests)
 
     with caplog.at_level(logging.WARNING, logger="fashion_search.hub"):
-        again = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+        again = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
 
     assert again == online and tree(again) == tree(bundle)
     assert len(hub.requests) == asked and not caplog.records  # a commit cannot change: nothing to ask, nothing to say
@@ -364,7 +364,7 @@ def test_hub_answering_server_errors_counts_as_unreachable(hub, bundle, tmp_path
 def test_hub_gone_and_nothing_cached_names_repo_and_revision(hub, bundle, tmp_path, pinned):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
     hub.stop()
-    spec = result.catalog_value if pinned else REPO
+    spec = result.catalogue_value if pinned else REPO
     revision = result.commit_sha if pinned else "main"
 
     with pytest.raises(HubUnavailable) as caught:
@@ -378,7 +378,7 @@ def test_hub_gone_and_nothing_cached_names_repo_and_revision(hub, bundle, tmp_pa
 @pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "main"])
 def test_hub_gone_and_an_incomplete_cached_copy_is_not_served(hub, bundle, tmp_path, pinned):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    spec = result.catalog_value if pinned else REPO
+    spec = result.catalogue_value if pinned else REPO
     folder = fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
     (folder / "images" / "shoes" / "9.png").unlink()
     hub.stop()
@@ -389,20 +389,20 @@ def test_hub_gone_and_an_incomplete_cached_copy_is_not_served(hub, bundle, tmp_p
 
 def test_hub_back_again_completes_a_damaged_copy(hub, bundle, tmp_path):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    folder = fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    folder = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
     (folder / "images" / "shoes" / "9.png").unlink()
     hub.stop()
     hub.start()  # same port, same repos
 
-    assert tree(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url)) == tree(bundle)
+    assert tree(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)) == tree(bundle)
 
 
 def test_unknown_repo_or_revision_is_not_found_rather_than_unavailable(hub, bundle, tmp_path):
     push_bundle(bundle, REPO, endpoint=hub.url)
-    with pytest.raises(CatalogNotFound, match=r"fashion-team/nope@main"):
+    with pytest.raises(CatalogueNotFound, match=r"fashion-team/nope@main"):
         fetch_bundle("fashion-team/nope", cache_dir=tmp_path / "c", endpoint=hub.url)
     missing = "0" * 40
-    with pytest.raises(CatalogNotFound, match=rf"{REPO}@{missing}"):
+    with pytest.raises(CatalogueNotFound, match=rf"{REPO}@{missing}"):
         fetch_bundle(f"{REPO}@{missing}", cache_dir=tmp_path / "c", endpoint=hub.url)
 
 
@@ -413,7 +413,7 @@ def test_hf_endpoint_in_the_environment_is_what_a_fresh_process_uses(hub, bundle
     code = "import sys; from fashion_search.hub import fetch_bundle; print(fetch_bundle(sys.argv[1]))"
 
     done = subprocess.run(
-        [sys.executable, "-c", code, result.catalog_value],
+        [sys.executable, "-c", code, result.catalogue_value],
         env=env,
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
@@ -432,7 +432,7 @@ def test_a_fetched_bundle_loads_like_a_local_one(hub, tmp_path):
     root = make_bundle(tmp_path / "real", {name: image_bytes(len(name)) for name in names})
     result = push_bundle(root, REPO, endpoint=hub.url)
 
-    loaded = load_bundle(fetch_bundle(result.catalog_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
+    loaded = load_bundle(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
 
     assert loaded.filenames == names
     np.testing.assert_array_equal(loaded.embeddings, np.load(root / "embeddings.npy"))

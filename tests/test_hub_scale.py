@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from app_runner import ROOT, AppProcess, app_env, free_port
 from big_catalogue import FIRST_ID, KAGGLE_ROWS, grown_copy, write_catalogue_bundle
-from conftest import draw_product
+from conftest import draw_product, reference_top_k
 from gradio_client import Client, handle_file
 from hub_standin import HubError, HubStandIn
 
 from fashion_search import hub as hub_module
 from fashion_search.bundle import load_bundle
 from fashion_search.hub import push_bundle
-from fashion_search.search import Searcher
 
 REPO = "shop/kaggle-catalogue"
 TOKEN = "hf_scale_token"
@@ -129,8 +128,7 @@ def test_the_app_starts_from_an_empty_cache_after_a_few_dozen_resolver_requests(
     resolver = hub.resolver_requests(since=before)
 
     assert len(resolver) <= FEW_DOZEN_REQUESTS, resolver
-    reference = Searcher(embedder, load_bundle(catalogue)).recommend(query)
-    assert [row["filename"] for row in listing] == [match.filename for match in reference]
+    assert [row["filename"] for row in listing] == reference_top_k(embedder, load_bundle(catalogue), query)[0]
     served = next((tmp_path / "hf" / "fashion-search" / "bundles").glob("*/*"))
     assert served.name == pushed["sha"] and len(list((served / "images").iterdir())) == KAGGLE_ROWS
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_runner import AppProcess, app_env, free_port
-from conftest import draw_product
+from conftest import draw_product, embed_files
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hostile_corpus import build_corpus
@@ -77,7 +77,7 @@ def test_concurrent_clients_get_only_right_answers_and_our_messages(server, embe
                 open_image(path)
             bad[path] = str(refused.value)
     for path in list(good):
-        matches = searcher.matches(searcher.embed([path]), k=6)[0]
+        matches = searcher.matches(embed_files(searcher.embedder, [path]), k=6)[0]
         distances = [m.distance for m in matches]
         if min(np.diff(distances)) < TIE_GAP:
             del good[path]

@@ -67,7 +67,7 @@ def test_a_bfloat16_catalogue_is_not_searched_by_a_float32_model(embedder, weigh
         load_bundle(copy).check_compatible(embedder.describe(), PREPROCESSING_ID)
     assert "precompute.py --precision float32" in str(caught.value)
 
-    settings = config.Settings(catalog=str(copy), weights=str(weights_file), cache_dir=tmp_path / "cache")
+    settings = config.Settings(catalogue=str(copy), weights=str(weights_file), cache_dir=tmp_path / "cache")
     with pytest.raises(webapp.StartupError, match="made in bfloat16 arithmetic"):
         webapp.load_recommender(config.Settings(**{**vars(settings), "precision": "float32"}), warm_up=False)
     # Unset, the app follows the catalogue: bfloat16, which this float32 process cannot also run; it says where the

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import embed_files
 
 from fashion_search.bundle import Bundle, load_bundle
 from fashion_search.imaging import PREPROCESSING_ID
@@ -40,7 +41,7 @@ def reference(searcher, vector, k, filters):
 )
 @pytest.mark.parametrize("k", [1, 5, 20])
 def test_filters_are_exact_among_matching_products(searcher, catalogue, filters, k):
-    vector = searcher.embed([catalogue / "images" / "1003.png"])
+    vector = embed_files(searcher.embedder, [catalogue / "images" / "1003.png"])
     results = searcher.matches(vector, k=k, filters=filters)[0]
     assert [m.row for m in results] == reference(searcher, vector[0], k, filters)
     for match in results:
@@ -50,18 +51,23 @@ def test_filters_are_exact_among_matching_products(searcher, catalogue, filters,
 
 def test_no_match_is_a_clear_message(searcher, catalogue):
     with pytest.raises(NoMatch, match="No product in the catalogue matches these filters"):
-        searcher.recommend(catalogue / "images" / "1000.jpg", filters={"gender": ["Men"], "baseColour": ["Nope"]})
+        searcher.matches(
+            embed_files(searcher.embedder, [catalogue / "images" / "1000.jpg"]),
+            filters={"gender": ["Men"], "baseColour": ["Nope"]},
+        )
 
 
 @pytest.mark.parametrize("k", [0, MAX_K + 1])
 def test_k_out_of_bounds_is_refused(searcher, catalogue, k):
-    with pytest.raises(ValueError, match="k must be between 1 and 20"):
-        searcher.recommend(catalogue / "images" / "1000.jpg", k=k)
+    with pytest.raises(ValueError, match="The number of results must be between 1 and 20; got"):
+        searcher.matches(embed_files(searcher.embedder, [catalogue / "images" / "1000.jpg"]), k=k)
 
 
 def test_unknown_filter_column_is_refused(searcher, catalogue):
     with pytest.raises(ValueError, match="Cannot filter on \\['season'\\]"):
-        searcher.recommend(catalogue / "images" / "1000.jpg", filters={"season": ["Summer"]})
+        searcher.matches(
+            embed_files(searcher.embedder, [catalogue / "images" / "1000.jpg"]), filters={"season": ["Summer"]}
+        )
 
 
 def test_filter_choices_and_listing(searcher, catalogue):
@@ -71,7 +77,7 @@ def test_filter_choices_and_listing(searcher, catalogue):
         "articleType": ["Casual Shoes", "Tshirts", "Watches"],
         "baseColour": ["Black", "Blue", "Red"],
     }
-    match = searcher.recommend(catalogue / "images" / "1000.jpg")[0]
+    match = searcher.matches(embed_files(searcher.embedder, [catalogue / "images" / "1000.jpg"]))[0][0]
     listing = match.listing()
     assert listing["rank"] == 1 and listing["filename"] == match.filename == "1000.jpg"
     assert listing["articleType"] == "Tshirts" and listing["distance"] == pytest.approx(match.distance, abs=1e-6)

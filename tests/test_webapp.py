@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import embed_files
 
 from fashion_search import webapp
-from fashion_search.bundle import load_bundle
 from fashion_search.config import Settings
-from fashion_search.search import Match, Searcher
+from fashion_search.search import Match
 
 
 class BlockingModel:
@@ -76,7 +76,7 @@ def pile_up(max_batch_size: int, first: float, waiting: list[float]) -> tuple[we
 def test_queries_arriving_during_a_forward_pass_share_the_next_one():
     batcher, model, results = pile_up(8, 1.0, [2.0, 3.0, 4.0, 5.0, 6.0])
 
-    assert batcher.batch_sizes == [1, 5]
+    assert batcher.batch_sizes == {1: 1, 5: 1}
     assert model.calls == 2
     for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
         np.testing.assert_array_equal(results[value], np.full(3, 2 * value, dtype=np.float32))
@@ -84,20 +84,8 @@ def test_queries_arriving_during_a_forward_pass_share_the_next_one():
 
 def test_a_batch_never_exceeds_the_maximum_size():
     batcher, _, results = pile_up(4, 0.5, [float(v) for v in range(1, 11)])
-    assert batcher.batch_sizes == [1, 4, 4, 2]
+    assert batcher.batch_sizes == {1: 1, 4: 2, 2: 1}
     assert all(np.array_equal(results[v], np.full(3, 2 * v, np.float32)) for v in results)
-
-
-def test_items_submitted_together_are_never_split_and_batches_stay_within_the_maximum():
-    model = BlockingModel()
-    batcher = webapp.Batcher(model, max_batch_size=4)
-    first = batcher.submit_all([query(0.5)])
-    model.started.wait(30)
-    groups = [batcher.submit_all([query(v) for v in values]) for values in ([1.0, 2.0, 3.0], [4.0, 5.0], [6.0])]
-    model.release.set()
-    for future, value in zip(first + [f for group in groups for f in group], [0.5, 1, 2, 3, 4, 5, 6]):
-        np.testing.assert_array_equal(future.result(30), np.full(3, 2 * value, np.float32))
-    assert batcher.batch_sizes == [1, 3, 3]
 
 
 def test_a_failed_forward_pass_reaches_its_requests_and_the_batcher_keeps_serving():
@@ -114,12 +102,20 @@ def test_a_batch_function_that_loses_a_result_fails_its_batch_instead_of_hanging
         doubled = [item * 2 for item in items]
         return doubled[:-1] if len(items) > 1 else doubled
 
-    batcher = webapp.Batcher(double_but_drop_the_last_of_several)
-    futures = batcher.submit_all([1, 2, 3])
-    for future in futures:
-        with pytest.raises(RuntimeError, match="2 results for a batch of 3"):
-            future.result(30)
-    assert batcher.submit(4) == 8
+    model = BlockingModel()
+    batcher = webapp.Batcher(lambda items: double_but_drop_the_last_of_several(model(items)))
+    results: dict = {}
+    threads = run_in_threads(batcher, [1.0], results)
+    model.started.wait(30)
+    threads += run_in_threads(batcher, [2.0, 3.0], results)
+    wait_until(lambda: batcher._queue.qsize() == 2)
+    model.release.set()
+    for thread in threads:
+        thread.join(30)
+    assert isinstance(results[2.0], RuntimeError) and str(results[2.0]) == "1 results for a batch of 2"
+    assert isinstance(results[3.0], RuntimeError)
+    np.testing.assert_array_equal(results[1.0], np.full(3, 4.0, np.float32))
+    np.testing.assert_array_equal(batcher.submit(query(4.0)), np.full(3, 16.0, np.float32))
 
 
 def test_an_item_that_fails_alone_fails_alone():
@@ -133,17 +129,10 @@ def test_an_item_that_fails_alone_fails_alone():
     assert batcher.submit(6) == 3
 
 
-@pytest.fixture(scope="module")
-def recommender(embedder, bundle_dir) -> webapp.Recommender:
-    searcher = Searcher(embedder, load_bundle(bundle_dir))
-    info = webapp.CatalogueInfo("test", "test", len(searcher.bundle.filenames), embedder.fingerprint, False)
-    return webapp.Recommender(searcher, info)
-
-
-def test_recommend_agrees_with_the_search_core(recommender, catalogue):
+def test_recommend_agrees_with_the_search_core(recommender, embedder, catalogue):
     query_path = catalogue / "images" / "1005.jpg"
     got = recommender.recommend(str(query_path), k=7, filters={"gender": ["Women"]})
-    want = recommender.searcher.recommend(query_path, k=7, filters={"gender": ["Women"]})
+    want = recommender.searcher.matches(embed_files(embedder, [query_path]), 7, {"gender": ["Women"]})[0]
     assert [m.filename for m in got] == [m.filename for m in want]
     assert [m.distance for m in got] == pytest.approx([m.distance for m in want], abs=1e-5)
 
@@ -155,10 +144,10 @@ def test_filters_in_any_order_are_one_search_group():
     assert webapp._canonical({"gender": [None, "Men"]}) == (("gender", ("Men", None)),)  # mixed kinds: no TypeError
 
 
-def test_searches_made_together_equal_searches_made_one_at_a_time(recommender):
+def test_searches_made_together_equal_searches_made_one_at_a_time(recommender, embedder):
     """The search stage groups by k and filters; each request gets exactly what its own search would give."""
     searcher = recommender.searcher
-    vectors = searcher.embed([searcher.bundle.image_path(row) for row in range(6)])
+    vectors = embed_files(embedder, [searcher.bundle.image_path(row) for row in range(6)])
     requests = [
         (vectors[0], 5, None),
         (vectors[1], 5, {"gender": ["Women"]}),
@@ -167,8 +156,7 @@ def test_searches_made_together_equal_searches_made_one_at_a_time(recommender):
         (vectors[4], 5, {"gender": ["Women"], "baseColour": []}),  # an empty choice is no filter on that column
         (vectors[5], 5, {"masterCategory": ["Footwear"], "articleType": ["Watches"]}),  # nothing matches
     ]
-    items = [(vector, webapp._Query(None, k, webapp._canonical(filters))) for vector, k, filters in requests]
-    got = recommender._search_batch(items)
+    got = recommender._search_batch([webapp._Query(vector, k, webapp._canonical(f)) for vector, k, f in requests])
 
     for (vector, k, filters), result in zip(requests[:5], got[:5]):
         want = searcher.matches(vector[None, :], k, filters)[0]
