@@ -1,4 +1,4 @@
-"""Figure 1: precompute images/s — the whole `python precompute.py` command vs the seed's loop and the bare forward."""
+"""Figure 1: precompute images/s: `python precompute.py` vs the reference design's loop and the bare forward pass."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ _SUMMARY = re.compile(r"\((?P<rate>[\d.]+) images/s\).* in (?P<seconds>[\d.]+) s
 
 
 def seed_model(weights: Path):
-    """The seed's model: ResNet50(include_top=False) frozen, then GlobalMaxPooling2D, in a Sequential."""
+    """The reference design's model: ResNet50(include_top=False) frozen, then GlobalMaxPooling2D, in a Sequential."""
     import keras
     from keras.applications.resnet50 import ResNet50
 
@@ -34,7 +34,7 @@ def seed_model(weights: Path):
 
 
 def seed_extract_features(img_path: str, model) -> np.ndarray:
-    """The seed's function, verbatim but for imports and `verbose=0` (its progress bar is not what we time)."""
+    """The reference design's function, verbatim but for imports and `verbose=0` (its progress bar is not timed)."""
     from keras.applications.resnet50 import preprocess_input
     from keras.preprocessing import image
     from numpy.linalg import norm
@@ -109,7 +109,13 @@ def run(ctx, runs: int, images: int, seed_images: int) -> list[Row]:
     projected = KAGGLE / (one_off.median + KAGGLE / steady)
     bare_text = f"(b) {bare:.3g} img/s"
     return [
-        Row("1a: the seed's loop (load_img + model.predict per image)", "—", value(seed_rate), "", "reference (a)"),
+        Row(
+            "1a: the reference design's loop (load_img + model.predict per image)",
+            "—",
+            value(seed_rate),
+            "",
+            "reference (a)",
+        ),
         Row(
             f"1b: bare batched forward (batch {BATCH_SIZE}, preprocessed tensors)",
             "—",

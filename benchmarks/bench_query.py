@@ -58,7 +58,7 @@ def best_floor(samples: dict) -> tuple[float, str]:
 
 
 def seed_style_index(embeddings: np.ndarray):
-    """The seed's call as it stands: NearestNeighbors(brute, euclidean) fitted, `kneighbors([features])`."""
+    """The reference design's call as it stands: NearestNeighbors(brute, euclidean) fitted, `kneighbors([features])`."""
     from sklearn.neighbors import NearestNeighbors
 
     return NearestNeighbors(n_neighbors=K, algorithm="brute", metric="euclidean").fit(embeddings)
@@ -157,7 +157,7 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
 
 
 def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
-    """The neighbour step alone at several catalogue sizes: the seed's call, ours, and the numpy floor."""
+    """The neighbour step alone at several catalogue sizes: the reference design's call, ours, and the numpy floor."""
     from fashion_search.index import NeighbourIndex
 
     rows = []
@@ -180,7 +180,7 @@ def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
         ref = f"numpy floor {floor * 1e3:.2f} ms ({which})"
         rows += [
             Row(
-                f"2b: neighbour step, {n // 1000}k rows: the seed's `kneighbors` call",
+                f"2b: neighbour step, {n // 1000}k rows: the reference design's `kneighbors` call",
                 ref,
                 ms(s["seed"]),
                 ratio(s["seed"].median / floor),

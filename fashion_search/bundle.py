@@ -95,7 +95,7 @@ class Bundle:
 
     @property
     def precision(self) -> str:
-        """The arithmetic its vectors were computed in (bundles without the key are float32, the seed's)."""
+        """The arithmetic its vectors were computed in (bundles without the key are float32, the reference design's)."""
         return self.manifest["model"].get("precision", "float32")
 
     def image_path(self, row: int) -> Path:
@@ -196,7 +196,7 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
         if not name.startswith(f"{IMAGES}/") and name not in DATA_FILES:
             raise BundleUnsafePath(f"{root / MANIFEST} lists {name!r}, which is not a bundle file.")
     checked = [name for name in files if verify_images or not name.startswith(f"{IMAGES}/")]
-    for name in checked:  # a plain loop: threads measured 2-3x slower for 44k small files on 2 cores
+    for name in checked:  # a plain loop: threads were slower for many small files on 2 cores
         _check_digest(root / name, _sha256(root / name), files[name])
     embeddings = _read_embeddings(root, manifest)
     sources = PackedStrings(_read_json_list(root, SOURCES))

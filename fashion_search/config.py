@@ -56,7 +56,7 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
         "--precision",
         choices=PRECISIONS,
         help="the model's arithmetic (env FASHION_PRECISION); "
-        "default: the catalogue's. bfloat16 is faster on CPUs with bf16 instructions, not seed-exact",
+        "default: the catalogue's. bfloat16 is faster on CPUs with bf16 instructions, results close to float32's",
     )
     parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: GRADIO_SERVER_PORT or 7860)")

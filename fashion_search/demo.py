@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from fashion_search import __version__
-from fashion_search.bundle import FORMAT_VERSION, Bundle, BundleError, load_bundle
+from fashion_search.bundle import FORMAT_VERSION, MANIFEST, Bundle, BundleError, load_bundle
 from fashion_search.catalogue import list_images
 from fashion_search.files import sha256_file
 from fashion_search.imaging import PREPROCESSING_ID
@@ -44,7 +44,7 @@ def demo_bundle(embedder, cache_dir: Path, assets: Path = ASSETS, quiet: bool = 
     out = Path(cache_dir) / f"demo-{demo_key(embedder, assets)[:16]}"
     catalogue = assets / CATALOGUE
     with _exclusive(out.with_name(f".{out.name}.lock")):  # two apps starting at once build it once
-        if (out / "manifest.json").exists():
+        if (out / MANIFEST).exists():
             try:
                 return load_bundle(out)
             except BundleError as exc:

@@ -1,10 +1,8 @@
 """The embedder: ResNet50 (ImageNet, no top) + global max pooling -> unit 2048-d vectors. The only TensorFlow import.
 
-Arithmetic: float32 by default, the seed's. `precision="bfloat16"` turns on TensorFlow's oneDNN bfloat16 rewrite
-(Grappler's auto_mixed_precision_onednn_bfloat16) for CPUs with bf16 instructions. On this project's 2-core AVX512_BF16
-machines batches of 32 ran 1.56-1.58x as fast and batches of 8 1.46-1.52x, one image alone no faster, and the top-5
-overlap with float32 was 0.988 (benchmarks/RESULTS.md, figure 5). The rewrite is a TensorFlow setting of the whole
-process, so a process runs one precision.
+Arithmetic: float32 by default, as the reference design. `precision="bfloat16"` turns on TensorFlow's oneDNN bfloat16
+rewrite for CPUs with bf16 instructions: faster batches, results close to float32's (benchmarks/RESULTS.md, figure 5).
+The rewrite is a setting of the whole TensorFlow process, so a process runs one precision.
 """
 
 from __future__ import annotations
@@ -103,7 +101,7 @@ class Embedder:
         return cls(model, f"sha256:{sha256_file(path)}", precision)
 
     def describe(self) -> dict:
-        """What made a bundle's vectors (its manifest's "model"); float32 adds nothing, so the seed's bundles match."""
+        """What made a bundle's vectors (its manifest's "model"); float32 adds nothing, so float32 bundles all match."""
         description = {**MODEL_DESCRIPTION, "weights": self.fingerprint}
         if self.precision != "float32":
             description["precision"] = self.precision
@@ -116,7 +114,7 @@ class Embedder:
 
 
 def normalise_rows(features: np.ndarray) -> np.ndarray:
-    """Divide each row by its L2 norm, as the seed does (`result / norm(result)`)."""
+    """Divide each row by its L2 norm, as the reference design does (`result / norm(result)`)."""
     features = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / norms
@@ -163,5 +161,5 @@ def cpu_flags() -> set[str]:
 def _resnet50(weights):
     from keras.applications import ResNet50
 
-    # pooling="max" appends GlobalMaxPooling2D: the same graph as the seed's Sequential([ResNet50, GlobalMaxPooling2D]).
+    # pooling="max" appends GlobalMaxPooling2D: the graph of the reference design's Sequential([ResNet50, pooling]).
     return ResNet50(weights=weights, include_top=False, input_shape=INPUT_SHAPE, pooling="max")

@@ -11,6 +11,9 @@ label is shared by R other products and whose k nearest others have relevance re
     P@k  = (rel_1 + ... + rel_k) / k
     AP@k = (1 / min(k, R)) * sum_{i=1..k} P@i * rel_i
 
+Its own nearest-neighbour ranking rather than fashion_search.index: a metric must not depend on how a BLAS build
+rounds ties, and over every product as a query it is also faster than scikit-learn's kneighbors on 2 cores.
+
 Choices, all deliberate:
   * Ranking is by euclidean distance, computed as ||x||^2 - 2 q.x in float32 (for the unit rows of a bundle
     this is the dot-product order). Equal distances are broken by the lower row index first. Rows that are

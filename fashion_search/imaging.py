@@ -1,4 +1,4 @@
-"""Image decoding and normalising: any upload or catalogue file -> the seed's 224x224 caffe-preprocessed array."""
+"""Image decoding and normalising: any upload or catalogue file -> the reference design's 224x224 input array."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def open_image(source: ImageSource) -> Image.Image:
     try:
         _check_pixels(img)
         img.load()  # decode now, so truncation and corrupt data surface here, inside the try
-        if ours:  # in place: the copy exif_transpose otherwise makes of every picture cost a phone photo ~35 ms
+        if ours:  # in place: a copy of every phone photo is costly
             ImageOps.exif_transpose(img, in_place=True)
         else:  # a copy: the caller's picture stays as it was
             img = ImageOps.exif_transpose(img)

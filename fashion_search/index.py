@@ -40,7 +40,7 @@ class Neighbour:
 
 
 class NeighbourIndex:
-    """`NearestNeighbors(n_neighbors=5, algorithm="brute", metric="euclidean")` over the catalogue, as the seed."""
+    """`NearestNeighbors(algorithm="brute", metric="euclidean")` over the catalogue, as the reference design."""
 
     def __init__(self, embeddings: np.ndarray):
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fashion_search.bundle import IMAGES, BundleError, load_bundle, write_bundle
+from fashion_search.bundle import IMAGES, MANIFEST, BundleError, load_bundle, write_bundle
 from fashion_search.catalogue import IMAGE_EXTENSIONS, list_images, metadata_for, read_styles
 from fashion_search.files import backup_path, restore_interrupted_swap, sha256_file, swap_in, write_atomic
 from fashion_search.imaging import PREPROCESSING_ID, ImageError, image_to_input, open_image
@@ -157,7 +157,7 @@ def _hash_sources(images_dir: Path, files: list[str], quiet: bool, summary: Buil
 
 def _reuse_previous(out: Path, staging: Path, embedder, digests: dict[str, str], summary: BuildSummary) -> dict:
     """Rows of the existing bundle whose source file is unchanged, with their images linked into staging."""
-    if not (out / "manifest.json").exists():
+    if not (out / MANIFEST).exists():
         return {}
     try:
         previous = load_bundle(out)

@@ -29,9 +29,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 8  # queries per forward pass and per search; the app runs as many requests at once
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
-# Gradio keeps a copy of the page's config for each session (each browser tab, each gradio_client Client): about
-# 70 KB each here (1,000 sessions on the 44k catalogue: +73 MB), and by default up to 10,000 of them (~700 MB). This
-# app keeps no state in a session, so the oldest are dropped sooner; a dropped session is simply made anew.
+# Gradio keeps a copy of the page's config for each session (each browser tab, each gradio_client Client), up to
+# 10,000 by default. This app keeps no state in a session, so it keeps fewer; a dropped session is made anew.
 SESSION_CAPACITY = 1000
 NAME_COLUMN = "productDisplayName"
 DETAIL_COLUMNS = ("articleType", "baseColour", "gender")  # shown under the name, where the catalogue has them
@@ -53,7 +52,7 @@ class CatalogueInfo:
     count: int
     weights: str  # the embedder fingerprint
     random_weights: bool
-    precision: str = "float32"  # the model's arithmetic: "float32" (the seed's) or "bfloat16"
+    precision: str = "float32"  # the model's arithmetic: "float32" (the reference design's) or "bfloat16"
 
 
 class Batcher:

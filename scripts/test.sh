@@ -4,7 +4,6 @@
 # pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 TF_CPP_MIN_LOG_LEVEL=2
 
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)

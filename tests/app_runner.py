@@ -56,12 +56,21 @@ def launch_app(bundle_dir: Path, weights_file: Path):
 
 
 def app_env(tmp_path: Path, **extra: str) -> dict:
-    """This environment without any app, Gradio-server or Hub settings, caches under `tmp_path`, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FASHION_", "GRADIO_SERVER_", "GRADIO_SSR", "HF_"))}
+    """This environment without any app, Gradio-server or Hub location settings, caches under `tmp_path`, plus `extra`.
+
+    The telemetry and Xet switches conftest.py sets are kept."""
+    unset = (
+        "FASHION_",
+        "GRADIO_SERVER_",
+        "GRADIO_SSR",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     env.update(
-        GRADIO_ANALYTICS_ENABLED="False",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_XET="1",
         HF_HOME=str(tmp_path / "hf"),
         FASHION_CACHE=str(tmp_path / "cache"),
         KERAS_HOME=str(tmp_path / "keras"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+# No telemetry from anything the tests run; subprocesses inherit these.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The loopback Hub stand-in speaks LFS, not Xet: huggingface_hub then sends the files the Hub marks "lfs" over LFS.
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 

@@ -1,4 +1,4 @@
-"""The embedder against the seed's own extract_features, reimplemented from the seed's README as the oracle."""
+"""The embedder against the reference design's own extract_features (from its README) as the oracle."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fashion_search.index import NeighbourIndex
 
 @pytest.fixture(scope="module")
 def seed_model(weights_file):
-    """The seed's model: ResNet50(include_top=False) frozen, then GlobalMaxPooling2D, in a Sequential."""
+    """The reference design's model: ResNet50(include_top=False) frozen, then GlobalMaxPooling2D, in a Sequential."""
     import keras
     from keras.applications.resnet50 import ResNet50
 
@@ -25,7 +25,7 @@ def seed_model(weights_file):
 
 
 def seed_extract_features(img_path, model):
-    """The seed's function, verbatim but for imports."""
+    """The reference design's function, verbatim but for imports."""
     from keras.applications.resnet50 import preprocess_input
     from keras.preprocessing import image
     from numpy.linalg import norm

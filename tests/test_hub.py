@@ -409,7 +409,7 @@ def test_unknown_repo_or_revision_is_not_found_rather_than_unavailable(hub, bund
 def test_hf_endpoint_in_the_environment_is_what_a_fresh_process_uses(hub, bundle, tmp_path):
     """How the app is pointed at the stand-in: HF_ENDPOINT must be set before huggingface_hub is imported."""
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "home")}
     code = "import sys; from fashion_search.hub import fetch_bundle; print(fetch_bundle(sys.argv[1]))"
 
     done = subprocess.run(

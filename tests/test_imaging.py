@@ -1,4 +1,4 @@
-"""Image loading: seed-exact for ordinary files, correct for the unusual ones, clear errors for the rest."""
+"""Image loading: as the reference design for ordinary files, correct for unusual ones, clear errors for the rest."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""bfloat16 as an option: float32 stays the default (the seed's arithmetic, the seed's manifest); a bfloat16 bundle
-says so and is served in bfloat16; a process runs one precision."""
+"""bfloat16 as an option: float32 stays the default (the reference design's arithmetic and manifest); a bfloat16
+bundle says so and is served in bfloat16; a process runs one precision."""
 
 from __future__ import annotations
 
