@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         "--precision",
         choices=PRECISIONS,
         default="float32",
-        help="the model's arithmetic: float32 (default, the seed's) or bfloat16 (faster on CPUs with "
+        help="the model's arithmetic: float32 (default, the reference design's) or bfloat16 (faster on CPUs with "
         "bf16 instructions; the app then runs in bfloat16 too)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
