@@ -96,6 +96,7 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
     photo = UploadedImage(
         type="filepath",
         image_mode=None,
+        format="png",  # a base64 data URL from an API client is written losslessly (Gradio's default is WebP)
         sources=["upload", "webcam", "clipboard"],
         label="Your photo",
         height=340,

@@ -29,6 +29,7 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # The formats a photo comes in, their readers registered by the imports above (JPEG's also reads phones' MPO files).
 # Pillow's other readers stay shut: rarely exercised parsers are attack surface, and EPS would run Ghostscript.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+NOT_AN_IMAGE = "This file is not an image that can be read. Please upload a JPEG, PNG, WebP, GIF or BMP photo."
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
 
@@ -95,9 +96,7 @@ def _open(source: ImageSource) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageError(_bomb_message()) from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(
-            "This file is not an image that can be read. Please upload a JPEG, PNG, WebP, GIF or BMP photo."
-        ) from exc
+        raise ImageError(NOT_AN_IMAGE) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"The image could not be decoded ({_describe(exc)}).") from exc
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-NOT_AN_IMAGE = "The image could not be decoded. Please upload a JPEG, PNG or WebP photo."
+from fashion_search.imaging import NOT_AN_IMAGE
 
 
 class UploadedImage(gr.Image):
