@@ -108,10 +108,10 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
         "bare": lambda: per_call(lambda: forward(tensors[next_index()]), repeat),
         "embed": lambda: per_call(lambda: ctx.embedder.embed(load_input(uploads[next_index()])[None]), repeat),
         "recommend": lambda: per_call(lambda: recommender.recommend(uploads[next_index()]), repeat),
-        "neighbours": lambda: per_call(lambda: searcher.index.search(vector), repeat),
+        "neighbours": lambda: per_call(lambda: searcher.index.search(vector, K), repeat),
         "floor": lambda: per_call(lambda: numpy_floor(embeddings, vector[0]), repeat),
         "floor, 1 thread": lambda: per_call(lambda: numpy_floor_one_thread(embeddings, vector[0]), repeat),
-        "neighbours x8": lambda: per_call(lambda: searcher.index.search(eight), repeat) / len(eight),
+        "neighbours x8": lambda: per_call(lambda: searcher.index.search(eight, K), repeat) / len(eight),
         "floor x8": lambda: per_call(lambda: numpy_floor_many(embeddings, eight), repeat) / len(eight),
     }
     s = interleaved(cases, runs, {name: "s" for name in cases})
@@ -169,7 +169,7 @@ def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
         ours = NeighbourIndex(embeddings)
         # Same answers first: ours is the library's own result, only called more cheaply.
         seed_dist, seed_idx = seed_index.kneighbors(query)
-        mine = ours.search(query)[0]
+        mine = ours.search(query, K)[0]
         floor_dist, floor_idx = numpy_floor(embeddings, query[0])
         assert [m.row for m in mine] == seed_idx[0].tolist() == floor_idx.tolist(), "neighbours disagree"
         assert np.allclose([m.distance for m in mine], seed_dist[0], atol=1e-5)
@@ -212,8 +212,8 @@ def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
 def _neighbour_cases(seed_index, ours, embeddings, query, repeat: int) -> dict:
     return {
         "seed": lambda: per_call(lambda: seed_index.kneighbors(query), repeat),
-        "ours": lambda: per_call(lambda: ours.search(query), repeat),
-        "ours, all threads": lambda: _with_threads(None, lambda: per_call(lambda: ours.search(query), repeat)),
+        "ours": lambda: per_call(lambda: ours.search(query, K), repeat),
+        "ours, all threads": lambda: _with_threads(None, lambda: per_call(lambda: ours.search(query, K), repeat)),
         "floor": lambda: per_call(lambda: numpy_floor(embeddings, query[0]), repeat),
         "floor, 1 thread": lambda: per_call(lambda: numpy_floor_one_thread(embeddings, query[0]), repeat),
     }
@@ -230,8 +230,8 @@ def _contended(ctx, runs, repeat, embeddings, query, ours) -> list[Row]:
     try:
         time.sleep(0.5)
         cases = {
-            "ours": lambda: per_call(lambda: ours.search(query), repeat),
-            "ours, all threads": lambda: _with_threads(None, lambda: per_call(lambda: ours.search(query), repeat)),
+            "ours": lambda: per_call(lambda: ours.search(query, K), repeat),
+            "ours, all threads": lambda: _with_threads(None, lambda: per_call(lambda: ours.search(query, K), repeat)),
             "floor": lambda: per_call(lambda: numpy_floor(embeddings, query[0]), repeat),
             "floor, 1 thread": lambda: per_call(lambda: numpy_floor_one_thread(embeddings, query[0]), repeat),
         }

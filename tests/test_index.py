@@ -26,7 +26,7 @@ def test_neighbours_equal_brute_force_and_sklearn():
     index = NeighbourIndex(catalogue)
     reference = NearestNeighbors(n_neighbors=5, algorithm="brute", metric="euclidean").fit(catalogue)
     ref_dist, ref_idx = reference.kneighbors(queries)
-    results = index.search(queries)
+    results = index.search(queries, k=5)
     for query, result, idx, dist in zip(queries, results, ref_idx, ref_dist):
         assert [n.row for n in result] == idx.tolist() == brute_force(catalogue, query, 5)[0]
         assert [n.rank for n in result] == [1, 2, 3, 4, 5]
@@ -61,15 +61,41 @@ def test_subset_search_is_exact_among_the_subset():
 
 
 def test_empty_subset_gives_no_neighbours():
-    assert NeighbourIndex(unit_rows(10)).search(unit_rows(2), rows=np.array([], dtype=int)) == [[], []]
+    assert NeighbourIndex(unit_rows(10)).search(unit_rows(2), k=5, rows=np.array([], dtype=int)) == [[], []]
 
 
-def test_queries_searched_together_equal_the_seeds_call_one_at_a_time_bit_for_bit():
-    """Batched searches use smaller row blocks (MULTI_QUERY_CHUNK); the numbers must not move by one ulp."""
+def test_queries_searched_together_equal_the_reference_call_one_at_a_time():
+    """The app searches concurrent queries in one call; each gets the reference design's own answer."""
     catalogue, queries = unit_rows(1500, d=2048), unit_rows(8, d=2048, seed=6)
     seed = NearestNeighbors(n_neighbors=5, algorithm="brute", metric="euclidean").fit(catalogue)
-    together = NeighbourIndex(catalogue).search(queries)
+    together = NeighbourIndex(catalogue).search(queries, k=5)
     for query, result in zip(queries, together):
         distances, rows = seed.kneighbors(query[None, :])
         assert [n.row for n in result] == rows[0].tolist()
         assert [n.distance for n in result] == distances[0].tolist()
+
+
+def test_scikit_learn_still_takes_the_row_norms_the_index_hands_it():
+    """The norms go through private scikit-learn API: a release that moves it fails here instead of slowing every
+    search silently."""
+    from fashion_search import index
+
+    assert index.sqeuclidean_row_norms is not None, "scikit-learn moved sqeuclidean_row_norms; see index.py"
+    fitted = NeighbourIndex(unit_rows(50))._all
+    np.testing.assert_allclose(fitted.norms, (fitted.embeddings.astype(np.float64) ** 2).sum(axis=1), rtol=1e-5)
+    fitted.kneighbors(unit_rows(1, seed=9), 3)
+    assert "Y_norm_squared" not in fitted.model.effective_metric_params_  # scikit-learn used (and removed) them
+
+
+def test_the_subset_cache_holds_at_most_its_budget(monkeypatch):
+    from fashion_search import index
+
+    catalogue = unit_rows(400)
+    monkeypatch.setattr(index, "SUBSET_CACHE_BYTES", 100 * catalogue.itemsize * catalogue.shape[1])  # 100 rows
+    searcher = NeighbourIndex(catalogue)
+    for start in range(0, 400, 60):
+        rows = np.arange(start, min(start + 60, 400))
+        assert [n.row for n in searcher.search(catalogue[0], k=3, rows=rows)[0]] == brute_force(
+            catalogue, catalogue[0], 3, rows
+        )[0]
+        assert sum(len(subset) for subset, _ in searcher._subsets.values()) <= 100
