@@ -10,7 +10,6 @@ import numpy as np
 from fashion_search.bundle import Bundle
 from fashion_search.imaging import PREPROCESSING_ID
 from fashion_search.index import NeighbourIndex
-from fashion_search.metadata import MetadataTable
 
 DEFAULT_K = 5  # results per query, as the reference design
 MAX_K = 20
@@ -43,12 +42,13 @@ class Searcher:
         self.embedder = embedder
         self.bundle = bundle
         self.index = NeighbourIndex(bundle.embeddings)
-        self._table = None if bundle.metadata is None else MetadataTable.of(bundle.metadata)
-        self._columns = _column_values(self._table)
+        # Each filter column with a value to offer -> its distinct values, each with the rows that hold it.
+        groups = {column: _group_rows(bundle.metadata, column) for column in FILTER_COLUMNS}
+        self._groups = {column: pairs for column, pairs in groups.items() if any(value for value, _ in pairs)}
 
     def filter_choices(self) -> dict[str, list[str]]:
         """For each filterable column the bundle has: its values, sorted."""
-        return {column: sorted(values) for column, values in self._columns.items()}
+        return {column: sorted({str(value) for value, _ in groups if value}) for column, groups in self._groups.items()}
 
     def matches(self, vectors: np.ndarray, k: int = DEFAULT_K, filters: dict | None = None) -> list[list[Match]]:
         """The k nearest products for each query vector, among those matching `filters` (exact, not a post-filter)."""
@@ -63,11 +63,17 @@ class Searcher:
         active = {column: set(values) for column, values in (filters or {}).items() if values}
         if not active:
             return None
-        unknown = set(active) - set(self._columns)
+        unknown = set(active) - set(self._groups)
         if unknown:
-            raise ValueError(f"Cannot filter on {sorted(unknown)}: the catalogue has {sorted(self._columns)}.")
-        mask = np.logical_and.reduce([self._table.matching(column, values) for column, values in active.items()])
-        return np.flatnonzero(mask).astype(np.int64, copy=False)
+            raise ValueError(f"Cannot filter on {sorted(unknown)}: the catalogue has {sorted(self._groups)}.")
+        mask = np.ones(len(self.bundle.filenames), dtype=bool)
+        for column, chosen in active.items():
+            matching = np.zeros_like(mask)
+            for value, rows in self._groups[column]:
+                if _among(value, chosen):
+                    matching[rows] = True
+            mask &= matching
+        return np.flatnonzero(mask).astype(np.int64)
 
     def _match(self, neighbour) -> Match:
         row = neighbour.row
@@ -83,13 +89,18 @@ def check_k(k: int) -> None:
         raise ValueError(f"The number of results must be between 1 and {MAX_K}; got {k}.")
 
 
-def _column_values(table: MetadataTable | None) -> dict[str, set[str]]:
-    """The values a filter offers: str() of each truthy value (the rows' own values are what a filter compares)."""
-    if table is None:
-        return {}
-    columns = {}
-    for column in FILTER_COLUMNS:
-        values = {str(value) for value in table.distinct(column) if value}
-        if values:
-            columns[column] = values
-    return columns
+def _group_rows(metadata: list[dict] | None, column: str) -> list[tuple[object, np.ndarray]]:
+    """[(value, the rows holding it)] for each distinct value of `column`; a row without the column holds None."""
+    groups: dict[tuple, tuple[object, list[int]]] = {}
+    for row, values in enumerate(metadata or []):
+        value = values.get(column)
+        groups.setdefault((type(value), repr(value)), (value, []))[1].append(row)  # 1, 1.0 and True stay apart
+    return [(value, np.array(rows, dtype=np.int64)) for value, rows in groups.values()]
+
+
+def _among(value, chosen: set) -> bool:
+    """`value in chosen`, where a list or object value (unhashable) is in no set of filter choices."""
+    try:
+        return value in chosen
+    except TypeError:
+        return False
