@@ -20,7 +20,7 @@ import shutil
 import stat
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +95,8 @@ def build_bundle(
         digests = _hash_sources(images_dir, files, quiet, summary)
         vectors = _reuse_previous(out, staging, embedder, digests, summary)
         todo = [name for name in files if name in digests and name not in vectors]
-        _embed(images_dir, work, embedder, todo, digests, vectors, batch_size, workers, quiet, summary)
+        chunks = _plan_chunks(images_dir, work, todo, digests, batch_size)
+        vectors.update(_embed(embedder, chunks, workers, quiet, summary))
         if not vectors:
             raise PrecomputeError(f"None of the {len(files)} images under {images_dir} could be read.")
         names = sorted(vectors)
@@ -174,48 +175,60 @@ def _reuse_previous(out: Path, staging: Path, embedder, digests: dict[str, str],
     return vectors
 
 
-def _embed(images_dir, work, embedder, todo, digests, vectors, batch_size, workers, quiet, summary) -> None:
-    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    copies = work / _BUNDLE / IMAGES
-    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=quiet, smoothing=0.1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[tuple[Path, list[str], tuple | None, list[Future] | None]] = deque()
+@dataclass(frozen=True)
+class _Chunk:
+    """One batch of images to embed, and where its result is saved (a re-run finds it there)."""
 
-        def schedule(chunk: list[str]) -> None:
-            path = work / _CHUNKS / f"{_chunk_key(chunk, digests)}.npz"
-            done = _load_chunk(path) if path.exists() else None
-            if done is not None and not all((copies / name).exists() for name in done[0]):
-                done = None  # its images' copies left with a bundle swapped in before the chunks were deleted
-            futures = (
-                None
-                if done is not None
-                else [pool.submit(_prepare_image, images_dir / name, copies / name) for name in chunk]
-            )
-            pending.append((path, chunk, done, futures))
+    names: list[str]
+    sources: list[Path]  # the catalogue files
+    copies: list[Path]  # the gallery copies, in the bundle being made
+    saved: Path  # work/chunks/<hash of the names and their contents>.npz
 
-        queue = iter(chunks)
-        for chunk in queue:  # decode up to two batches ahead of the forward pass
-            schedule(chunk)
-            if len(pending) == 2:
-                break
-        while pending:
-            path, chunk, done, futures = pending.popleft()
-            next_chunk = next(queue, None)
-            if next_chunk is not None:
-                schedule(next_chunk)
-            if done is not None:
-                names, rows, skipped = done
+
+def _plan_chunks(images_dir: Path, work: Path, todo: list[str], digests: dict[str, str], size: int) -> list[_Chunk]:
+    chunks = []
+    for start in range(0, len(todo), size):
+        names = todo[start : start + size]
+        key = hashlib.sha256("\n".join(f"{name}\t{digests[name]}" for name in names).encode()).hexdigest()[:32]
+        copies = [work / _BUNDLE / IMAGES / name for name in names]
+        chunks.append(_Chunk(names, [images_dir / name for name in names], copies, work / _CHUNKS / f"{key}.npz"))
+    return chunks
+
+
+def _embed(embedder, chunks: list[_Chunk], workers: int, quiet: bool, summary: BuildSummary) -> dict[str, np.ndarray]:
+    """The vectors of every image in `chunks`; the next `workers` chunks are decoded while one is embedded."""
+    vectors = {}
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(
+            total=sum(len(chunk.names) for chunk in chunks), desc="embedding", unit="img", disable=quiet, smoothing=0.1
+        ) as bar,
+    ):
+        ahead = deque(pool.submit(_read_chunk, chunk) for chunk in chunks[:workers])
+        for position, chunk in enumerate(chunks):
+            saved, prepared = ahead.popleft().result()
+            if position + workers < len(chunks):
+                ahead.append(pool.submit(_read_chunk, chunks[position + workers]))
+            if saved is not None:
+                names, rows, skipped = saved
                 summary.resumed += len(names)
             else:
-                names, rows, skipped = _run_chunk(embedder, chunk, [f.result() for f in futures])
-                _save_chunk(path, names, rows, skipped)
+                names, rows, skipped = _run_chunk(embedder, chunk.names, prepared)
+                _save_chunk(chunk.saved, names, rows, skipped)
                 summary.embedded += len(names)
             vectors.update(zip(names, rows))
             for name, reason in skipped:
                 log.warning("Skipped %s: %s", name, reason)
             summary.skipped += skipped
-            bar.update(len(chunk))
-    bar.close()
+            bar.update(len(chunk.names))
+    return vectors
+
+
+def _read_chunk(chunk: _Chunk) -> tuple[tuple | None, list | None]:
+    """(its saved result, None) if an earlier run finished it, else (None, each image's input or ImageError)."""
+    if chunk.saved.exists() and all(copy.exists() for copy in chunk.copies):
+        return _load_chunk(chunk.saved), None  # (without its copies, a bundle swapped in earlier took them)
+    return None, [_prepare_image(source, copy) for source, copy in zip(chunk.sources, chunk.copies)]
 
 
 def _prepare_image(source: Path, target: Path) -> np.ndarray | ImageError:
@@ -248,11 +261,6 @@ def _run_chunk(embedder, chunk: list[str], prepared: list) -> tuple[list[str], n
     arrays = [item for item in prepared if isinstance(item, np.ndarray)]
     rows = embedder.embed(np.stack(arrays)) if arrays else np.zeros((0, 0), np.float32)
     return names, rows, skipped
-
-
-def _chunk_key(chunk: list[str], digests: dict[str, str]) -> str:
-    text = "\n".join(f"{name}\t{digests[name]}" for name in chunk)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _save_chunk(path: Path, names: list[str], rows: np.ndarray, skipped: list[tuple[str, str]]) -> None:

@@ -19,6 +19,20 @@ from PIL import Image, ImageDraw
 from fashion_search.bundle import write_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def needs(available: bool, what: str) -> pytest.MarkDecorator:
+    """Skip, saying why, on a machine without `what`; under CI (CI set) run anyway, so that CI runs every test."""
+    return pytest.mark.skipif(not available and not os.environ.get("CI"), reason=f"needs {what}")
+
+
+NEEDS_CHROMIUM = needs(CHROMIUM.exists(), "Debian's chromium (apt-get install chromium)")
+NEEDS_FASHION_MNIST = needs(
+    FASHION_MNIST.is_dir(), "Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+)
+NEEDS_ROOT = needs(os.geteuid() == 0, "root (it mounts file systems and sets chattr +i)")
 WEIGHTS_SEED = 1234
 
 
@@ -151,3 +165,10 @@ def recommender(embedder, bundle_dir):
     from fashion_search.search import Searcher
 
     return webapp.Recommender(Searcher(embedder, load_bundle(bundle_dir)))
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the ResNet50 (directly or through a bundle made with it) is slow: building it takes seconds."""
+    for item in items:
+        if "embedder" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

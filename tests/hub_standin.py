@@ -38,6 +38,7 @@ regular files in commits and LFS objects), and `max_folder_entries()` / `file_co
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import itertools
 import json
@@ -139,7 +140,8 @@ class HubStandIn:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-standin", daemon=True)
+        serve = functools.partial(self._server.serve_forever, poll_interval=0.05)  # stop() waits for one poll
+        self._thread = threading.Thread(target=serve, name="hub-standin", daemon=True)
         self._thread.start()
         return self
 

@@ -18,6 +18,8 @@ from fashion_search import webapp
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
 
+pytestmark = pytest.mark.slow  # starts the app
+
 
 @pytest.fixture(scope="module")
 def app_url(bundle_dir, weights_file) -> str:

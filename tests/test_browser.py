@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 from app_runner import AppProcess, app_env, build_random_weights_bundle, free_port, launch_app
+from conftest import CHROMIUM, NEEDS_CHROMIUM
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
 from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
 
-CHROMIUM = "/usr/bin/chromium"
+pytestmark = [pytest.mark.slow, NEEDS_CHROMIUM]  # starts the app and headless Chromium
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

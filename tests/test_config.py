@@ -85,6 +85,7 @@ def query(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(
     bundle_dir, weights_file, embedder, query, tmp_path
 ):
@@ -117,6 +118,7 @@ def random_weights_bundle(tmp_path) -> Path:
     return build_random_weights_bundle(tmp_path / "random")
 
 
+@pytest.mark.slow
 def test_flags_win_over_the_environment_and_random_weights_are_flagged_on_the_page(random_weights_bundle, tmp_path):
     port, env_port = free_port(), free_port()
     env = app_env(tmp_path, FASHION_CATALOG=str(tmp_path / "not-this-one"), GRADIO_SERVER_PORT=str(env_port))
@@ -128,6 +130,7 @@ def test_flags_win_over_the_environment_and_random_weights_are_flagged_on_the_pa
     assert f"of the 6 products in the catalogue <b>{random_weights_bundle.name}</b>" in page
 
 
+@pytest.mark.slow
 def test_without_imagenet_weights_the_app_stops_at_once_saying_how_to_pass_a_file(tmp_path):
     refused = "http://127.0.0.1:9"  # nothing listens there: the download fails as it does offline, online or not
     env = app_env(tmp_path, https_proxy=refused, HTTPS_PROXY=refused, http_proxy=refused, HTTP_PROXY=refused)

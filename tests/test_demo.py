@@ -37,6 +37,7 @@ def assets(tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_first_start_builds_the_demo_bundle_and_later_starts_reuse_it(embedder, assets, tmp_path):
     cache = tmp_path / "cache"
     counting = CountingEmbedder(embedder)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NEEDS_FASHION_MNIST
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,8 @@ def _same(name: str, committed: Path, fresh: Path) -> bool:
         return a.mode == b.mode and a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
+@NEEDS_FASHION_MNIST
 def test_committed_assets_are_what_a_fresh_run_makes(regenerated):
     committed, fresh = _files(ASSETS), _files(regenerated)
     assert sorted(committed) == sorted(fresh)
@@ -125,6 +128,7 @@ def test_styles_fields_are_known_facts_only(rows):
         assert [row[c] for c in ("gender", "baseColour", "season", "year", "usage")] == ["", "", "", "", ""]
 
 
+@NEEDS_FASHION_MNIST
 def test_display_names_point_at_train_items_of_that_class(rows, script):
     train = script.load_split(script.DEFAULT_SOURCE, "train")
     for row in rows:

@@ -52,6 +52,7 @@ def ordinary_images(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_embeddings_equal_the_seed(embedder, seed_model, ordinary_images):
     ours = embedder.embed(np.stack([load_input(p) for p in ordinary_images]))
     seed = np.stack([seed_extract_features(str(p), seed_model) for p in ordinary_images])
@@ -60,6 +61,7 @@ def test_embeddings_equal_the_seed(embedder, seed_model, ordinary_images):
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_top5_equals_the_seeds_nearest_neighbors(embedder, seed_model, ordinary_images, bundle_dir):
     from fashion_search.bundle import load_bundle
 
@@ -92,6 +94,7 @@ def test_fingerprint_is_the_weights_files_sha256(embedder, weights_file):
     assert embedder.describe()["weights"] == embedder.fingerprint
 
 
+@pytest.mark.slow
 def test_random_weights_are_seeded_and_announced(caplog, ordinary_images):
     batch = load_input(ordinary_images[0])[None]
     first = Embedder.load("random", seed=3)
@@ -101,6 +104,7 @@ def test_random_weights_are_seeded_and_announced(caplog, ordinary_images):
     np.testing.assert_array_equal(first.embed(batch), second.embed(batch))
 
 
+@pytest.mark.slow
 def test_keras_v3_weights_file_loads_the_same_model(tmp_path, embedder, ordinary_images):
     path = tmp_path / "copy.weights.h5"
     embedder.model.save_weights(path)

@@ -1,7 +1,8 @@
 """Faults, really produced: SIGKILL at seeded points, a full disk (tmpfs), no write permission (read-only mount,
 immutable folders), unreadable catalogue entries, and corrupt bundles refused by the app at start.
 
-Needs root (mount, chattr), as the sandbox and CI run; each fault is checked to have happened, never assumed.
+The disk and permission faults need root (mount, chattr): without it they skip, saying so, except under CI.
+Each fault is checked to have happened, never assumed.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_runner import app_env
-from conftest import ROOT, make_catalogue
+from conftest import NEEDS_ROOT, ROOT, make_catalogue
 from PIL import Image
 from test_pipeline import bundle_contents, precompute
 
 from fashion_search.bundle import load_bundle
 from fashion_search.files import sha256_file
 from fashion_search.pipeline import PrecomputeError, build_bundle
+
+pytestmark = pytest.mark.slow  # runs, kills and re-runs precompute.py and the app
 
 KILL_SEED = 6  # the kill points are drawn from this seed: the same three points every run
 BATCH = 3
@@ -161,6 +164,7 @@ def noise_images(images: Path, count: int, seed: int) -> None:
         Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(images / f"noise{i:02}.png")
 
 
+@NEEDS_ROOT
 def test_full_disk_is_a_clear_error_the_previous_bundle_survives_and_the_rerun_resumes(
     tmp_path, embedder, weights_file
 ):
@@ -214,6 +218,7 @@ def immutable(folder: Path):
         run("chattr", "-i", folder)
 
 
+@NEEDS_ROOT
 @pytest.mark.parametrize(
     "fault",
     [

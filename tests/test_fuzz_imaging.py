@@ -22,6 +22,8 @@ from PIL import Image
 
 from fashion_search.imaging import ImageError, load_input, open_image
 
+pytestmark = pytest.mark.slow  # thousands of generated images
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1500"))
 FUZZ = settings(
     max_examples=EXAMPLES,

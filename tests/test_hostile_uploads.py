@@ -13,7 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 from app_runner import launch_app
-from conftest import embed_files
+from conftest import NEEDS_CHROMIUM, embed_files
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hostile_corpus import build_corpus, encode
@@ -132,6 +132,7 @@ def assert_server_answers(client, recommender, upload_path) -> None:
     assert len(gallery) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GOOD)
 def test_app_answers_good_uploads_like_the_searcher(name, client, recommender, upload_path):
     path = upload_path(name)
@@ -140,6 +141,7 @@ def test_app_answers_good_uploads_like_the_searcher(name, client, recommender, u
     assert [item["caption"].splitlines()[0] for item in gallery] == [row["productDisplayName"] for row in listing]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD)
 def test_app_gives_our_message_for_bad_uploads(name, client, recommender, upload_path):
     path = upload_path(name)
@@ -168,6 +170,7 @@ def _call_api(app_url: str, data: list) -> tuple[str, str]:
     return event, payload
 
 
+@pytest.mark.slow
 def test_app_serves_no_server_file_named_in_a_raw_api_call(app_url, client, recommender, upload_path, capfd):
     """A request naming a server path instead of uploading a file is refused by Gradio, and nothing of it leaks."""
     options = [5] + [[]] * len(recommender.filter_choices)  # top_k, then no filter
@@ -185,8 +188,9 @@ def test_app_serves_no_server_file_named_in_a_raw_api_call(app_url, client, reco
 
 @pytest.fixture(scope="module")
 def browser_page():
+    from conftest import CHROMIUM
     from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+    from test_browser import CHROMIUM_ARGS, TIMEOUT_MS
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -196,6 +200,8 @@ def browser_page():
         browser.close()
 
 
+@pytest.mark.slow
+@NEEDS_CHROMIUM
 def test_the_page_answers_every_upload_of_the_corpus(browser_page, app_url, recommender, upload_path):
     """Each upload in turn, on a fresh page: five products (the recommender's) or our message in the error toast."""
     from test_browser import ALL_IMAGES_LOADED

@@ -406,6 +406,7 @@ def test_unknown_repo_or_revision_is_not_found_rather_than_unavailable(hub, bund
         fetch_bundle(f"{REPO}@{missing}", cache_dir=tmp_path / "c", endpoint=hub.url)
 
 
+@pytest.mark.slow
 def test_hf_endpoint_in_the_environment_is_what_a_fresh_process_uses(hub, bundle, tmp_path):
     """How the app is pointed at the stand-in: HF_ENDPOINT must be set before huggingface_hub is imported."""
     result = push_bundle(bundle, REPO, endpoint=hub.url)
@@ -454,6 +455,7 @@ def run_precompute(hub, tmp_path, *args):
     )
 
 
+@pytest.mark.slow
 def test_precompute_builds_pushes_and_prints_the_value_to_set(hub, tmp_path, catalogue, weights_file):
     out = tmp_path / "bundle"
     first = run_precompute(
@@ -473,6 +475,7 @@ def test_precompute_builds_pushes_and_prints_the_value_to_set(hub, tmp_path, cat
     assert hub.commit_count(REPO) == commits
 
 
+@pytest.mark.slow
 def test_precompute_refuses_to_push_a_broken_bundle(hub, tmp_path):
     broken = make_bundle(tmp_path / "broken", {"a.jpg": image_bytes(1)})
     manifest = json.loads((broken / "manifest.json").read_text())

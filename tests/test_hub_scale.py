@@ -22,6 +22,8 @@ from fashion_search import hub as hub_module
 from fashion_search.bundle import load_bundle
 from fashion_search.hub import push_bundle
 
+pytestmark = pytest.mark.slow  # a 44k-product catalogue through a Hub stand-in
+
 REPO = "shop/kaggle-catalogue"
 TOKEN = "hf_scale_token"
 # The Hub's limits (Hub docs, "Repository limitations and recommendations", "Hub rate limits", September 2025).

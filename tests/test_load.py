@@ -25,6 +25,8 @@ from fashion_search.bundle import load_bundle
 from fashion_search.imaging import ImageError, open_image
 from fashion_search.search import Searcher
 
+pytestmark = pytest.mark.slow  # the app under 8 clients
+
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 50
 BAD_SHARE = 0.3

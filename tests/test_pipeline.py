@@ -72,6 +72,7 @@ def test_large_images_are_carried_as_thumbnails(tmp_path, embedder):
         assert thumb.size == (256, 128) and thumb.format == "JPEG"
 
 
+@pytest.mark.slow
 def test_command_skips_and_lists_bad_files(tmp_path, weights_file):
     images = tmp_path / "images"
     make_catalogue(images / "nested", 5)
@@ -93,6 +94,7 @@ def test_command_skips_and_lists_bad_files(tmp_path, weights_file):
     ]
 
 
+@pytest.mark.slow
 def test_command_fatal_errors_name_the_fix(tmp_path, weights_file):
     missing = precompute(tmp_path / "nowhere", "--out", tmp_path / "out", "--weights", weights_file)
     assert missing.returncode == 1 and "is not a folder of images" in missing.stderr
@@ -104,6 +106,7 @@ def test_command_fatal_errors_name_the_fix(tmp_path, weights_file):
     assert "Traceback" not in missing.stderr + empty.stderr + weights.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_identical_bundle(tmp_path, weights_file):
     images = tmp_path / "images"
     make_catalogue(images, 24, seed=5)

@@ -20,6 +20,8 @@ from fashion_search.bundle import BundleMismatch, load_bundle
 from fashion_search.embedder import Embedder, PrecisionUnavailable, cpu_has_bf16
 from fashion_search.imaging import PREPROCESSING_ID
 
+pytestmark = pytest.mark.slow  # starts the app in subprocesses
+
 
 def test_the_precision_setting_flag_over_environment_unset_by_default():
     assert config.resolve([], {}).precision is None  # None: as the catalogue was made

@@ -47,6 +47,7 @@ def test_a_name_without_an_image_extension_cannot_be_packed(name):
         member_name(name)
 
 
+@pytest.mark.slow  # a 44k-product catalogue
 def test_shards_cover_the_catalogue_in_name_order_within_their_bounds(tmp_path):
     bundle = load_bundle(make_bundle(tmp_path / "b", catalogue(6000)))
     plan = plan_shards(bundle)
@@ -58,6 +59,7 @@ def test_shards_cover_the_catalogue_in_name_order_within_their_bounds(tmp_path):
     assert plan_shards(load_bundle(bundle.root)) == plan
 
 
+@pytest.mark.slow  # a 44k-product catalogue
 def test_a_change_touches_only_the_shard_it_falls_in(tmp_path):
     before = {s.path for s in plan_shards(load_bundle(make_bundle(tmp_path / "a", catalogue(6000))))}
     grown = {s.path for s in plan_shards(load_bundle(make_bundle(tmp_path / "b", catalogue(6100))))}
