@@ -18,7 +18,6 @@ from benchmarks.servers import QUIET_ENV, ROOT, Server, ask, client
 from benchmarks.timing import Samples
 
 TARGET_SECONDS = 12.0
-TARGET_RSS_MB = 1200.0
 
 
 def run(ctx, runs: int, phases: bool = True) -> list[Row]:
@@ -53,8 +52,7 @@ def run(ctx, runs: int, phases: bool = True) -> list[Row]:
             "—",
             value(peak, digits=4),
             "",
-            f"≤ {TARGET_RSS_MB:.0f} MB",
-            verdict(peak.median <= TARGET_RSS_MB),
+            "(information)",
         ),
     ]
     if phases:
