@@ -1,4 +1,4 @@
-"""File helpers shared by the bundle and the precompute pipeline: hashing, atomic writes, folder swaps."""
+"""File helpers shared by the bundle, the pipeline and the Hub transfer: hashing, atomic writes, links, swaps."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make `target` a hard link to the file behind `source` (links followed), or a copy across file systems."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(os.path.realpath(source), target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def swap_in(new: Path, target: Path) -> None:

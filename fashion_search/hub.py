@@ -44,6 +44,7 @@ from huggingface_hub.errors import (
 
 from fashion_search.bundle import DATA_FILES, IMAGES, MANIFEST, Bundle, BundleFormatError, load_bundle
 from fashion_search.config import parse_hub_spec
+from fashion_search.files import link_or_copy
 from fashion_search.shards import SHARD_NAME, SHARDS, Shard, extract_shards, plan_shards, write_shard
 
 logger = logging.getLogger(__name__)
@@ -366,22 +367,14 @@ def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path, folder: P
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in [MANIFEST, *data]:
-        _link_or_copy(snap / name, staging / name)
+        link_or_copy(snap / name, staging / name)
     if shards is not None:
         extract_shards([snap / path for path in shards], staging, files)
     else:
-        shutil.copytree(snap / IMAGES, staging / IMAGES, copy_function=_link_or_copy)
+        shutil.copytree(snap / IMAGES, staging / IMAGES, copy_function=link_or_copy)
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete or damaged copy
     os.replace(staging, folder)
     logger.info("Catalogue %s@%s is in %s", repo_id, sha, folder)
-
-
-def _link_or_copy(source: str | Path, target: str | Path) -> None:
-    """A hard link to the file behind `source` (a link into the library's blobs), or a copy across file systems."""
-    try:
-        os.link(os.path.realpath(source), target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def _keep(folder: Path, library_cache: Path, repo_id: str) -> Path:

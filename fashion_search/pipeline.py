@@ -30,7 +30,14 @@ from tqdm import tqdm
 
 from fashion_search.bundle import IMAGES, MANIFEST, BundleError, load_bundle, write_bundle
 from fashion_search.catalogue import IMAGE_EXTENSIONS, list_images, metadata_for, read_styles
-from fashion_search.files import backup_path, restore_interrupted_swap, sha256_file, swap_in, write_atomic
+from fashion_search.files import (
+    backup_path,
+    link_or_copy,
+    restore_interrupted_swap,
+    sha256_file,
+    swap_in,
+    write_atomic,
+)
 from fashion_search.imaging import PREPROCESSING_ID, ImageError, image_to_input, open_image
 
 log = logging.getLogger(__name__)
@@ -169,7 +176,7 @@ def _reuse_previous(out: Path, staging: Path, embedder, digests: dict[str, str],
     vectors = {}
     for row, (name, digest) in enumerate(zip(previous.filenames, previous.sources)):
         if digests.get(name) == digest:
-            _link_or_copy(previous.image_path(row), staging / IMAGES / name)
+            link_or_copy(previous.image_path(row), staging / IMAGES / name)
             vectors[name] = previous.embeddings[row]
     summary.reused = len(vectors)
     return vectors
@@ -281,15 +288,6 @@ def _drop_stale_images(images: Path, keep: set[str]) -> None:
     for path in list(images.rglob("*")):
         if path.is_file() and path.relative_to(images).as_posix() not in keep:
             path.unlink()
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def _os_error_message(exc: OSError, out: Path) -> str:
