@@ -20,6 +20,11 @@ from fashion_search.embedder import PRECISIONS
 
 def run(ctx, runs: int, catalogue: int, queries: int) -> list[Row]:
     """Each round runs a float32 process and then a bfloat16 one (the setting is per process), side by side."""
+    from fashion_search.embedder import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        ctx.log("figure 5: skipped: this CPU has no bf16 instructions, where the app refuses bfloat16")
+        return [Row("5: bfloat16 forward", "—", "not measured: no AVX512_BF16 or AMX on this CPU", "", "(information)")]
     rates: dict[str, dict[str, list[float]]] = {p: {} for p in PRECISIONS}
     work = Path(tempfile.mkdtemp(prefix="bench-bf16-"))
     for r in range(runs):
