@@ -27,8 +27,10 @@ from fashion_search.upload_image import UploadedImage
 
 # The page: title, a short description, and the products as cards.
 CSS = """
-.gradio-container {max-width: 1200px !important; margin: auto;}
+.gradio-container {max-width: min(1200px, 100%) !important; margin: auto; box-sizing: border-box;}
+#products .grid-wrap.fixed-height, #products .gallery-container {max-height: none; height: auto; overflow: visible;}
 #products .grid-container {grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important;}
+@media (max-width: 480px) {#products .grid-container {grid-template-columns: repeat(2, minmax(0, 1fr)) !important;}}
 #products .thumbnail-item.thumbnail-lg {aspect-ratio: auto; height: auto; display: flex; flex-direction: column;
                                         background: #fff;}
 #products .thumbnail-lg > img {aspect-ratio: 1; height: auto; object-fit: contain; padding: 10px;}
@@ -77,20 +79,25 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
     """The page and the `/recommend` endpoint: a photo, then the options (number of results, one filter per column)."""
     filter_columns = list(recommender.filter_choices)
 
-    def recommend(image: str | None, top_k: float = DEFAULT_K, *filters: list[str]) -> tuple[list, list[dict]]:
-        """One request: the uploaded file -> (gallery of (image, caption), listing of {rank, filename, ...})."""
+    def recommend(image: str | None, top_k: float = DEFAULT_K, *options) -> tuple[list, list[dict]]:
+        """One request: the uploaded file -> (gallery of (image, caption), listing of {rank, filename, ...}).
+
+        `options`: one list of chosen values per filter column, then the near-duplicate distance (0: off)."""
+        filters, gap = options[: len(filter_columns)], (options[len(filter_columns) :] or [0.0])[0]
         try:
-            matches = recommender.recommend(image, int(top_k), dict(zip(filter_columns, filters)))
+            matches = recommender.recommend(image, int(top_k), dict(zip(filter_columns, filters)), float(gap or 0))
         except webapp.QueryError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         return webapp.gallery_items(matches), webapp.listing(matches)
 
-    # Gradio names the API's parameters from inspect.signature, which reads __signature__: image, top_k, then one
-    # keyword per filter column (tests/test_app.py calls them by name).
+    # Gradio names the API's parameters from inspect.signature, which reads __signature__: image, top_k, one keyword
+    # per filter column, near_duplicate_distance (tests/test_app.py calls them by name).
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
     recommend.__signature__ = inspect.signature(recommend).replace(
         parameters=[
             *list(inspect.signature(recommend).parameters.values())[:2],
-            *[inspect.Parameter(c, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=[]) for c in filter_columns],
+            *[inspect.Parameter(column, keyword, default=[]) for column in filter_columns],
+            inspect.Parameter("near_duplicate_distance", keyword, default=0.0),
         ]
     )
     photo = UploadedImage(
@@ -112,17 +119,29 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         )
         for column, values in recommender.filter_choices.items()
     ]
-    return gr.Interface(
+    gallery = gr.Gallery(
+        label="Similar products",
+        columns=3,
+        object_fit="contain",
+        height="auto",
+        allow_preview=False,  # a click on a product searches with it (more like this) instead of enlarging it
+        elem_id="products",
+    )
+    results = gr.JSON(label="Results", max_height=260)
+    top_k = gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Number of results")
+    near_duplicates = gr.Slider(
+        0,
+        webapp.MAX_GAP,
+        value=0,
+        step=0.01,
+        label="Hide near-duplicates",
+        info="leave out a product closer than this to a better result (distance; 0 = show all)",
+    )
+    demo = gr.Interface(
         fn=recommend,
         inputs=photo,
-        outputs=[
-            gr.Gallery(label="Similar products", columns=3, object_fit="contain", height="auto", elem_id="products"),
-            gr.JSON(label="Results", max_height=260),
-        ],
-        additional_inputs=[
-            gr.Slider(1, MAX_K, value=DEFAULT_K, step=1, precision=0, label="Number of results"),
-            *filters,
-        ],
+        outputs=[gallery, results],
+        additional_inputs=[top_k, *filters, near_duplicates],
         additional_inputs_accordion=gr.Accordion("Options: number of results and filters", open=False),
         examples=[[str(path)] for path in demo_assets.example_images()],
         cache_examples=False,  # a query costs well under a second; cached results would ignore the options
@@ -133,6 +152,48 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         flagging_mode="never",
         concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes and searches
     )
+    add_more_like_this(demo, recommender, photo, gallery, results, top_k, dict(zip(filter_columns, filters)))
+    return demo
+
+
+def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filters: dict) -> None:
+    """`/similar` (a product's filename -> the products most like it), and a click on a result doing the same."""
+
+    def similar(filename: str, top_k: float = DEFAULT_K, **chosen: list[str]) -> tuple[list, list[dict]]:
+        """A catalogue product -> (gallery, listing) of the products most like it, itself left out."""
+        try:
+            _, matches = recommender.similar(filename, int(top_k), chosen)
+        except webapp.QueryError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return webapp.gallery_items(matches), webapp.listing(matches)
+
+    def clicked(event: gr.SelectData, listing: list[dict], top_k: float, *chosen: list[str]):
+        """A click on a result: that product becomes the query, and its neighbours the results."""
+        filename = listing[event.index]["filename"]
+        try:
+            product, matches = recommender.similar(filename, int(top_k), dict(zip(filters, chosen)))
+        except webapp.QueryError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return str(product.image_path), webapp.gallery_items(matches), webapp.listing(matches)
+
+    with demo:
+        product = gr.Textbox(visible=False, label="filename")
+        api_only = gr.Button(visible=False)
+        api_only.click(
+            similar,
+            inputs=[product, top_k],
+            inputs_kwargs=filters,
+            outputs=[gallery, results],
+            api_name="similar",
+            concurrency_limit=webapp.MAX_BATCH_SIZE,
+        )
+        gallery.select(
+            clicked,
+            inputs=[results, top_k, *filters.values()],
+            outputs=[photo, gallery, results],
+            api_visibility="private",
+            concurrency_limit=webapp.MAX_BATCH_SIZE,
+        )
 
 
 # Loaded once, at import: Gradio (and a Space) look for this module's `demo`.

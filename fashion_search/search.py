@@ -19,6 +19,8 @@ FILTER_COLUMNS = ("gender", "masterCategory", "articleType", "baseColour")
 class NoMatch(ValueError):
     """No catalogue product satisfies the filters."""
 
+    MESSAGE = "No product in the catalogue matches these filters. Remove a filter and try again."
+
 
 @dataclass(frozen=True)
 class Match:
@@ -30,8 +32,9 @@ class Match:
     metadata: dict
 
     def listing(self) -> dict:
-        """The JSON the API returns for this result."""
-        return {"rank": self.rank, "filename": self.filename, "distance": round(self.distance, 6), **self.metadata}
+        """The JSON the API returns for this result; metadata without a value (None, "") is left out."""
+        metadata = {key: value for key, value in self.metadata.items() if value is not None and value != ""}
+        return {"rank": self.rank, "filename": self.filename, "distance": round(self.distance, 6), **metadata}
 
 
 class Searcher:
@@ -50,13 +53,38 @@ class Searcher:
         """For each filterable column the bundle has: its values, sorted."""
         return {column: sorted({str(value) for value, _ in groups if value}) for column, groups in self._groups.items()}
 
-    def matches(self, vectors: np.ndarray, k: int = DEFAULT_K, filters: dict | None = None) -> list[list[Match]]:
-        """The k nearest products for each query vector, among those matching `filters` (exact, not a post-filter)."""
-        check_k(k)
+    def matches(
+        self, vectors: np.ndarray, k: int = DEFAULT_K, filters: dict | None = None, min_gap: float = 0.0
+    ) -> list[list[Match]]:
+        """The k nearest products for each query vector, among those matching `filters` (exact, not a post-filter).
+
+        With `min_gap` > 0, a product closer than `min_gap` to a better-ranked result is left out (a near-duplicate
+        shot), and the results are filled up to k from further down.
+        """
         rows = self.rows_matching(filters)
         if rows is not None and rows.size == 0:
-            raise NoMatch("No product in the catalogue matches these filters. Remove a filter and try again.")
-        return [[self._match(n) for n in neighbours] for neighbours in self.index.search(vectors, k=k, rows=rows)]
+            raise NoMatch(NoMatch.MESSAGE)
+        if min_gap > 0:
+            return [self._distinct(vector, k, rows, min_gap) for vector in np.atleast_2d(vectors)]
+        return [
+            [self.match(n.row, n.rank, n.distance) for n in neighbours]
+            for neighbours in self.index.search(vectors, k=k, rows=rows)
+        ]
+
+    def _distinct(self, vector: np.ndarray, k: int, rows: np.ndarray | None, min_gap: float) -> list[Match]:
+        eligible = len(self.bundle.filenames) if rows is None else len(rows)
+        fetch = min(eligible, 4 * k)
+        while True:
+            kept: list = []
+            for neighbour in self.index.search(vector, k=fetch, rows=rows)[0]:
+                shown = self.bundle.embeddings[[n.row for n in kept]]
+                if np.all(np.linalg.norm(shown - self.bundle.embeddings[neighbour.row], axis=1) >= min_gap):
+                    kept.append(neighbour)
+                    if len(kept) == k:
+                        break
+            if len(kept) == k or fetch == eligible:
+                return [self.match(n.row, rank, n.distance) for rank, n in enumerate(kept, 1)]
+            fetch = min(eligible, 4 * fetch)
 
     def rows_matching(self, filters: dict[str, list[str]] | None) -> np.ndarray | None:
         """Rows whose metadata matches every given filter (a value among the chosen ones); None = no filter."""
@@ -75,12 +103,10 @@ class Searcher:
             mask &= matching
         return np.flatnonzero(mask).astype(np.int64)
 
-    def _match(self, neighbour) -> Match:
-        row = neighbour.row
+    def match(self, row: int, rank: int = 0, distance: float = 0.0) -> Match:
+        """Catalogue row `row` as a result (rank 0, distance 0: the product itself)."""
         metadata = self.bundle.metadata[row] if self.bundle.metadata is not None else {}
-        return Match(
-            neighbour.rank, row, self.bundle.filenames[row], neighbour.distance, self.bundle.image_path(row), metadata
-        )
+        return Match(rank, row, self.bundle.filenames[row], distance, self.bundle.image_path(row), metadata)
 
 
 def check_k(k: int) -> None:

@@ -7,6 +7,7 @@ the model is busy go through it together in one forward pass, and then search to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -28,6 +29,7 @@ from fashion_search.search import DEFAULT_K, Match, NoMatch, Searcher, check_k
 log = logging.getLogger(__name__)
 
 MAX_BATCH_SIZE = 8  # queries per forward pass and per search; the app runs as many requests at once
+MAX_GAP = 0.5  # the largest near-duplicate distance offered: unit vectors that far apart are different pictures
 MAX_UPLOAD = "20mb"  # Gradio refuses bigger uploads before they reach us
 # Gradio keeps a copy of the page's config for each session (each browser tab, each gradio_client Client), up to
 # 10,000 by default. This app keeps no state in a session, so it keeps fewer; a dropped session is made anew.
@@ -107,6 +109,7 @@ class _Query:
     vector: np.ndarray  # (2048,) float32, a unit vector
     k: int
     filters: tuple  # canonical: ((column, (value, ...)), ...), sorted, empty choices left out
+    min_gap: float = 0.0  # > 0: near-duplicates of a better result left out (Searcher.matches)
 
 
 def _query_error(cause: Exception) -> QueryError:
@@ -134,6 +137,7 @@ class Recommender:
         self.embedding = Batcher(self._embed_batch, max_batch_size, name="embed-batcher")
         self.searching = Batcher(self._search_batch, max_batch_size, name="search-batcher")
         self.filter_choices = searcher.filter_choices()  # {column: sorted values}, only columns the bundle has
+        self._rows = {name: row for row, name in enumerate(searcher.bundle.filenames)}
 
     @property
     def bundle(self) -> Bundle:
@@ -144,37 +148,72 @@ class Recommender:
         self.recommend(Image.new("RGB", (IMAGE_SIZE[1], IMAGE_SIZE[0]), "white"))
 
     def recommend(
-        self, image: ImageSource | None, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None
+        self,
+        image: ImageSource | None,
+        k: int = DEFAULT_K,
+        filters: dict[str, list[str]] | None = None,
+        min_gap: float = 0.0,
     ) -> list[Match]:
-        """The k most similar products to `image` among those matching `filters`.
+        """The k most similar products to `image` among those matching `filters`; with `min_gap` > 0, without
+        products closer than that to a better result (near-duplicate shots).
 
         Raises:
-            QueryError: no image, an image that cannot be read, k out of range, or no product matching the filters.
+            QueryError: no image, an image that cannot be read, k or min_gap out of range, or no product matching the
+                filters.
         """
         if image is None:
             raise QueryError(NO_IMAGE)
+        if not 0 <= min_gap <= MAX_GAP:
+            raise QueryError(f"The near-duplicate distance must be between 0 and {MAX_GAP}; got {min_gap}.")
         try:
             check_k(k)
             array = load_input(image)
         except ValueError as exc:  # k out of range, or an ImageError
             raise QueryError(str(exc)) from exc
         vector = self.embedding.submit(array)
-        return self.searching.submit(_Query(vector, k, _canonical(filters)))
+        return self.searching.submit(_Query(vector, k, _canonical(filters), min_gap))
+
+    def similar(
+        self, filename: str, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None
+    ) -> tuple[Match, list[Match]]:
+        """(the product, the k products most like it among those matching `filters`), from its stored vector.
+
+        Raises:
+            QueryError: an unknown file name, k out of range, or no other product matching the filters.
+        """
+        row = self._rows.get(filename) if isinstance(filename, str) else None
+        if row is None:
+            example = self.bundle.filenames[0]
+            raise QueryError(
+                f"No product {filename!r} in this catalogue: give a product's filename as a result's listing shows "
+                f"it, e.g. {example!r}."
+            )
+        try:
+            check_k(k)
+        except ValueError as exc:
+            raise QueryError(str(exc)) from exc
+        # One more than asked, as the product itself is usually its own nearest; the k nearest others stay exact.
+        found = self.searching.submit(_Query(self.bundle.embeddings[row], k + 1, _canonical(filters)))
+        others = [match for match in found if match.row != row][:k]
+        if not others:
+            raise QueryError(NoMatch.MESSAGE)
+        product = self.searcher.match(row)
+        return product, [dataclasses.replace(match, rank=rank) for rank, match in enumerate(others, 1)]
 
     def _embed_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         """One forward pass: (n, 224, 224, 3) preprocessed pictures -> (n, 2048) unit vectors."""
         return self.searcher.embedder.embed(np.stack(arrays))
 
     def _search_batch(self, queries: list[_Query]) -> list[list[Match] | QueryError]:
-        """One scikit-learn call per (k, filters) among the queries; an error stays in its group."""
+        """One scikit-learn call per (k, filters, min_gap) among the queries; an error stays in its group."""
         groups: dict[tuple, list[int]] = {}
         for position, query in enumerate(queries):
-            groups.setdefault((query.k, query.filters), []).append(position)
+            groups.setdefault((query.k, query.filters, query.min_gap), []).append(position)
         results: list = [None] * len(queries)
-        for (k, filters), positions in groups.items():
+        for (k, filters, min_gap), positions in groups.items():
             vectors = np.stack([queries[p].vector for p in positions])
             try:
-                found = self.searcher.matches(vectors, k, {column: list(values) for column, values in filters})
+                found = self.searcher.matches(vectors, k, {column: list(values) for column, values in filters}, min_gap)
             except (NoMatch, ValueError) as exc:  # no product matches, or a column the catalogue does not have
                 found = [_query_error(exc) for _ in positions]  # one each: raising sets its traceback
             for position, matches in zip(positions, found):

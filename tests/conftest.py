@@ -148,6 +148,15 @@ def reference_top_k(embedder, bundle, path, k: int = 5) -> tuple[list[str], list
     return [bundle.filenames[row] for row in rows[0]], distances[0].tolist()
 
 
+def similar_reference(bundle, filename: str, k: int, rows=None) -> tuple[list[str], list[float]]:
+    """Brute force over the bundle's vectors: the k nearest other products (among `rows`), nearest first."""
+    product = bundle.filenames.index(filename)
+    eligible = [row for row in (range(len(bundle.filenames)) if rows is None else rows) if row != product]
+    distances = np.linalg.norm(bundle.embeddings[eligible] - bundle.embeddings[product], axis=1)
+    order = np.argsort(distances, kind="stable")[:k]
+    return [bundle.filenames[eligible[i]] for i in order], distances[order].tolist()
+
+
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory, catalogue, embedder) -> Path:
     from fashion_search.pipeline import build_bundle

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 from app_runner import launch_app
-from conftest import draw_product
+from conftest import draw_product, embed_files, similar_reference
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -77,6 +77,20 @@ def test_readme_call_returns_five_catalogue_images_with_a_matching_listing(clien
     assert distances == sorted(distances)
 
 
+def test_the_readme_snippet_runs_as_written(app_url, queries, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    snippet = next(block for block in readme.split("```python\n")[1:] if 'api_name="/similar"' in block)
+    snippet = snippet.split("```")[0].replace("http://127.0.0.1:7860/", app_url)
+    (tmp_path / "photo.jpg").write_bytes(queries[0].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("Loaded as API")]
+    assert len(printed) == 5 and printed[0].startswith("1 ")
+    first = printed[0].split()[1]
+    assert len(namespace["listing"]) == 5 and first not in [row["filename"] for row in namespace["listing"]]
+
+
 def test_a_catalogue_image_re_encoded_as_jpeg_finds_itself_first(client, catalogue, tmp_path):
     for name in ("1003.png", "1010.jpg"):
         original = Image.open(catalogue / "images" / name).convert("RGB")
@@ -90,12 +104,14 @@ def test_a_catalogue_image_re_encoded_as_jpeg_finds_itself_first(client, catalog
         assert listing[0]["distance"] < listing[1]["distance"]
 
 
-def test_api_parameters_are_the_image_top_k_and_one_filter_per_metadata_column(client):
-    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/recommend"]
-    names = [parameter["parameter_name"] for parameter in info["parameters"]]
-    assert names == ["image", "top_k", "gender", "masterCategory", "articleType", "baseColour"]
-    defaults = {p["parameter_name"]: p["parameter_default"] for p in info["parameters"] if p["parameter_has_default"]}
-    assert defaults == {"top_k": 5, "gender": [], "masterCategory": [], "articleType": [], "baseColour": []}
+def test_api_parameters_are_the_image_top_k_one_filter_per_metadata_column_and_the_near_duplicate_gap(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    columns = ["gender", "masterCategory", "articleType", "baseColour"]
+    for endpoint, first, last in [("/recommend", "image", ["near_duplicate_distance"]), ("/similar", "filename", [])]:
+        parameters = endpoints[endpoint]["parameters"]
+        assert [parameter["parameter_name"] for parameter in parameters] == [first, "top_k", *columns, *last]
+        defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters if p["parameter_has_default"]}
+        assert defaults == {"top_k": 5, **{column: [] for column in columns}, **{name: 0 for name in last}}
 
 
 @pytest.mark.parametrize("k", [1, 12, 20])
@@ -244,3 +260,55 @@ def test_the_app_loaded_the_catalogue_and_weights_it_was_given(bundle_dir, weigh
     assert app.recommender.bundle.root == bundle_dir
     assert app.recommender.info.weights == load_bundle(bundle_dir).weights
     assert app.recommender.info.weights.startswith("sha256:")
+
+
+@pytest.mark.parametrize("k", [1, 5, 19])
+def test_similar_gives_the_nearest_other_products_from_the_stored_vector(client, recommender, k):
+    bundle = recommender.bundle
+    for filename in (bundle.filenames[0], bundle.filenames[7]):
+        gallery, listing = client.predict(filename, k, api_name="/similar")
+        names, distances = similar_reference(bundle, filename, k)
+        assert [row["filename"] for row in listing] == names and filename not in names
+        assert [row["distance"] for row in listing] == pytest.approx(distances, abs=1e-5)
+        assert [row["rank"] for row in listing] == list(range(1, k + 1)) and len(gallery) == k
+
+
+def test_similar_takes_the_filters_as_recommend_does(client, recommender):
+    bundle = recommender.bundle
+    women = [row for row, meta in enumerate(bundle.metadata) if meta.get("gender") == "Women"]
+    filename = bundle.filenames[women[0]]
+    _, listing = client.predict(filename, 20, gender=["Women"], api_name="/similar")
+    assert [row["filename"] for row in listing] == similar_reference(bundle, filename, 20, women)[0]
+    assert {row["gender"] for row in listing} == {"Women"}
+
+
+def test_similar_refuses_an_unknown_product_naming_what_it_expects(client, recommender):
+    with pytest.raises(AppError) as caught:
+        client.predict("no-such-product.jpg", 5, api_name="/similar")
+    assert str(caught.value) == (
+        "No product 'no-such-product.jpg' in this catalogue: give a product's filename as a result's listing shows "
+        f"it, e.g. {recommender.bundle.filenames[0]!r}."
+    )
+
+
+def test_near_duplicate_hiding_through_the_api(client, recommender, embedder, queries):
+    """With a gap just over the closest pair of today's top-5, that pair loses its lower product, and the page is
+    filled up to 5 from further down; with 0 (the default), the answer is today's."""
+    bundle = recommender.bundle
+    _, plain = client.predict(handle_file(str(queries[1])), api_name="/recommend")
+    rows = [bundle.filenames.index(row["filename"]) for row in plain]
+    pairs = [np.linalg.norm(bundle.embeddings[a] - bundle.embeddings[b]) for i, a in enumerate(rows) for b in rows[:i]]
+    gap = float(min(pairs)) + 1e-4
+    _, distinct = client.predict(handle_file(str(queries[1])), near_duplicate_distance=gap, api_name="/recommend")
+
+    vector = embed_files(embedder, [queries[1]])[0]
+    kept: list[int] = []
+    for row in np.argsort(np.linalg.norm(bundle.embeddings - vector, axis=1), kind="stable"):
+        if all(np.linalg.norm(bundle.embeddings[row] - bundle.embeddings[other]) >= gap for other in kept):
+            kept.append(int(row))
+        if len(kept) == 5:
+            break
+    assert [row["filename"] for row in distinct] == [bundle.filenames[row] for row in kept]
+    assert [row["filename"] for row in distinct] != [row["filename"] for row in plain]
+    assert [row["rank"] for row in distinct] == [1, 2, 3, 4, 5]
+    assert client.predict(handle_file(str(queries[1])), near_duplicate_distance=0, api_name="/recommend")[1] == plain

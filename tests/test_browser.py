@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from app_runner import AppProcess, app_env, build_random_weights_bundle, free_port, launch_app
-from conftest import CHROMIUM, NEEDS_CHROMIUM
+from conftest import CHROMIUM, NEEDS_CHROMIUM, similar_reference
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -80,6 +80,44 @@ def test_upload_shows_five_similar_products_with_captions(page, app_url, catalog
     bundle = load_bundle(bundle_dir)
     assert captions[0].startswith(bundle.metadata[bundle.filenames.index("1006.jpg")]["productDisplayName"] + "\n")
     assert all("distance " in caption for caption in captions)
+
+
+def test_a_click_on_a_result_searches_with_that_product(page, app_url, catalogue, bundle_dir, tmp_path):
+    """The clicked product becomes the query, and the results are its nearest other products."""
+    shown = "images => images.map(img => decodeURIComponent(img.src).split('/').pop())"
+    page.goto(app_url)
+    upload_and_submit(page, catalogue / "images" / "1006.jpg")
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+    clicked = page.eval_on_selector_all("#products img", shown)[1]
+    page.locator("#products img").nth(1).click()
+    page.wait_for_function(
+        "name => decodeURIComponent(document.querySelector('#query img')?.src || '').endsWith('/' + name)", arg=clicked
+    )
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+    screenshot = tmp_path / "more-like-this.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")
+    expected = similar_reference(load_bundle(bundle_dir), clicked, 5)[0]
+    same = f"expected => ({shown})([...document.querySelectorAll('#products img')]).join() === expected.join()"
+    page.wait_for_function(same, arg=expected)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_every_result_card_shows_whole_and_a_phone_needs_no_sideways_scrolling(
+    page, app_url, catalogue, tmp_path, width
+):
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(app_url)
+    upload_and_submit(page, catalogue / "images" / "1006.jpg")
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+    screenshot = tmp_path / f"page-{width}.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")
+    gallery = page.locator("#products").bounding_box()
+    captions = [label.bounding_box() for label in page.locator("#products .caption-label").all()]
+    assert len(captions) == 5
+    assert all(box["y"] + box["height"] <= gallery["y"] + gallery["height"] + 0.5 for box in captions)
+    assert page.evaluate("() => document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
 
 def test_a_file_that_is_not_a_picture_shows_the_reason(page, app_url, tmp_path):

@@ -13,7 +13,7 @@ from conftest import embed_files
 
 from fashion_search.bundle import Bundle, load_bundle
 from fashion_search.imaging import PREPROCESSING_ID
-from fashion_search.search import FILTER_COLUMNS, MAX_K, NoMatch, Searcher
+from fashion_search.search import FILTER_COLUMNS, MAX_K, Match, NoMatch, Searcher, check_k
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def test_no_match_is_a_clear_message(searcher, catalogue):
 
 
 @pytest.mark.parametrize("k", [0, MAX_K + 1])
-def test_k_out_of_bounds_is_refused(searcher, catalogue, k):
-    with pytest.raises(ValueError, match="The number of results must be between 1 and 20; got"):
-        searcher.matches(embed_files(searcher.embedder, [catalogue / "images" / "1000.jpg"]), k=k)
+def test_k_out_of_bounds_is_refused(k):
+    with pytest.raises(ValueError, match=f"^The number of results must be between 1 and 20; got {k}.$"):
+        check_k(k)
 
 
 def test_unknown_filter_column_is_refused(searcher, catalogue):
@@ -128,3 +128,42 @@ def test_list_and_object_values_match_no_filter_and_break_nothing():
     got = searcher.rows_matching({"gender": ["Men", "['Men']"]}).tolist()
     assert got == [r for r, meta in enumerate(rows) if meta.get("gender") == "Men"]
     assert "['Men']" in searcher.filter_choices()["gender"]  # offered as written, as every value is
+
+
+def test_the_listing_leaves_out_metadata_without_a_value():
+    match = Match(1, 0, "1.jpg", 0.5, Path("1.jpg"), {"gender": "Men", "usage": "", "season": None, "year": 0})
+    assert match.listing() == {"rank": 1, "filename": "1.jpg", "distance": 0.5, "gender": "Men", "year": 0}
+
+
+def greedy_distinct(x: np.ndarray, query: np.ndarray, k: int, gap: float) -> list[int]:
+    """The definition, by brute force: rows by distance, each kept unless closer than `gap` to one kept before."""
+    kept = []
+    for row in np.argsort(np.linalg.norm(x - query, axis=1), kind="stable"):
+        if all(np.linalg.norm(x[row] - x[other]) >= gap for other in kept):
+            kept.append(int(row))
+        if len(kept) == k:
+            break
+    return kept
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_near_duplicates_are_left_out_and_the_page_filled_up_from_further_down(k):
+    """Forty products, each shot three times (copies 0.01-0.02 apart): with the gap set, one shot of each."""
+    rng = np.random.default_rng(3)
+    originals = rng.normal(size=(40, 16))
+    shots = np.concatenate([originals + rng.normal(scale=0.003, size=originals.shape) for _ in range(3)])
+    x = (shots / np.linalg.norm(shots, axis=1, keepdims=True)).astype(np.float32)
+    manifest = {"model": StubEmbedder().describe(), "preprocessing": PREPROCESSING_ID}
+    bundle = Bundle(Path("/nonexistent"), x, [f"{i}.jpg" for i in range(len(x))], None, [""] * len(x), manifest)
+    searcher = Searcher(StubEmbedder(), bundle)
+    query = x[5] + np.float32(0.01)
+    query /= np.linalg.norm(query)
+
+    plain = searcher.matches(query[None], k)[0]
+    distinct = searcher.matches(query[None], k, min_gap=0.1)[0]
+    assert [m.row for m in plain] == greedy_distinct(x, query, k, 0.0)
+    assert [m.row for m in distinct] == greedy_distinct(x, query, k, 0.1)
+    assert [m.rank for m in distinct] == list(range(1, k + 1))
+    assert len({m.row % 40 for m in distinct}) == k  # one shot of each product
+    if k > 1:
+        assert len({m.row % 40 for m in plain}) < k  # and without the option, the copies crowd the page
