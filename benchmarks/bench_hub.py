@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ["HF_HUB_DISABLE_XET"] = "1"  # the stand-in speaks LFS, not Xet (tests/hub_standin.py)
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 from big_catalogue import grown_copy  # tests/ is on the path (benchmarks/__init__.py)
