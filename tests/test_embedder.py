@@ -76,7 +76,7 @@ def test_top5_equals_the_seeds_nearest_neighbors(embedder, seed_model, ordinary_
     for path in ordinary_images:
         features = seed_extract_features(str(path), seed_model)
         _, seed_indices = neighbors.kneighbors([features])
-        ours = index.search(embedder.embed(load_input(path)[None]))[0]
+        ours = index.search(embedder.embed(load_input(path)[None]), k=5)[0]
         assert [n.row for n in ours] == seed_indices[0].tolist()
 
 
