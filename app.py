@@ -75,6 +75,14 @@ def article(info: webapp.CatalogueInfo) -> str:
     )
 
 
+def answer(call):
+    """`call()`'s result; a QueryError becomes the message the page and the API show (no traceback in the log)."""
+    try:
+        return call()
+    except webapp.QueryError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
 def build_demo(recommender: webapp.Recommender) -> gr.Interface:
     """The page and the `/recommend` endpoint: a photo, then the options (number of results, one filter per column)."""
     filter_columns = list(recommender.filter_choices)
@@ -84,10 +92,8 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
 
         `options`: one list of chosen values per filter column, then the near-duplicate distance (0: off)."""
         filters, gap = options[: len(filter_columns)], (options[len(filter_columns) :] or [0.0])[0]
-        try:
-            matches = recommender.recommend(image, int(top_k), dict(zip(filter_columns, filters)), float(gap or 0))
-        except webapp.QueryError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+        chosen = dict(zip(filter_columns, filters))
+        matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0)))
         return webapp.gallery_items(matches), webapp.listing(matches)
 
     # Gradio names the API's parameters from inspect.signature, which reads __signature__: image, top_k, one keyword
@@ -161,19 +167,13 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
 
     def similar(filename: str, top_k: float = DEFAULT_K, **chosen: list[str]) -> tuple[list, list[dict]]:
         """A catalogue product -> (gallery, listing) of the products most like it, itself left out."""
-        try:
-            _, matches = recommender.similar(filename, int(top_k), chosen)
-        except webapp.QueryError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+        _, matches = answer(lambda: recommender.similar(filename, int(top_k), chosen))
         return webapp.gallery_items(matches), webapp.listing(matches)
 
     def clicked(event: gr.SelectData, listing: list[dict], top_k: float, *chosen: list[str]):
         """A click on a result: that product becomes the query, and its neighbours the results."""
         filename = listing[event.index]["filename"]
-        try:
-            product, matches = recommender.similar(filename, int(top_k), dict(zip(filters, chosen)))
-        except webapp.QueryError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+        product, matches = answer(lambda: recommender.similar(filename, int(top_k), dict(zip(filters, chosen))))
         return str(product.image_path), webapp.gallery_items(matches), webapp.listing(matches)
 
     with demo:
