@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+from pathlib import Path
 
 import gradio as gr
 
@@ -25,6 +26,8 @@ from fashion_search import demo as demo_assets
 from fashion_search.search import DEFAULT_K, MAX_K
 from fashion_search.upload_image import UploadedImage
 
+# Drawing the region box on the photo: pointer events in the browser fill the region field with image pixels.
+REGION_JS = (Path(__file__).parent / "assets" / "region_box.js").read_text()
 # The page: title, a short description, and the products as cards.
 CSS = """
 .gradio-container {max-width: min(1200px, 100%) !important; margin: auto; box-sizing: border-box;}
@@ -37,6 +40,9 @@ CSS = """
 #products .caption-label {position: static; max-width: none; white-space: pre-line; text-align: left; border: none;
                           border-top: 1px solid var(--border-color-primary); border-radius: 0; font-size: .8rem;
                           line-height: 1.3; padding: 6px 10px;}
+#query .region-box {position: absolute; border: 2px solid #f0a020; background: rgba(240, 160, 32, .15);
+                    box-shadow: 0 0 0 9999px rgba(0, 0, 0, .35); pointer-events: none; display: none;}
+#query img {touch-action: none; cursor: crosshair;}
 .random-weights {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: .6rem .9rem;
                  color: #7a4100; font-weight: 600;}
 """
@@ -90,20 +96,23 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
     def recommend(image: str | None, top_k: float = DEFAULT_K, *options) -> tuple[list, list[dict]]:
         """One request: the uploaded file -> (gallery of (image, caption), listing of {rank, filename, ...}).
 
-        `options`: one list of chosen values per filter column, then the near-duplicate distance (0: off)."""
-        filters, gap = options[: len(filter_columns)], (options[len(filter_columns) :] or [0.0])[0]
+        `options`: one list of chosen values per filter column, then the near-duplicate distance (0: off), then the
+        region of the photo to search ("left, top, right, bottom" in pixels; empty: the whole photo)."""
+        filters, extra = options[: len(filter_columns)], options[len(filter_columns) :]
+        gap, region = (*extra, *(0.0, "")[len(extra) :])
         chosen = dict(zip(filter_columns, filters))
-        matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0)))
+        matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0), region))
         return webapp.gallery_items(matches), webapp.listing(matches)
 
     # Gradio names the API's parameters from inspect.signature, which reads __signature__: image, top_k, one keyword
-    # per filter column, near_duplicate_distance (tests/test_app.py calls them by name).
+    # per filter column, near_duplicate_distance, region (tests/test_app.py calls them by name).
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
     recommend.__signature__ = inspect.signature(recommend).replace(
         parameters=[
             *list(inspect.signature(recommend).parameters.values())[:2],
             *[inspect.Parameter(column, keyword, default=[]) for column in filter_columns],
             inspect.Parameter("near_duplicate_distance", keyword, default=0.0),
+            inspect.Parameter("region", keyword, default=""),
         ]
     )
     photo = UploadedImage(
@@ -111,7 +120,7 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         image_mode=None,
         format="png",  # a base64 data URL from an API client is written losslessly (Gradio's default is WebP)
         sources=["upload", "webcam", "clipboard"],
-        label="Your photo",
+        label="Your photo (drag a box to search part of it)",
         height=340,
         elem_id="query",
     )
@@ -143,12 +152,19 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         label="Hide near-duplicates",
         info="leave out a product closer than this to a better result (distance; 0 = show all)",
     )
+    region = gr.Textbox(
+        "",  # an initial value makes the API parameter optional
+        label="Region of the photo",
+        placeholder="left, top, right, bottom (pixels)",
+        info="only this part of the photo is searched: drag a box on the photo, or type it; empty = the whole photo",
+        elem_id="region",
+    )
     demo = gr.Interface(
         fn=recommend,
         inputs=photo,
         outputs=[gallery, results],
-        additional_inputs=[top_k, *filters, near_duplicates],
-        additional_inputs_accordion=gr.Accordion("Options: number of results and filters", open=False),
+        additional_inputs=[top_k, *filters, near_duplicates, region],
+        additional_inputs_accordion=gr.Accordion("Options: number of results, filters, region", open=False),
         examples=[[str(path)] for path in demo_assets.example_images()],
         cache_examples=False,  # a query costs well under a second; cached results would ignore the options
         title="Fashion visual search",
@@ -159,6 +175,16 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes and searches
     )
     add_more_like_this(demo, recommender, photo, gallery, results, top_k, dict(zip(filter_columns, filters)))
+    with demo:
+        # A new photo (an upload, or a clicked result) is searched whole until a box is drawn on it; the click that
+        # ends a drag on the photo copies the box assets/region_box.js keeps into the region input.
+        photo.change(None, outputs=region, js="() => ''", api_visibility="private")
+        photo.select(
+            None,
+            outputs=region,
+            js="() => document.querySelector('#query').dataset.region || ''",
+            api_visibility="private",
+        )
     return demo
 
 
@@ -217,6 +243,7 @@ def launch_options() -> dict:
         "max_file_size": webapp.MAX_UPLOAD,
         "state_session_capacity": webapp.SESSION_CAPACITY,
         "css": CSS,
+        "js": REGION_JS,
         # System fonts: the page asks no third party for anything.
         "theme": gr.themes.Default(primary_hue="neutral", font=["ui-sans-serif", "system-ui", "sans-serif"]),
         # SSR is left to GRADIO_SSR_MODE, as Gradio does: on for Spaces, tested that way in tests/test_browser.py.

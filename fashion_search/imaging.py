@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import math
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,10 +35,16 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 NOT_AN_IMAGE = "This file is not an image that can be read. Please upload a JPEG, PNG, WebP, GIF or BMP photo."
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
+Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, as Pillow's crop takes it
+REGION_FORMAT = "four numbers: left, top, right, bottom, in the picture's pixels (e.g. 10, 20, 200, 300)"
 
 
 class ImageError(ValueError):
     """An upload or catalogue file that cannot be turned into a picture; the message says why, for a person."""
+
+
+class RegionError(ValueError):
+    """A region of the picture that cannot be searched; the message says why, for a person."""
 
 
 def open_image(source: ImageSource) -> Image.Image:
@@ -74,9 +83,54 @@ def image_to_input(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(x[..., ::-1] - CAFFE_MEAN_BGR)
 
 
-def load_input(source: ImageSource) -> np.ndarray:
-    """`image_to_input(open_image(source))`: the one path both catalogue and query images take."""
-    return image_to_input(open_image(source))
+def load_input(source: ImageSource, region: Box | None = None) -> np.ndarray:
+    """`image_to_input(open_image(source))`, of `region` only when given: the one path every picture takes."""
+    img = open_image(source)
+    return image_to_input(img if region is None else crop(img, region))
+
+
+def parse_region(value: str | Sequence[float] | None) -> Box | None:
+    """A region as a person or a program gives it ("10, 20, 200, 300", "[10, 20, 200, 300]" or a list of four
+    numbers) -> a box of whole pixels; None when no region is given (None, "" or []).
+
+    Raises:
+        RegionError: not four numbers, or an empty box.
+    """
+    if (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, (list, tuple)) and not value)
+    ):
+        return None
+    parts = re.split(r"[\s,]+", value.strip(" \t\n[]()")) if isinstance(value, str) else value
+    try:
+        numbers = [float(part) for part in parts]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 4 or not all(math.isfinite(number) for number in numbers):
+        raise RegionError(f"The region must be {REGION_FORMAT}; got {value!r}.")
+    left, top, right, bottom = (round(number) for number in numbers)
+    if right <= left or bottom <= top:
+        raise RegionError(
+            f"The region ({left}, {top}, {right}, {bottom}) is empty: right must be greater than left, and bottom "
+            "greater than top."
+        )
+    return left, top, right, bottom
+
+
+def crop(img: Image.Image, region: Box) -> Image.Image:
+    """`region` of the upright picture (EXIF orientation applied, as a browser shows it).
+
+    Raises:
+        RegionError: the region reaches outside the picture.
+    """
+    left, top, right, bottom = region
+    if left < 0 or top < 0 or right > img.width or bottom > img.height:
+        raise RegionError(
+            f"The region ({left}, {top}, {right}, {bottom}) is outside the picture, which is {img.width}x{img.height} "
+            f"pixels: give {REGION_FORMAT}, within 0, 0, {img.width}, {img.height}."
+        )
+    return img.crop(region)
 
 
 def _open(source: ImageSource) -> Image.Image:

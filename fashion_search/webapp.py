@@ -22,7 +22,7 @@ from PIL import Image
 from fashion_search.bundle import Bundle, BundleError, load_bundle
 from fashion_search.catalogue import CatalogueError
 from fashion_search.config import ConfigError, Settings, catalogue_folder, looks_like_hub_spec
-from fashion_search.imaging import IMAGE_SIZE, ImageSource, load_input
+from fashion_search.imaging import IMAGE_SIZE, Box, ImageSource, load_input, parse_region
 from fashion_search.pipeline import PrecomputeError
 from fashion_search.search import DEFAULT_K, Match, NoMatch, Searcher, check_k
 
@@ -153,13 +153,15 @@ class Recommender:
         k: int = DEFAULT_K,
         filters: dict[str, list[str]] | None = None,
         min_gap: float = 0.0,
+        region: Box | str | None = None,
     ) -> list[Match]:
-        """The k most similar products to `image` among those matching `filters`; with `min_gap` > 0, without
-        products closer than that to a better result (near-duplicate shots).
+        """The k most similar products to `image` (or to its `region`: left, top, right, bottom in pixels) among
+        those matching `filters`; with `min_gap` > 0, without products closer than that to a better result
+        (near-duplicate shots).
 
         Raises:
-            QueryError: no image, an image that cannot be read, k or min_gap out of range, or no product matching the
-                filters.
+            QueryError: no image, an image that cannot be read, a region that is not a box within the picture, k or
+                min_gap out of range, or no product matching the filters.
         """
         if image is None:
             raise QueryError(NO_IMAGE)
@@ -167,8 +169,8 @@ class Recommender:
             raise QueryError(f"The near-duplicate distance must be between 0 and {MAX_GAP}; got {min_gap}.")
         try:
             check_k(k)
-            array = load_input(image)
-        except ValueError as exc:  # k out of range, or an ImageError
+            array = load_input(image, parse_region(region))
+        except ValueError as exc:  # k out of range, an ImageError or a RegionError
             raise QueryError(str(exc)) from exc
         vector = self.embedding.submit(array)
         return self.searching.submit(_Query(vector, k, _canonical(filters), min_gap))

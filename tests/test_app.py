@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 from app_runner import launch_app
-from conftest import draw_product, embed_files, similar_reference
+from conftest import draw_product, embed_files, reference_top_k, similar_reference
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -81,7 +81,7 @@ def test_the_readme_snippet_runs_as_written(app_url, queries, tmp_path, monkeypa
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     snippet = next(block for block in readme.split("```python\n")[1:] if 'api_name="/similar"' in block)
     snippet = snippet.split("```")[0].replace("http://127.0.0.1:7860/", app_url)
-    (tmp_path / "photo.jpg").write_bytes(queries[0].read_bytes())
+    Image.open(queries[0]).resize((360, 480)).save(tmp_path / "photo.jpg")  # a photo the snippet's region fits in
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
@@ -104,14 +104,55 @@ def test_a_catalogue_image_re_encoded_as_jpeg_finds_itself_first(client, catalog
         assert listing[0]["distance"] < listing[1]["distance"]
 
 
-def test_api_parameters_are_the_image_top_k_one_filter_per_metadata_column_and_the_near_duplicate_gap(client):
+def test_api_parameters_are_the_image_top_k_one_filter_per_metadata_column_the_near_duplicate_gap_and_region(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     columns = ["gender", "masterCategory", "articleType", "baseColour"]
-    for endpoint, first, last in [("/recommend", "image", ["near_duplicate_distance"]), ("/similar", "filename", [])]:
+    recommend_extra = {"near_duplicate_distance": 0, "region": ""}
+    for endpoint, first, extra in [("/recommend", "image", recommend_extra), ("/similar", "filename", {})]:
         parameters = endpoints[endpoint]["parameters"]
-        assert [parameter["parameter_name"] for parameter in parameters] == [first, "top_k", *columns, *last]
+        assert [parameter["parameter_name"] for parameter in parameters] == [first, "top_k", *columns, *extra]
         defaults = {p["parameter_name"]: p["parameter_default"] for p in parameters if p["parameter_has_default"]}
-        assert defaults == {"top_k": 5, **{column: [] for column in columns}, **{name: 0 for name in last}}
+        assert defaults == {"top_k": 5, **{column: [] for column in columns}, **extra}
+
+
+def test_a_region_of_the_photo_through_the_api_equals_searching_the_cropped_file(
+    client, embedder, bundle_dir, tmp_path
+):
+    """A phone photo stored on its side, with a product in one corner: the box is in the upright picture's pixels."""
+    bundle = load_bundle(bundle_dir)
+    product = Image.open(bundle.image_path(bundle.filenames.index("1002.jpg"))).convert("RGB")
+    scene = Image.new("RGB", (product.width * 3, product.height * 2), (200, 180, 150))
+    scene.paste(product, (product.width, product.height))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera stored it turned: a viewer (and the server) rotates it upright
+    photo = tmp_path / "street.jpg"
+    scene.transpose(Image.Transpose.ROTATE_90).save(photo, exif=exif, quality=95)
+    box = (product.width, product.height, product.width * 2, product.height * 2)
+    cropped = tmp_path / "cropped.png"
+    open_image(photo).crop(box).save(cropped)
+
+    _, got = client.predict(handle_file(str(photo)), region=", ".join(map(str, box)), api_name="/recommend")
+    _, want = client.predict(handle_file(str(cropped)), api_name="/recommend")
+    assert_same_results(got, want)
+    assert [row["filename"] for row in want] == reference_top_k(embedder, bundle, cropped)[0]
+    assert client.predict(handle_file(str(photo)), region=list(box), api_name="/recommend")[1] == got
+    _, whole = client.predict(handle_file(str(photo)), region="", api_name="/recommend")
+    assert [row["filename"] for row in whole] != [row["filename"] for row in got]
+
+
+@pytest.mark.parametrize(
+    "region,message",
+    [
+        ("10, 20", "The region must be four numbers: left, top, right, bottom, in the picture's pixels"),
+        ("30, 20, 10, 40", "The region (30, 20, 10, 40) is empty"),
+        ("0, 0, 500, 50", "The region (0, 0, 500, 50) is outside the picture, which is 90x120 pixels"),
+    ],
+)
+def test_a_bad_region_gets_its_message_and_the_app_keeps_serving(client, queries, region, message):
+    with pytest.raises(AppError) as error:
+        client.predict(handle_file(str(queries[0])), region=region, api_name="/recommend")
+    assert message in str(error.value)
+    assert len(client.predict(handle_file(str(queries[0])), api_name="/recommend")[1]) == 5
 
 
 @pytest.mark.parametrize("k", [1, 12, 20])

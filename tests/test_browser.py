@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from app_runner import AppProcess, app_env, build_random_weights_bundle, free_port, launch_app
-from conftest import CHROMIUM, NEEDS_CHROMIUM, similar_reference
+from conftest import CHROMIUM, NEEDS_CHROMIUM, reference_top_k, similar_reference
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -120,6 +120,75 @@ def test_every_result_card_shows_whole_and_a_phone_needs_no_sideways_scrolling(
     assert page.evaluate("() => document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
 
+def drag_box(page: Page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag on the query photo from one point to another, given in the picture's own (upright) pixels."""
+    page.locator("#query img").scroll_into_view_if_needed()
+    frame = page.evaluate("""() => {
+        const img = document.querySelector('#query img');
+        const rect = img.getBoundingClientRect();
+        const scale = Math.min(1, rect.width / img.naturalWidth, rect.height / img.naturalHeight);
+        return {scale, left: rect.left + (rect.width - img.naturalWidth * scale) / 2,
+                top: rect.top + (rect.height - img.naturalHeight * scale) / 2};
+    }""")
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#query img')).objectFit") == "scale-down"
+
+    def screen(point):
+        return frame["left"] + point[0] * frame["scale"], frame["top"] + point[1] * frame["scale"]
+
+    page.mouse.move(*screen(start))
+    page.mouse.down()
+    page.mouse.move(*screen(end), steps=8)
+    page.mouse.up()
+
+
+def test_a_box_drawn_on_the_photo_searches_that_region(page, app_url, embedder, bundle_dir, tmp_path):
+    """A phone photo stored on its side with the product in a corner: the box is drawn on the picture as shown."""
+    bundle = load_bundle(bundle_dir)
+    product = Image.open(bundle.image_path(bundle.filenames.index("1002.jpg"))).convert("RGB").resize((180, 240))
+    scene = Image.new("RGB", (540, 480), (200, 180, 150))
+    scene.paste(product, (300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned on its side; the browser and the server show it upright
+    photo = tmp_path / "street.jpg"
+    scene.transpose(Image.Transpose.ROTATE_90).save(photo, exif=exif, quality=95)
+    box = (300, 200, 480, 440)
+    cropped = tmp_path / "cropped.png"
+    open_image(photo).crop(box).save(cropped)
+    expected = reference_top_k(embedder, bundle, cropped)[0]
+
+    page.goto(app_url)
+    page.set_input_files("#query input[type=file]", str(photo))
+    page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 540")
+    # Dragged from the bottom right to beyond the picture's top left corner and back: the box is what was let go.
+    drag_box(page, (box[2] + 0.3, box[3] + 0.3), (box[0] + 0.3, box[1] + 0.3))
+    page.get_by_text("Options: number of results, filters, region").click()
+    expect(page.locator("#region textarea, #region input").first).to_have_value("300, 200, 480, 440")
+    expect(page.locator("#query .region-box")).to_be_visible()
+    page.get_by_role("button", name="Submit").click()
+    shown = (
+        "() => [...document.querySelectorAll('#products img')].map(img => decodeURIComponent(img.src).split('/').pop())"
+    )
+    page.wait_for_function(f"expected => ({shown})().join() === expected.join()", arg=expected)
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        screenshot = tmp_path / f"region-{width}.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        print(f"screenshot: {screenshot}")
+
+    # A click without a drag clears the box; a new photo starts without one.
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    drag_box(page, (100, 100), (100, 100))
+    expect(page.locator("#region textarea, #region input").first).to_have_value("")
+    expect(page.locator("#query .region-box")).to_be_hidden()
+    drag_box(page, (10, 10), (200, 200))
+    expect(page.locator("#region textarea, #region input").first).to_have_value("10, 10, 200, 200")
+    page.set_input_files("#query input[type=file]", str(cropped))
+    page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 180")
+    expect(page.locator("#region textarea, #region input").first).to_have_value("")
+    expect(page.locator("#query .region-box")).to_be_hidden()
+
+
 def test_a_file_that_is_not_a_picture_shows_the_reason(page, app_url, tmp_path):
     fake = tmp_path / "holiday.png"
     fake.write_bytes(b"this is a text file with a picture's name")
@@ -135,8 +204,8 @@ def test_a_file_that_is_not_a_picture_shows_the_reason(page, app_url, tmp_path):
 
 def test_the_options_offer_top_k_and_a_filter_per_metadata_column(page, app_url):
     page.goto(app_url)
-    page.get_by_text("Options: number of results and filters").click()
-    for label in ["Number of results", "Gender", "Category", "Article type", "Colour"]:
+    page.get_by_text("Options: number of results, filters, region").click()
+    for label in ["Number of results", "Gender", "Category", "Article type", "Colour", "Region of the photo"]:
         expect(page.get_by_text(label, exact=True).first).to_be_visible()
 
 
@@ -157,6 +226,9 @@ def test_a_space_like_run_with_ssr_and_random_weights(page, tmp_path):
         expect(page.get_by_text("This app runs with random model weights")).to_be_visible()
         upload_and_submit(page, bundle / "images" / "1002.jpg")
         page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+        drag_box(page, (2, 3), (40, 50))  # the page's own script runs with SSR too
+        page.get_by_text("Options: number of results, filters, region").click()
+        expect(page.locator("#region textarea, #region input").first).to_have_value("2, 3, 40, 50")
         screenshot = tmp_path / "space-like.png"
         page.screenshot(path=str(screenshot), full_page=True)
         print(f"screenshot: {screenshot}")

@@ -9,7 +9,15 @@ import pytest
 from conftest import draw_product
 from PIL import Image
 
-from fashion_search.imaging import CAFFE_MEAN_BGR, ImageError, image_to_input, load_input, open_image
+from fashion_search.imaging import (
+    CAFFE_MEAN_BGR,
+    ImageError,
+    RegionError,
+    image_to_input,
+    load_input,
+    open_image,
+    parse_region,
+)
 
 
 def keras_seed_input(path) -> np.ndarray:
@@ -152,3 +160,60 @@ def test_decompression_bomb_is_refused_before_decoding():
 def test_missing_file_is_an_image_error(tmp_path):
     with pytest.raises(ImageError, match="could not be read"):
         open_image(tmp_path / "nope.jpg")
+
+
+@pytest.mark.parametrize(
+    "given,box",
+    [
+        ("10, 20, 90, 150", (10, 20, 90, 150)),
+        ("[10,20,90,150]", (10, 20, 90, 150)),
+        (" 10 20 90 150\n", (10, 20, 90, 150)),
+        ([10, 20, 90.4, 149.6], (10, 20, 90, 150)),
+        ((0, 0, 1, 1), (0, 0, 1, 1)),
+    ],
+)
+def test_a_region_is_read_from_text_or_numbers(given, box):
+    assert parse_region(given) == box
+
+
+@pytest.mark.parametrize("given", [None, "", "  ", []])
+def test_no_region_means_the_whole_picture(given):
+    assert parse_region(given) is None
+
+
+@pytest.mark.parametrize(
+    "given,message",
+    [
+        ("10, 20, 90", "The region must be four numbers: left, top, right, bottom"),
+        ("10, 20, 90, 150, 4", "The region must be four numbers"),
+        ("left, top, right, bottom", "The region must be four numbers"),
+        ("10, 20, nan, 150", "The region must be four numbers"),
+        ([10, 20, None, 150], "The region must be four numbers"),
+        ("90, 20, 10, 150", "The region (90, 20, 10, 150) is empty: right must be greater than left"),
+        ("10, 20, 10, 150", "is empty"),
+        ("10, 150, 90, 20", "bottom greater than top"),
+    ],
+)
+def test_a_region_that_is_not_a_box_is_refused_with_a_clear_message(given, message):
+    with pytest.raises(RegionError) as error:
+        parse_region(given)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("box", [(-1, 0, 50, 50), (0, 0, 121, 50), (0, 0, 50, 161), (200, 200, 300, 300)])
+def test_a_region_outside_the_picture_is_refused_naming_the_pictures_size(product, box):
+    with pytest.raises(RegionError) as error:
+        load_input(encode(product, "PNG"), box)
+    assert "is outside the picture, which is 120x160 pixels" in str(error.value)
+
+
+def test_a_region_is_in_the_upright_pictures_pixels_and_equals_searching_the_cropped_file(product):
+    """A phone photo stored on its side: the box is drawn on the picture as it is shown (EXIF applied)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = encode(product.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif, quality=95)
+    box = (15, 30, 95, 140)
+    cropped_file = encode(open_image(stored).crop(box), "PNG")
+    np.testing.assert_array_equal(load_input(stored, box), load_input(cropped_file))
+    np.testing.assert_array_equal(load_input(stored, (0, 0, 120, 160)), load_input(stored))
+    assert not np.array_equal(load_input(stored, box), load_input(stored))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import embed_files
+from PIL import Image
 
 from fashion_search import webapp
 from fashion_search.config import Settings
@@ -137,6 +138,27 @@ def test_recommend_agrees_with_the_search_core(recommender, embedder, catalogue)
     assert [m.distance for m in got] == pytest.approx([m.distance for m in want], abs=1e-5)
 
 
+def test_a_region_of_the_photo_is_searched_as_the_cropped_file_would_be(recommender, catalogue, tmp_path):
+    """A product in a corner of a bigger picture: its box finds what the product's own file finds."""
+    product = Image.open(catalogue / "images" / "1005.jpg").convert("RGB")
+    scene = Image.new("RGB", (product.width * 3, product.height * 2), (40, 90, 160))
+    scene.paste(product, (product.width * 2, product.height))
+    scene_path = tmp_path / "scene.png"
+    scene.save(scene_path)
+    box = (product.width * 2, product.height, product.width * 3, product.height * 2)
+    cropped_path = tmp_path / "cropped.png"
+    scene.crop(box).save(cropped_path)
+
+    got = recommender.recommend(str(scene_path), 5, region=", ".join(map(str, box)))
+    want = recommender.recommend(str(cropped_path), 5)
+    assert [(m.filename, m.distance) for m in got] == [(m.filename, m.distance) for m in want]
+    assert got[0].filename == "1005.jpg"
+    assert recommender.recommend(str(scene_path), 5, region=list(box)) == got
+    whole = recommender.recommend(str(scene_path), 5, region="")
+    assert whole == recommender.recommend(str(scene_path), 5)
+    assert [m.filename for m in whole] != [m.filename for m in got]
+
+
 def test_filters_in_any_order_are_one_search_group():
     assert webapp._canonical({"gender": ["Women", "Men"], "baseColour": ["Red"], "articleType": []}) == (
         webapp._canonical({"baseColour": ["Red"], "gender": ["Men", "Women"]})
@@ -180,12 +202,16 @@ def test_searches_made_together_equal_searches_made_one_at_a_time(recommender, e
             "No product in the catalogue matches",
         ),
         ("IMAGE", 5, {"season": ["Summer"]}, "Cannot filter on ['season']"),
+        ("IMAGE", 5, {"region": "1, 2, 3"}, "The region must be four numbers: left, top, right, bottom"),
+        ("IMAGE", 5, {"region": "5, 5, 5, 9"}, "is empty: right must be greater than left"),
+        ("IMAGE", 5, {"region": "0, 0, 9999, 10"}, "is outside the picture, which is 60x80 pixels"),
     ],
 )
 def test_requests_that_cannot_be_answered_raise_query_error(recommender, catalogue, image, k, filters, message):
     image = str(catalogue / "images" / "1000.jpg") if image == "IMAGE" else image
+    region = (filters or {}).pop("region", None)
     with pytest.raises(webapp.QueryError) as caught:
-        recommender.recommend(image, k, filters)
+        recommender.recommend(image, k, filters, region=region)
     assert message in str(caught.value)
 
 
