@@ -173,7 +173,7 @@ def _call_api(app_url: str, data: list) -> tuple[str, str]:
 @pytest.mark.slow
 def test_app_serves_no_server_file_named_in_a_raw_api_call(app_url, client, recommender, upload_path, capfd):
     """A request naming a server path instead of uploading a file is refused by Gradio, and nothing of it leaks."""
-    options = [5, *[[]] * len(recommender.filter_choices), 0]  # top_k, no filter, no near-duplicate hiding
+    options = [5, *[[]] * len(recommender.filter_choices), 0, ""]  # top_k, no filter, no near-duplicate hiding, whole
     for path in ("/etc/passwd", str(upload_path("elsewhere.png", encode(Image.new("RGB", (4, 4)), "PNG")))):
         event, payload = _call_api(app_url, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *options])
         assert event == "error" and "root:" not in payload
