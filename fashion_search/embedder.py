@@ -65,8 +65,17 @@ class Embedder:
         )
 
     @classmethod
-    def load(cls, weights: str | os.PathLike = "imagenet", seed: int = 0, precision: str = "float32") -> Embedder:
+    def load(
+        cls,
+        weights: str | os.PathLike = "imagenet",
+        seed: int = 0,
+        precision: str = "float32",
+        threads: int | None = None,
+    ) -> Embedder:
         """Build ResNet50 with `weights`: "imagenet" (Keras downloads and caches it), "random" (seeded), or a path.
+
+        `threads` sizes TensorFlow's thread pools (a Ray actor's CPUs: TensorFlow ignores OMP_NUM_THREADS, the only
+        limit Ray sets); None leaves TensorFlow's default, one thread per core of the machine.
 
         Raises:
             WeightsUnavailable: the weights cannot be had.
@@ -75,6 +84,8 @@ class Embedder:
         import keras
 
         _use_precision(precision)  # refused before the model is built, not after
+        if threads is not None:
+            _use_threads(threads)
         weights = str(weights)
         if weights == "random":
             log.warning("USING RANDOM WEIGHTS (seed %d): embeddings and similar products are NOT meaningful.", seed)
@@ -88,11 +99,7 @@ class Embedder:
                     f"The ImageNet weights for ResNet50 could not be downloaded ({exc}). {WEIGHTS_HELP}"
                 ) from exc
             return cls(model, "imagenet", precision)
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsUnavailable(f"No weights file at {path}. {WEIGHTS_HELP}")
-        if not path.name.endswith(".h5"):
-            raise WeightsUnavailable(f"{path.name} is not a Keras .h5 / .weights.h5 file. {WEIGHTS_HELP}")
+        path = _weights_path(weights)
         model = _resnet50(None)
         try:
             model.load_weights(str(path))
@@ -102,15 +109,37 @@ class Embedder:
 
     def describe(self) -> dict:
         """What made a bundle's vectors (its manifest's "model"); float32 adds nothing, so float32 bundles all match."""
-        description = {**MODEL_DESCRIPTION, "weights": self.fingerprint}
-        if self.precision != "float32":
-            description["precision"] = self.precision
-        return description
+        return _description(self.fingerprint, self.precision)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Args: batch (n, 224, 224, 3) float32, preprocessed. Returns (n, 2048) float32, unit rows."""
         features = self._forward(np.asarray(batch, dtype=np.float32)).numpy()
         return normalise_rows(features)
+
+
+def describe_model(weights: str | os.PathLike = "imagenet", seed: int = 0, precision: str = "float32") -> dict:
+    """What `Embedder.load(weights, seed, precision).describe()` gives, without TensorFlow or building the model.
+
+    A driver that only hands work out (the Ray engine) uses it for the bundle's manifest and checks every actor's
+    model against it. Raises WeightsUnavailable for a weights file that is missing or not .h5, as `load` does.
+    """
+    if precision not in PRECISIONS:
+        raise PrecisionUnavailable(f"Unknown precision {precision!r}: use float32 (the default) or bfloat16.")
+    weights = str(weights)
+    if weights == "random":
+        fingerprint = f"random:{seed}"
+    elif weights == "imagenet":
+        fingerprint = "imagenet"
+    else:
+        fingerprint = f"sha256:{sha256_file(_weights_path(weights))}"
+    return _description(fingerprint, precision)
+
+
+def _description(fingerprint: str, precision: str) -> dict:
+    description = {**MODEL_DESCRIPTION, "weights": fingerprint}
+    if precision != "float32":
+        description["precision"] = precision
+    return description
 
 
 def normalise_rows(features: np.ndarray) -> np.ndarray:
@@ -140,6 +169,25 @@ def _use_precision(precision: str) -> None:
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
         log.info("The model runs in bfloat16 (TensorFlow's oneDNN rewrite): faster, results close to float32's.")
     _process_precision = precision
+
+
+def _use_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    try:  # possible only before TensorFlow's runtime starts, i.e. before the process's first model
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.warning("TensorFlow has already started in this process: its thread pools stay as they are.")
+
+
+def _weights_path(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailable(f"No weights file at {path}. {WEIGHTS_HELP}")
+    if not path.name.endswith(".h5"):
+        raise WeightsUnavailable(f"{path.name} is not a Keras .h5 / .weights.h5 file. {WEIGHTS_HELP}")
+    return path
 
 
 def cpu_has_bf16() -> bool:

@@ -6,6 +6,9 @@ so a run killed at any moment and started again picks up every finished chunk an
 existing bundle whose source file is unchanged (same name, same sha256) are reused. The previous bundle is replaced
 only at the end, and the chunks are deleted only once the new bundle is in place: a run whose final swap fails (no
 permission, say) is resumed without embedding anything again.
+
+The embedding step is an engine's: `LocalEngine` runs the model in this process; `ray_engine.RayEngine` on a Ray
+cluster. Everything else (listing, hashing, reuse, chunk files, the merge, the manifest) is the same for both.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import stat
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +87,13 @@ def build_bundle(
     quiet: bool = False,
     workers: int = 2,
 ) -> BuildSummary:
-    """Embed every image under `images_dir` into the bundle `out_dir` (created, or updated in place)."""
+    """Embed every image under `images_dir` into the bundle `out_dir` (created, or updated in place).
+
+    Args:
+        embedder: an Embedder (its model runs here, `workers` threads decoding ahead of it), or an engine that runs
+            the model elsewhere (`ray_engine.RayEngine`): anything with `describe()` and `embed_chunks(chunks)`.
+    """
+    engine = embedder if hasattr(embedder, "embed_chunks") else LocalEngine(embedder, workers)
     if batch_size < 1:
         raise PrecomputeError(f"--batch-size must be at least 1, got {batch_size}.")
     started = time.perf_counter()
@@ -98,12 +108,13 @@ def build_bundle(
             kinds = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
             raise PrecomputeError(f"No images ({kinds}) found under {images_dir}.")
         summary = BuildSummary(out)
-        _prepare_work(work, embedder, batch_size)
+        model = engine.describe()
+        _prepare_work(work, model, batch_size)
         digests = _hash_sources(images_dir, files, quiet, summary)
-        vectors = _reuse_previous(out, staging, embedder, digests, summary)
+        vectors = _reuse_previous(out, staging, model, digests, summary)
         todo = [name for name in files if name in digests and name not in vectors]
         chunks = _plan_chunks(images_dir, work, todo, digests, batch_size)
-        vectors.update(_embed(embedder, chunks, workers, quiet, summary))
+        vectors.update(_embed(engine, chunks, quiet, summary))
         if not vectors:
             raise PrecomputeError(f"None of the {len(files)} images under {images_dir} could be read.")
         names = sorted(vectors)
@@ -114,7 +125,7 @@ def build_bundle(
             filenames=names,
             sources=[digests[name] for name in names],
             metadata=metadata_for(names, styles) if styles is not None else None,
-            model=embedder.describe(),
+            model=model,
             preprocessing=PREPROCESSING_ID,
         )
         swap_in(staging, out)
@@ -128,9 +139,12 @@ def build_bundle(
     return summary
 
 
-def _prepare_work(work: Path, embedder, batch_size: int) -> None:
-    """Keep an interrupted run's work folder only if it was made by the same model, preprocessing and batching."""
-    state = {"model": embedder.describe(), "preprocessing": PREPROCESSING_ID, "batch_size": batch_size}
+def _prepare_work(work: Path, model: dict, batch_size: int) -> None:
+    """Keep an interrupted run's work folder only if it was made by the same model, preprocessing and batching.
+
+    The engine is not part of it: chunks made by one engine are taken up by the other.
+    """
+    state = {"model": model, "preprocessing": PREPROCESSING_ID, "batch_size": batch_size}
     state_path = work / _STATE
     if work.exists():
         try:
@@ -163,13 +177,13 @@ def _hash_sources(images_dir: Path, files: list[str], quiet: bool, summary: Buil
     return digests
 
 
-def _reuse_previous(out: Path, staging: Path, embedder, digests: dict[str, str], summary: BuildSummary) -> dict:
+def _reuse_previous(out: Path, staging: Path, model: dict, digests: dict[str, str], summary: BuildSummary) -> dict:
     """Rows of the existing bundle whose source file is unchanged, with their images linked into staging."""
     if not (out / MANIFEST).exists():
         return {}
     try:
         previous = load_bundle(out)
-        previous.check_compatible(embedder.describe(), PREPROCESSING_ID)
+        previous.check_compatible(model, PREPROCESSING_ID)
     except BundleError as exc:
         log.warning("Not reusing the existing bundle at %s: %s", out, exc)
         return {}
@@ -183,7 +197,7 @@ def _reuse_previous(out: Path, staging: Path, embedder, digests: dict[str, str],
 
 
 @dataclass(frozen=True)
-class _Chunk:
+class Chunk:
     """One batch of images to embed, and where its result is saved (a re-run finds it there)."""
 
     names: list[str]
@@ -191,57 +205,96 @@ class _Chunk:
     copies: list[Path]  # the gallery copies, in the bundle being made
     saved: Path  # work/chunks/<hash of the names and their contents>.npz
 
+    def finished(self) -> bool:
+        """Saved by an earlier run, its copies still there (without them, a bundle swapped in earlier took them)."""
+        return self.saved.exists() and all(copy.exists() for copy in self.copies)
 
-def _plan_chunks(images_dir: Path, work: Path, todo: list[str], digests: dict[str, str], size: int) -> list[_Chunk]:
+
+@dataclass
+class ChunkResult:
+    """A chunk run through the model: its readable images' vectors and gallery copies, and the others skipped."""
+
+    chunk: Chunk
+    names: list[str]  # the images embedded, in the chunk's order
+    rows: np.ndarray  # (len(names), 2048) float32, unit rows
+    shown: list[bytes]  # each embedded image's gallery copy
+    skipped: list[tuple[str, str]]  # (file, reason)
+
+
+def _plan_chunks(images_dir: Path, work: Path, todo: list[str], digests: dict[str, str], size: int) -> list[Chunk]:
     chunks = []
     for start in range(0, len(todo), size):
         names = todo[start : start + size]
         key = hashlib.sha256("\n".join(f"{name}\t{digests[name]}" for name in names).encode()).hexdigest()[:32]
         copies = [work / _BUNDLE / IMAGES / name for name in names]
-        chunks.append(_Chunk(names, [images_dir / name for name in names], copies, work / _CHUNKS / f"{key}.npz"))
+        chunks.append(Chunk(names, [images_dir / name for name in names], copies, work / _CHUNKS / f"{key}.npz"))
     return chunks
 
 
-def _embed(embedder, chunks: list[_Chunk], workers: int, quiet: bool, summary: BuildSummary) -> dict[str, np.ndarray]:
-    """The vectors of every image in `chunks`; the next `workers` chunks are decoded while one is embedded."""
+def _embed(engine, chunks: list[Chunk], quiet: bool, summary: BuildSummary) -> dict[str, np.ndarray]:
+    """The vectors of every image in `chunks`: a finished chunk is loaded, the others are run by `engine`.
+
+    Each result is saved as it comes, its gallery copies first and its chunk file last, whatever the engine.
+    """
     vectors = {}
-    with (
-        ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(
-            total=sum(len(chunk.names) for chunk in chunks), desc="embedding", unit="img", disable=quiet, smoothing=0.1
-        ) as bar,
-    ):
-        ahead = deque(pool.submit(_read_chunk, chunk) for chunk in chunks[:workers])
-        for position, chunk in enumerate(chunks):
-            saved, prepared = ahead.popleft().result()
-            if position + workers < len(chunks):
-                ahead.append(pool.submit(_read_chunk, chunks[position + workers]))
-            if saved is not None:
-                names, rows, skipped = saved
-                summary.resumed += len(names)
-            else:
-                names, rows, skipped = _run_chunk(embedder, chunk.names, prepared)
-                _save_chunk(chunk.saved, names, rows, skipped)
-                summary.embedded += len(names)
-            vectors.update(zip(names, rows))
-            for name, reason in skipped:
-                log.warning("Skipped %s: %s", name, reason)
-            summary.skipped += skipped
+    total = sum(len(chunk.names) for chunk in chunks)
+    with tqdm(total=total, desc="embedding", unit="img", disable=quiet, smoothing=0.1) as bar:
+        pending = []
+        for chunk in chunks:
+            if not chunk.finished():
+                pending.append(chunk)
+                continue
+            names, rows, skipped = _load_chunk(chunk.saved)
+            summary.resumed += len(names)
+            _collect(vectors, names, rows, skipped, summary)
             bar.update(len(chunk.names))
+        if pending:
+            for result in engine.embed_chunks(pending):
+                copies = dict(zip(result.chunk.names, result.chunk.copies))
+                for name, shown in zip(result.names, result.shown):
+                    write_atomic(copies[name], shown)
+                _save_chunk(result.chunk.saved, result.names, result.rows, result.skipped)
+                summary.embedded += len(result.names)
+                _collect(vectors, result.names, result.rows, result.skipped, summary)
+                bar.update(len(result.chunk.names))
     return vectors
 
 
-def _read_chunk(chunk: _Chunk) -> tuple[tuple | None, list | None]:
-    """(its saved result, None) if an earlier run finished it, else (None, each image's input or ImageError)."""
-    if chunk.saved.exists() and all(copy.exists() for copy in chunk.copies):
-        return _load_chunk(chunk.saved), None  # (without its copies, a bundle swapped in earlier took them)
-    return None, [_prepare_image(source, copy) for source, copy in zip(chunk.sources, chunk.copies)]
+def _collect(vectors: dict, names: list[str], rows: np.ndarray, skipped: list, summary: BuildSummary) -> None:
+    vectors.update(zip(names, rows))
+    for name, reason in skipped:
+        log.warning("Skipped %s: %s", name, reason)
+    summary.skipped += skipped
 
 
-def _prepare_image(source: Path, target: Path) -> np.ndarray | ImageError:
-    """Decode one catalogue file into the model's input and write the copy the gallery shows.
+class LocalEngine:
+    """Runs the model in this process; the next `workers` chunks are decoded in threads while one is embedded."""
 
-    A file that cannot be decoded comes back as its ImageError (skipped); a failure to write is raised (fatal).
+    def __init__(self, embedder, workers: int = 2):
+        self.embedder = embedder
+        self.workers = workers
+
+    def describe(self) -> dict:
+        return self.embedder.describe()
+
+    def embed_chunks(self, chunks: list[Chunk]) -> Iterator[ChunkResult]:
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            ahead = deque(pool.submit(_decode_all, chunk.sources) for chunk in chunks[: self.workers])
+            for position, chunk in enumerate(chunks):
+                decoded = ahead.popleft().result()
+                if position + self.workers < len(chunks):
+                    ahead.append(pool.submit(_decode_all, chunks[position + self.workers].sources))
+                yield embed_decoded(self.embedder.embed, chunk, decoded)
+
+
+def _decode_all(sources: list[Path]) -> list:
+    return [decode_image(source) for source in sources]
+
+
+def decode_image(source: Path) -> tuple[np.ndarray, bytes] | ImageError:
+    """One catalogue file -> (the model's input, the gallery copy's bytes), or the ImageError it is skipped with.
+
+    The copy is the file itself, or a thumbnail of at most THUMBNAIL_SIZE px for a larger picture.
     """
     try:
         data = source.read_bytes()
@@ -258,16 +311,15 @@ def _prepare_image(source: Path, target: Path) -> np.ndarray | ImageError:
         buffer = io.BytesIO()
         thumb.save(buffer, format=Image.registered_extensions()[source.suffix.lower()])
         shown = buffer.getvalue()
-    write_atomic(target, shown)
-    return image_to_input(img)
+    return image_to_input(img), shown
 
 
-def _run_chunk(embedder, chunk: list[str], prepared: list) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-    names = [name for name, item in zip(chunk, prepared) if isinstance(item, np.ndarray)]
-    skipped = [(name, str(item)) for name, item in zip(chunk, prepared) if not isinstance(item, np.ndarray)]
-    arrays = [item for item in prepared if isinstance(item, np.ndarray)]
-    rows = embedder.embed(np.stack(arrays)) if arrays else np.zeros((0, 0), np.float32)
-    return names, rows, skipped
+def embed_decoded(embed: Callable[[np.ndarray], np.ndarray], chunk: Chunk, decoded: list) -> ChunkResult:
+    """Embed a chunk's decoded images in one forward pass; those that came back as an ImageError are skipped."""
+    good = [(name, item) for name, item in zip(chunk.names, decoded) if not isinstance(item, ImageError)]
+    skipped = [(name, str(item)) for name, item in zip(chunk.names, decoded) if isinstance(item, ImageError)]
+    rows = embed(np.stack([item[0] for _, item in good])) if good else np.zeros((0, 0), np.float32)
+    return ChunkResult(chunk, [name for name, _ in good], rows, [item[1] for _, item in good], skipped)
 
 
 def _save_chunk(path: Path, names: list[str], rows: np.ndarray, skipped: list[tuple[str, str]]) -> None:
