@@ -3,8 +3,10 @@
 Usage:
     python precompute.py IMAGES_DIR --out BUNDLE_DIR [--weights imagenet|random|PATH] [--metadata styles.csv]
                          [--batch-size N] [--precision float32|bfloat16] [--quiet]
+                         [--engine local|ray [--ray-address ADDRESS] [--ray-actors N] [--ray-actor-cpus N]]
                          [--push-to-hub OWNER/NAME [--private] [--license ID]]
     python precompute.py --out BUNDLE_DIR --push-to-hub OWNER/NAME     # push an existing bundle, no rebuild
+    python precompute.py /shared/images --out /shared/bundles/big --engine ray --ray-address auto  # on a Ray cluster
     python precompute.py fashion-product-images-small/images --out bundles/kaggle \\
                          --metadata fashion-product-images-small/styles.csv
 """
@@ -40,6 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where images are decoded and embedded: local (default, this process) or ray (a Ray cluster's actors, "
+        "with Ray Data; needs pip install -r requirements-ray.txt)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="with --engine ray: the cluster to join (auto, or the head's HOST:PORT; default RAY_ADDRESS); "
+        "unset, a Ray is started on this machine, on 127.0.0.1 only",
+    )
+    parser.add_argument(
+        "--ray-actors", type=int, help="with --engine ray: how many models run at once (default: fill the CPUs)"
+    )
+    parser.add_argument(
+        "--ray-actor-cpus",
+        type=int,
+        default=1,
+        help="with --engine ray: CPUs (TensorFlow threads) per actor (default 1)",
+    )
+    parser.add_argument(
         "--push-to-hub",
         metavar="OWNER/NAME",
         help="upload the bundle to this Hugging Face dataset repo (token from HF_TOKEN or `hf auth login`)",
@@ -62,10 +85,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build(args: argparse.Namespace) -> int:
-    from fashion_search.embedder import Embedder, PrecisionUnavailable, WeightsUnavailable  # TensorFlow loads here
+    from fashion_search.embedder import Embedder, PrecisionUnavailable, WeightsUnavailable
 
     try:
-        embedder = Embedder.load(args.weights, precision=args.precision)
+        if args.engine == "ray":
+            from fashion_search.ray_engine import RayEngine  # Ray loads here; TensorFlow only in the cluster's actors
+
+            embedder = RayEngine(
+                args.weights,
+                precision=args.precision,
+                address=args.ray_address,
+                actors=args.ray_actors,
+                actor_cpus=args.ray_actor_cpus,
+                quiet=args.quiet,
+            )
+        else:
+            embedder = Embedder.load(args.weights, precision=args.precision)  # TensorFlow loads here
         summary = build_bundle(
             args.images_dir,
             args.out,
