@@ -40,8 +40,8 @@ CSS = """
 #products .caption-label {position: static; max-width: none; white-space: pre-line; text-align: left; border: none;
                           border-top: 1px solid var(--border-color-primary); border-radius: 0; font-size: .8rem;
                           line-height: 1.3; padding: 6px 10px;}
-#query .region-box {position: absolute; border: 2px solid #f0a020; background: rgba(240, 160, 32, .15);
-                    box-shadow: 0 0 0 9999px rgba(0, 0, 0, .35); pointer-events: none; display: none;}
+#query .region-box {position: absolute; box-sizing: border-box; border: 3px solid #f0a020;
+                    background: rgba(240, 160, 32, .18); pointer-events: none; display: none;}
 #query img {touch-action: none; cursor: crosshair;}
 .random-weights {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: .6rem .9rem;
                  color: #7a4100; font-weight: 600;}

@@ -44,7 +44,6 @@
       box = document.createElement("div");
       box.className = "region-box";
       if (getComputedStyle(holder).position === "static") holder.style.position = "relative";
-      holder.style.overflow = "hidden";
       holder.appendChild(box);
     }
     return box;
@@ -96,6 +95,12 @@
       const usable = dragged && region[2] > region[0] && region[3] > region[1];
       setRegion(usable ? region.join(", ") : "");
       draw(img, usable ? region : null);
+      // The photo's click is what tells the page (app.py), but a touch drag ends without one, and Gradio drops a
+      // click outside the picture (a drag let go past its edge): click its middle.
+      const f = frame(img);
+      const clientX = f.left + (img.naturalWidth * f.sx) / 2;
+      const clientY = f.top + (img.naturalHeight * f.sy) / 2;
+      img.dispatchEvent(new MouseEvent("click", {bubbles: true, clientX, clientY}));
     };
     img.addEventListener("pointerup", finish);
     img.addEventListener("pointercancel", finish);

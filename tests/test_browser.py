@@ -159,8 +159,7 @@ def test_a_box_drawn_on_the_photo_searches_that_region(page, app_url, embedder, 
     page.goto(app_url)
     page.set_input_files("#query input[type=file]", str(photo))
     page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 540")
-    # Dragged from the bottom right to beyond the picture's top left corner and back: the box is what was let go.
-    drag_box(page, (box[2] + 0.3, box[3] + 0.3), (box[0] + 0.3, box[1] + 0.3))
+    drag_box(page, (box[2] + 0.3, box[3] + 0.3), (box[0] + 0.3, box[1] + 0.3))  # from the bottom right corner
     page.get_by_text("Options: number of results, filters, region").click()
     expect(page.locator("#region textarea, #region input").first).to_have_value("300, 200, 480, 440")
     expect(page.locator("#query .region-box")).to_be_visible()
@@ -181,12 +180,68 @@ def test_a_box_drawn_on_the_photo_searches_that_region(page, app_url, embedder, 
     drag_box(page, (100, 100), (100, 100))
     expect(page.locator("#region textarea, #region input").first).to_have_value("")
     expect(page.locator("#query .region-box")).to_be_hidden()
-    drag_box(page, (10, 10), (200, 200))
-    expect(page.locator("#region textarea, #region input").first).to_have_value("10, 10, 200, 200")
+    drag_box(page, (10, 10), (600, 560))  # let go past the picture's corner: the box stops at its edges
+    expect(page.locator("#region textarea, #region input").first).to_have_value("10, 10, 540, 480")
     page.set_input_files("#query input[type=file]", str(cropped))
     page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 180")
     expect(page.locator("#region textarea, #region input").first).to_have_value("")
     expect(page.locator("#query .region-box")).to_be_hidden()
+
+
+def test_on_a_phone_a_box_dragged_with_a_finger_searches_that_region(app_url, embedder, bundle_dir, tmp_path):
+    """A touch drag ends without a click; the page still takes the box (assets/region_box.js clicks for it)."""
+    bundle = load_bundle(bundle_dir)
+    scene = Image.new("RGB", (400, 300), (90, 140, 90))
+    scene.paste(Image.open(bundle.image_path(bundle.filenames.index("1005.jpg"))).convert("RGB"), (40, 50))
+    photo = tmp_path / "phone.png"
+    scene.save(photo)
+    cropped = tmp_path / "cropped.png"
+    scene.crop((30, 40, 120, 150)).save(cropped)
+    expected = reference_top_k(embedder, bundle, cropped)[0]
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, device_scale_factor=2
+        )
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app_url)
+        page.set_input_files("#query input[type=file]", str(photo))
+        page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 400")
+        page.locator("#query img").scroll_into_view_if_needed()
+        frame = page.evaluate("""() => {
+            const img = document.querySelector('#query img');
+            const rect = img.getBoundingClientRect();
+            const scale = Math.min(1, rect.width / img.naturalWidth, rect.height / img.naturalHeight);
+            return {scale, left: rect.left + (rect.width - img.naturalWidth * scale) / 2,
+                    top: rect.top + (rect.height - img.naturalHeight * scale) / 2};
+        }""")
+
+        def touch(x: float, y: float) -> list[dict]:
+            return [{"x": frame["left"] + x * frame["scale"], "y": frame["top"] + y * frame["scale"]}]
+
+        cdp = context.new_cdp_session(page)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": touch(30.2, 40.2)})
+        for step in range(1, 9):
+            cdp.send(
+                "Input.dispatchTouchEvent",
+                {"type": "touchMove", "touchPoints": touch(30.2 + 11.25 * step, 40.2 + 13.75 * step)},
+            )
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        page.get_by_text("Options: number of results, filters, region").click()
+        expect(page.locator("#region textarea, #region input").first).to_have_value("30, 40, 120, 150")
+        page.get_by_role("button", name="Submit").click()
+        shown = (
+            "() => [...document.querySelectorAll('#products img')].map(i => decodeURIComponent(i.src).split('/').pop())"
+        )
+        page.wait_for_function(f"expected => ({shown})().join() === expected.join()", arg=expected)
+        page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+        screenshot = tmp_path / "phone-region.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+        print(f"screenshot: {screenshot}")
+        context.close()
+        browser.close()
 
 
 def test_a_file_that_is_not_a_picture_shows_the_reason(page, app_url, tmp_path):
