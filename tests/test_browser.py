@@ -182,6 +182,14 @@ def test_a_box_drawn_on_the_photo_searches_that_region(page, app_url, embedder, 
     expect(page.locator("#query .region-box")).to_be_hidden()
     drag_box(page, (10, 10), (600, 560))  # let go past the picture's corner: the box stops at its edges
     expect(page.locator("#region textarea, #region input").first).to_have_value("10, 10, 540, 480")
+    page.locator("#region textarea, #region input").first.fill("0, 0, 270, 240")  # typed: drawn as well
+    halves = """() => {
+        const box = document.querySelector('#query .region-box').getBoundingClientRect();
+        const img = document.querySelector('#query img');
+        const scale = Math.min(1, img.width / img.naturalWidth, img.height / img.naturalHeight);
+        return [box.width / (270 * scale), box.height / (240 * scale)];
+    }"""
+    page.wait_for_function(f"() => ({halves})().every(ratio => Math.abs(ratio - 1) < 0.02)")
     page.set_input_files("#query input[type=file]", str(cropped))
     page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 180")
     expect(page.locator("#region textarea, #region input").first).to_have_value("")
