@@ -120,9 +120,10 @@ def test_every_result_card_shows_whole_and_a_phone_needs_no_sideways_scrolling(
     assert page.evaluate("() => document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
 
-def drag_box(page: Page, start: tuple[float, float], end: tuple[float, float]) -> None:
-    """Drag on the query photo from one point to another, given in the picture's own (upright) pixels."""
+def on_screen(page: Page):
+    """A function from a point of the query photo, in the picture's own (upright) pixels, to the page's viewport."""
     page.locator("#query img").scroll_into_view_if_needed()
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#query img')).objectFit") == "scale-down"
     frame = page.evaluate("""() => {
         const img = document.querySelector('#query img');
         const rect = img.getBoundingClientRect();
@@ -130,14 +131,15 @@ def drag_box(page: Page, start: tuple[float, float], end: tuple[float, float]) -
         return {scale, left: rect.left + (rect.width - img.naturalWidth * scale) / 2,
                 top: rect.top + (rect.height - img.naturalHeight * scale) / 2};
     }""")
-    assert page.evaluate("() => getComputedStyle(document.querySelector('#query img')).objectFit") == "scale-down"
+    return lambda x, y: (frame["left"] + x * frame["scale"], frame["top"] + y * frame["scale"])
 
-    def screen(point):
-        return frame["left"] + point[0] * frame["scale"], frame["top"] + point[1] * frame["scale"]
 
-    page.mouse.move(*screen(start))
+def drag_box(page: Page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag the mouse on the query photo from one point to another, given in the picture's own pixels."""
+    screen = on_screen(page)
+    page.mouse.move(*screen(*start))
     page.mouse.down()
-    page.mouse.move(*screen(end), steps=8)
+    page.mouse.move(*screen(*end), steps=8)
     page.mouse.up()
 
 
@@ -217,17 +219,10 @@ def test_on_a_phone_a_box_dragged_with_a_finger_searches_that_region(app_url, em
         page.goto(app_url)
         page.set_input_files("#query input[type=file]", str(photo))
         page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 400")
-        page.locator("#query img").scroll_into_view_if_needed()
-        frame = page.evaluate("""() => {
-            const img = document.querySelector('#query img');
-            const rect = img.getBoundingClientRect();
-            const scale = Math.min(1, rect.width / img.naturalWidth, rect.height / img.naturalHeight);
-            return {scale, left: rect.left + (rect.width - img.naturalWidth * scale) / 2,
-                    top: rect.top + (rect.height - img.naturalHeight * scale) / 2};
-        }""")
+        screen = on_screen(page)
 
         def touch(x: float, y: float) -> list[dict]:
-            return [{"x": frame["left"] + x * frame["scale"], "y": frame["top"] + y * frame["scale"]}]
+            return [dict(zip("xy", screen(x, y)))]
 
         cdp = context.new_cdp_session(page)
         cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": touch(30.2, 40.2)})
