@@ -200,7 +200,12 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
         """A click on a result: that product becomes the query, and its neighbours the results."""
         filename = listing[event.index]["filename"]
         product, matches = answer(lambda: recommender.similar(filename, int(top_k), dict(zip(filters, chosen))))
-        return str(product.image_path), webapp.gallery_items(matches), webapp.listing(matches)
+        # The new results start with none selected (Gradio would keep the clicked position highlighted).
+        return (
+            str(product.image_path),
+            gr.Gallery(webapp.gallery_items(matches), selected_index=None),
+            webapp.listing(matches),
+        )
 
     with demo:
         product = gr.Textbox(visible=False, label="filename")

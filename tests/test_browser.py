@@ -100,6 +100,7 @@ def test_a_click_on_a_result_searches_with_that_product(page, app_url, catalogue
     expected = similar_reference(load_bundle(bundle_dir), clicked, 5)[0]
     same = f"expected => ({shown})([...document.querySelectorAll('#products img')]).join() === expected.join()"
     page.wait_for_function(same, arg=expected)
+    expect(page.locator("#products .thumbnail-item.selected")).to_have_count(0)  # the new results: none picked yet
 
 
 @pytest.mark.parametrize("width", [1280, 390])
