@@ -187,7 +187,7 @@ def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
                 "(reference)",
             ),
             Row(
-                f"2b: neighbour step, {n // 1000}k rows: ours (`NeighbourIndex.search`, still sklearn)",
+                f"2b: neighbour step, {n // 1000}k rows: ours (float32 scores, then sklearn on the candidates)",
                 ref,
                 ms(s["ours"]),
                 ratio(s["ours"].median / floor),
@@ -195,7 +195,7 @@ def run_neighbours(ctx, runs: int, repeat: int, sizes: list[int]) -> list[Row]:
                 verdict(s["ours"].median <= 2 * floor),
             ),
             Row(
-                f"2b: neighbour step, {n // 1000}k rows: ours but with sklearn's default OpenMP threads (all cores)",
+                f"2b: neighbour step, {n // 1000}k rows: ours but with the libraries' default threads (all cores)",
                 ref,
                 ms(s["ours, all threads"]),
                 ratio(s["ours, all threads"].median / floor),
@@ -221,7 +221,7 @@ def _neighbour_cases(seed_index, ours, embeddings, query, repeat: int) -> dict:
 
 def _contended(ctx, runs, repeat, embeddings, query, ours) -> list[Row]:
     """The same 44k-row search while another process keeps one core busy (as the model's threads, Gradio or a
-    neighbour on a shared machine do): where scikit-learn's default of all cores waits on a descheduled thread."""
+    neighbour on a shared machine do): where the libraries' default of all cores waits on a descheduled thread."""
     import subprocess
     import sys
 
@@ -244,7 +244,7 @@ def _contended(ctx, runs, repeat, embeddings, query, ours) -> list[Row]:
     ref = f"numpy floor {floor * 1e3:.2f} ms ({which})"
     return [
         Row(
-            "2b: neighbour step, 44k rows, one core kept busy by another process: ours (1 OpenMP thread)",
+            "2b: neighbour step, 44k rows, one core kept busy by another process: ours (1 thread)",
             ref,
             ms(s["ours"]),
             ratio(s["ours"].median / floor),
@@ -252,7 +252,7 @@ def _contended(ctx, runs, repeat, embeddings, query, ours) -> list[Row]:
             verdict(s["ours"].median <= 2 * floor),
         ),
         Row(
-            "2b: neighbour step, 44k rows, one core kept busy by another process: sklearn's default threads",
+            "2b: neighbour step, 44k rows, one core kept busy by another process: ours with default threads",
             ref,
             ms(s["ours, all threads"]),
             ratio(s["ours, all threads"].median / floor),

@@ -75,16 +75,53 @@ def test_queries_searched_together_equal_the_reference_call_one_at_a_time():
         assert [n.distance for n in result] == distances[0].tolist()
 
 
-def test_scikit_learn_still_takes_the_row_norms_the_index_hands_it():
-    """The norms go through private scikit-learn API: a release that moves it fails here instead of slowing every
-    search silently."""
-    from fashion_search import index
+def reference_call(catalogue, queries, k):
+    """The reference design's call: (distances, rows) for each query."""
+    return NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(catalogue).kneighbors(queries)
 
-    assert index.sqeuclidean_row_norms is not None, "scikit-learn moved sqeuclidean_row_norms; see index.py"
-    fitted = NeighbourIndex(unit_rows(50))._all
-    np.testing.assert_allclose(fitted.norms, (fitted.embeddings.astype(np.float64) ** 2).sum(axis=1), rtol=1e-5)
-    fitted.kneighbors(unit_rows(1, seed=9), 3)
-    assert "Y_norm_squared" not in fitted.model.effective_metric_params_  # scikit-learn used (and removed) them
+
+def assert_reference_answer(catalogue, queries, k, rows=None):
+    """The index gives the reference design's rows in its order, and its distances to float rounding (scikit-learn's
+    float64 arithmetic rounds differently for different numbers of rows: near 0, where it cancels, by ~1e-8)."""
+    rows = np.arange(len(catalogue)) if rows is None else rows
+    distances, found = reference_call(catalogue[rows], queries, k)
+    results = NeighbourIndex(catalogue).search(queries, k=k, rows=None if len(rows) == len(catalogue) else rows)
+    for result, want_distances, want_rows in zip(results, distances, found):
+        assert [n.row for n in result] == rows[want_rows].tolist()
+        np.testing.assert_allclose([n.distance for n in result], want_distances, rtol=0, atol=1e-6)
+
+
+def test_near_ties_that_float32_cannot_order_come_in_the_reference_designs_order():
+    """Rows whose distances to the query differ by less than float32 can resolve: the float32 scores alone would
+    order them by rounding noise; the rows within the error bound are ranked as the reference design ranks them."""
+    rng = np.random.default_rng(21)
+    base = unit_rows(1, d=2048, seed=22)[0].astype(np.float64)
+    directions = rng.normal(size=(60, 2048))
+    near = base + 1e-5 * rng.random((60, 1)) * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    near = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
+    catalogue = np.concatenate([unit_rows(3000, d=2048, seed=23), near])[rng.permutation(3060)]
+    queries = np.stack([base.astype(np.float32), near[0], near[7]])
+    for k in (1, 5, 12):
+        assert_reference_answer(catalogue, queries, k)
+    np.testing.assert_equal(  # the nearest 12 of the first query are all near-ties, ~1e-5 apart at most
+        np.sort(reference_call(catalogue, queries[:1], 12)[0][0]) < 2e-5, True
+    )
+
+
+def test_the_reference_answer_at_44k_rows_filtered_or_not():
+    """The real catalogue's size (random unit vectors: the nearest rows are close together, many candidates)."""
+    catalogue, queries = unit_rows(44_000, d=2048, seed=31), unit_rows(6, d=2048, seed=32)
+    queries[3] = catalogue[1234]  # a catalogue product as the query: distance 0 first
+    assert_reference_answer(catalogue, queries, 5)
+    assert_reference_answer(catalogue, queries[:2], 20)
+    assert_reference_answer(catalogue, queries[:2], 5, rows=np.flatnonzero(np.arange(44_000) % 7 == 3))
+
+
+def test_many_equally_near_rows_fall_back_to_the_reference_call():
+    """Duplicated rows: every one is a candidate, so the whole catalogue is searched by the reference call."""
+    catalogue = np.repeat(unit_rows(2, d=256, seed=41), [150, 50], axis=0)
+    assert_reference_answer(catalogue, unit_rows(3, d=256, seed=42), 5)
+    assert_reference_answer(catalogue, catalogue[[0, 160]], 5)
 
 
 def test_the_subset_cache_holds_at_most_its_budget(monkeypatch):
