@@ -4,7 +4,7 @@ Usage:
     python -m benchmarks                 # the full suite (about 10-20 minutes on 2 cores)
     python -m benchmarks --quick         # fewer files, rows and rounds: a few minutes
     python -m benchmarks --only 2 4      # some figures only (1 precompute, 2 query, 3 app, 4 cold start, 5 bf16,
-                                         # 6 the Hub at 44k products)
+                                         # 6 the Hub at 44k products, 7 precompute on Ray)
     python -m benchmarks --write         # also write the table into benchmarks/RESULTS.md
 
 No network: the model has seeded random weights (speed does not depend on their values), the catalogue images
@@ -61,7 +61,7 @@ class Context:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (a few minutes)")
-    parser.add_argument("--only", nargs="+", type=int, choices=range(1, 7), metavar="N", help="figures to run (1-6)")
+    parser.add_argument("--only", nargs="+", type=int, choices=range(1, 8), metavar="N", help="figures to run (1-7)")
     parser.add_argument(
         "--runs", type=int, help="rounds per figure (default 5, quick 2; precompute 3 / 2; cold start 3 / 1)"
     )
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     if args.runs:
         settings.runs = args.runs
-    figures = set(args.only or range(1, 7))
+    figures = set(args.only or range(1, 8))
 
     info, load_before, started = machine.describe(), machine.load_average(), time.perf_counter()
     print(f"load average before: {load_before}", file=sys.stderr)
@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import bench_hub
 
         rows += bench_hub.run(ctx)
+    if 7 in figures:
+        loads[7] = machine.load_average().split(" / ")[0]
+        from benchmarks import bench_ray
+
+        # Its rounds are long (two commands and four builds, each Ray pool loading its models): at most 2.
+        rows += bench_ray.run(ctx, args.runs or min(settings.runs, 2), settings.precompute_images // 2)
 
     minutes = (time.perf_counter() - started) / 60
     command = (
