@@ -156,7 +156,9 @@ def cluster():
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     command = [
-        shutil.which("ray") or "ray",
+        sys.executable,  # the `ray` command of this interpreter's Ray, found without PATH
+        "-m",
+        "ray.scripts.scripts",
         "start",
         "--head",
         "--node-ip-address=127.0.0.1",
