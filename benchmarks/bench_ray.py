@@ -2,20 +2,25 @@
 actor, from which a cluster's rate is PROJECTED.
 
 Every Ray here is started on this machine on 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, node IP
-127.0.0.1: what `precompute.py --engine ray` does without --ray-address), with token authentication.
+127.0.0.1: what `precompute.py --engine ray` does without --ray-address), with token authentication; the listening
+sockets of its processes are checked to be loopback while it runs, or the figure stops.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from benchmarks import data
 from benchmarks.report import Row, ratio, value
@@ -39,6 +44,7 @@ class _Timed:
 
     def __init__(self, engine):
         self.engine, self.arrivals = engine, []
+        self.on_ray = hasattr(engine, "ray")
 
     def describe(self) -> dict:
         return self.engine.describe()
@@ -46,10 +52,16 @@ class _Timed:
     def embed_chunks(self, chunks):
         for result in self.engine.embed_chunks(chunks):
             self.arrivals.append((time.perf_counter(), len(result.chunk.names)))
+            if self.on_ray and len(self.arrivals) == 1:  # Ray is up: this process's Ray is a tree of its children
+                assert_loopback(_listeners(psutil.Process()))
             yield result
 
     def steady_rate(self) -> float:
-        """Images per second from the first chunk back to the last (actors started, models loaded and warm)."""
+        """Images per second from the first chunk back to the last (actors started, models loaded and warm).
+
+        High by up to one chunk's share if Ray hands the first chunks back together (a run of 2 chunks did: both at
+        once); hence at least 8 chunks, and the seconds between arrivals in the log.
+        """
         (first, _), (last, _) = self.arrivals[0], self.arrivals[-1]
         return sum(count for _, count in self.arrivals[1:]) / (last - first)
 
@@ -73,6 +85,8 @@ def run(ctx, runs: int, images: int) -> list[Row]:
             timed = _Timed(engine)
             build_bundle(work / "images", work / name, timed, batch_size=BATCH_SIZE, quiet=True)
             shutil.rmtree(work / name)
+            gaps = [round(b[0] - a[0], 2) for a, b in zip(timed.arrivals, timed.arrivals[1:])]
+            log(f"    {name}: seconds between chunks back {gaps}")
             return timed
 
         for r in range(runs):
@@ -154,13 +168,50 @@ def run(ctx, runs: int, images: int) -> list[Row]:
 
 
 def _precompute(images: Path, out: Path, weights: Path, engine: str) -> float:
-    """Run the command; return its wall seconds."""
+    """Run the command; return its wall seconds. Its Ray's sockets are looked at every half second while it runs."""
     cmd = [sys.executable, str(ROOT / "precompute.py"), str(images), "--out", str(out), "--weights", str(weights)]
     cmd += ["--engine", engine, "--quiet"]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    process = psutil.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while process.poll() is None and time.perf_counter() - start < 3600:
+        seen |= _listeners(process)
+        time.sleep(0.5)
+    stdout, stderr = process.communicate(timeout=60)
     wall = time.perf_counter() - start
     shutil.rmtree(out, ignore_errors=True)
-    if done.returncode != 0 or not _SUMMARY.search(done.stdout):
-        raise RuntimeError(f"precompute.py --engine {engine} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    if process.returncode != 0 or not _SUMMARY.search(stdout):
+        raise RuntimeError(f"precompute.py --engine {engine} failed ({process.returncode}):\n{stderr[-2000:]}")
+    if engine == "ray":
+        assert_loopback(seen)
     return wall
+
+
+def _listeners(root: psutil.Process) -> set[tuple[str, int]]:
+    """(ip, port) of every listening TCP and bound UDP socket of `root` and its descendants."""
+    found = set()
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return found
+    for process in processes:
+        try:
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN or (conn.type == socket.SOCK_DGRAM and conn.laddr):
+                    found.add((conn.laddr.ip, conn.laddr.port))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def assert_loopback(listeners: set[tuple[str, int]]) -> None:
+    """Ray was seen listening (gcs, raylet, workers: several sockets), on loopback addresses only."""
+    if len(listeners) < 3:
+        raise RuntimeError(f"Ray's listening sockets were not seen: {sorted(listeners)}")
+    elsewhere = []
+    for ip, port in listeners:
+        address = ipaddress.ip_address(ip.split("%")[0])
+        if not (getattr(address, "ipv4_mapped", None) or address).is_loopback:
+            elsewhere.append((ip, port))
+    if elsewhere:
+        raise RuntimeError(f"Ray listened beyond loopback: {sorted(elsewhere)}")
