@@ -27,7 +27,7 @@ from fashion_search.search import DEFAULT_K, MAX_K
 from fashion_search.upload_image import UploadedImage
 
 # Drawing the region box on the photo: pointer events in the browser fill the region field with image pixels.
-REGION_JS = (Path(__file__).parent / "assets" / "region_box.js").read_text()
+REGION_JS = (Path(__file__).parent / "fashion_search" / "region_box.js").read_text()
 # The page: title, a short description, and the products as cards.
 CSS = """
 .gradio-container {max-width: min(1200px, 100%) !important; margin: auto; box-sizing: border-box;}
@@ -177,7 +177,7 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
     add_more_like_this(demo, recommender, photo, gallery, results, top_k, dict(zip(filter_columns, filters)))
     with demo:
         # A new photo (an upload, or a clicked result) is searched whole until a box is drawn on it; the click that
-        # ends a drag on the photo copies the box assets/region_box.js keeps into the region input.
+        # ends a drag on the photo copies the box fashion_search/region_box.js keeps into the region input.
         photo.change(None, outputs=region, js="() => ''", api_visibility="private")
         photo.select(
             None,

@@ -200,7 +200,7 @@ def test_a_box_drawn_on_the_photo_searches_that_region(page, app_url, embedder, 
 
 
 def test_on_a_phone_a_box_dragged_with_a_finger_searches_that_region(app_url, embedder, bundle_dir, tmp_path):
-    """A touch drag ends without a click; the page still takes the box (assets/region_box.js clicks for it)."""
+    """A touch drag ends without a click; the page still takes the box (fashion_search/region_box.js clicks for it)."""
     bundle = load_bundle(bundle_dir)
     scene = Image.new("RGB", (400, 300), (90, 140, 90))
     scene.paste(Image.open(bundle.image_path(bundle.filenames.index("1005.jpg"))).convert("RGB"), (40, 50))
