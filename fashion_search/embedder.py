@@ -90,22 +90,22 @@ class Embedder:
         if weights == "random":
             log.warning("USING RANDOM WEIGHTS (seed %d): embeddings and similar products are NOT meaningful.", seed)
             keras.utils.set_random_seed(seed)
-            return cls(_resnet50(None), f"random:{seed}", precision)
-        if weights == "imagenet":
+            model = _resnet50(None)
+        elif weights == "imagenet":
             try:
                 model = _resnet50("imagenet")
             except Exception as exc:  # Keras raises a bare Exception when the download fails
                 raise WeightsUnavailable(
                     f"The ImageNet weights for ResNet50 could not be downloaded ({exc}). {WEIGHTS_HELP}"
                 ) from exc
-            return cls(model, "imagenet", precision)
-        path = _weights_path(weights)
-        model = _resnet50(None)
-        try:
-            model.load_weights(str(path))
-        except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
-            raise WeightsUnavailable(f"Could not load weights from {path} ({exc}). {WEIGHTS_HELP}") from exc
-        return cls(model, f"sha256:{sha256_file(path)}", precision)
+        else:
+            path = _weights_path(weights)
+            model = _resnet50(None)
+            try:
+                model.load_weights(str(path))
+            except Exception as exc:  # h5py and Keras raise many kinds for a wrong file
+                raise WeightsUnavailable(f"Could not load weights from {path} ({exc}). {WEIGHTS_HELP}") from exc
+        return cls(model, _fingerprint(weights, seed), precision)
 
     def describe(self) -> dict:
         """What made a bundle's vectors (its manifest's "model"); float32 adds nothing, so float32 bundles all match."""
@@ -123,16 +123,17 @@ def describe_model(weights: str | os.PathLike = "imagenet", seed: int = 0, preci
     A driver that only hands work out (the Ray engine) uses it for the bundle's manifest and checks every actor's
     model against it. Raises WeightsUnavailable for a weights file that is missing or not .h5, as `load` does.
     """
-    if precision not in PRECISIONS:
-        raise PrecisionUnavailable(f"Unknown precision {precision!r}: use float32 (the default) or bfloat16.")
-    weights = str(weights)
+    _check_precision_name(precision)
+    return _description(_fingerprint(str(weights), seed), precision)
+
+
+def _fingerprint(weights: str, seed: int) -> str:
+    """Which weights made the vectors: "imagenet", "random:<seed>", or the weights file's sha256."""
     if weights == "random":
-        fingerprint = f"random:{seed}"
-    elif weights == "imagenet":
-        fingerprint = "imagenet"
-    else:
-        fingerprint = f"sha256:{sha256_file(_weights_path(weights))}"
-    return _description(fingerprint, precision)
+        return f"random:{seed}"
+    if weights == "imagenet":
+        return "imagenet"
+    return f"sha256:{sha256_file(_weights_path(weights))}"
 
 
 def _description(fingerprint: str, precision: str) -> dict:
@@ -151,8 +152,7 @@ def normalise_rows(features: np.ndarray) -> np.ndarray:
 
 def _use_precision(precision: str) -> None:
     global _process_precision
-    if precision not in PRECISIONS:
-        raise PrecisionUnavailable(f"Unknown precision {precision!r}: use float32 (the default) or bfloat16.")
+    _check_precision_name(precision)
     if _process_precision not in (None, precision):
         raise PrecisionUnavailable(
             f"This process already runs its model in {_process_precision}; TensorFlow's bfloat16 rewrite applies to "
@@ -169,6 +169,11 @@ def _use_precision(precision: str) -> None:
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
         log.info("The model runs in bfloat16 (TensorFlow's oneDNN rewrite): faster, results close to float32's.")
     _process_precision = precision
+
+
+def _check_precision_name(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise PrecisionUnavailable(f"Unknown precision {precision!r}: use float32 (the default) or bfloat16.")
 
 
 def _use_threads(threads: int) -> None:
