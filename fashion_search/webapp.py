@@ -207,7 +207,7 @@ class Recommender:
         return self.searcher.embedder.embed(np.stack(arrays))
 
     def _search_batch(self, queries: list[_Query]) -> list[list[Match] | QueryError]:
-        """One scikit-learn call per (k, filters, min_gap) among the queries; an error stays in its group."""
+        """One index search per (k, filters, min_gap) among the queries; an error stays in its group."""
         groups: dict[tuple, list[int]] = {}
         for position, query in enumerate(queries):
             groups.setdefault((query.k, query.filters, query.min_gap), []).append(position)
