@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,12 @@ from fashion_search.files import sha256_file
 from fashion_search.imaging import IMAGE_SIZE
 
 log = logging.getLogger(__name__)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, unless asked for
+# TensorFlow's start-up chatter is kept out of the log unless FASHION_DEBUG is set or TF_CPP_MIN_LOG_LEVEL=0 asks for
+# TensorFlow's info lines. The variable quiets its C++ logging, but not the lines its libraries write to stderr while
+# they load (TensorFlow 2.21: absl's pre-init warning and oneDNN's notice, each twice): see _import_tensorflow.
+_SHOW_TF_START = bool(os.environ.get("FASHION_DEBUG")) or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+_TF_START_LINES = ("All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DIM = 2048
 INPUT_SHAPE = (*IMAGE_SIZE, 3)
@@ -32,6 +39,11 @@ MODEL_DESCRIPTION = {
 PRECISIONS = ("float32", "bfloat16")
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 _process_precision: str | None = None  # fixed by the first Embedder.load of the process
+# Where Keras downloads the ImageNet weights from (once; then kept in $KERAS_HOME/models, default ~/.keras/models).
+IMAGENET_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+)
 WEIGHTS_HELP = (
     "Pass a local Keras weights file for ResNet50 without its top "
     "(resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, or a .weights.h5) with --weights PATH or "
@@ -81,6 +93,7 @@ class Embedder:
             WeightsUnavailable: the weights cannot be had.
             PrecisionUnavailable: bfloat16 on a CPU without bf16 instructions, or not the precision of this process.
         """
+        _import_tensorflow()
         import keras
 
         _use_precision(precision)  # refused before the model is built, not after
@@ -96,7 +109,9 @@ class Embedder:
                 model = _resnet50("imagenet")
             except Exception as exc:  # Keras raises a bare Exception when the download fails
                 raise WeightsUnavailable(
-                    f"The ImageNet weights for ResNet50 could not be downloaded ({exc}). {WEIGHTS_HELP}"
+                    f"The ImageNet weights for ResNet50 could not be downloaded ({exc}). Keras fetches them once "
+                    f"(95 MB) from {IMAGENET_WEIGHTS_URL} into $KERAS_HOME/models (default ~/.keras/models); a copy "
+                    f"of that file can be passed instead. {WEIGHTS_HELP}"
                 ) from exc
         else:
             path = _weights_path(weights)
@@ -184,6 +199,27 @@ def _use_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         log.warning("TensorFlow has already started in this process: its thread pools stay as they are.")
+
+
+def _import_tensorflow() -> None:
+    """Import TensorFlow once, without its libraries' start-up lines on stderr (any other line is passed on)."""
+    if "tensorflow" in sys.modules or _SHOW_TF_START:
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)  # the lines come from C++, below sys.stderr: catch them at the descriptor
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(marker in line for marker in _TF_START_LINES):
+                    sys.stderr.write(line)
 
 
 def _weights_path(weights: str) -> Path:
