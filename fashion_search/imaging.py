@@ -126,9 +126,12 @@ def crop(img: Image.Image, region: Box) -> Image.Image:
     """
     left, top, right, bottom = region
     if left < 0 or top < 0 or right > img.width or bottom > img.height:
+        # The example is the picture's middle half, inside the limits stated (REGION_FORMAT's may not be).
+        w, h = img.width, img.height
         raise RegionError(
-            f"The region ({left}, {top}, {right}, {bottom}) is outside the picture, which is {img.width}x{img.height} "
-            f"pixels: give {REGION_FORMAT}, within 0, 0, {img.width}, {img.height}."
+            f"The region ({left}, {top}, {right}, {bottom}) is outside the picture, which is {w}x{h} pixels: give four "
+            f"numbers: left, top, right, bottom, in the picture's pixels, within 0, 0, {w}, {h} (e.g. {w // 4}, "
+            f"{h // 4}, {w - w // 4}, {h - h // 4})."
         )
     return img.crop(region)
 
