@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import re
 import threading
 from collections import Counter
 from concurrent.futures import Future
@@ -37,6 +38,14 @@ SESSION_CAPACITY = 1000
 NAME_COLUMN = "productDisplayName"
 DETAIL_COLUMNS = ("articleType", "baseColour", "gender")  # shown under the name, where the catalogue has them
 NO_IMAGE = "Please upload a photo of a product first (or take one with the webcam, or paste one)."
+
+
+def filter_parameter(column: str) -> str:
+    """The API's name for a filter column, in snake_case: "articleType" -> "article_type".
+
+    gradio_client prints parameter names lower-cased, so a camelCase name could not be called as printed. Only the
+    API's names change: the bundle, the searches and the listings keep the catalogue's column names."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", column).lower()
 
 
 class StartupError(RuntimeError):
@@ -137,6 +146,7 @@ class Recommender:
         self.embedding = Batcher(self._embed_batch, max_batch_size, name="embed-batcher")
         self.searching = Batcher(self._search_batch, max_batch_size, name="search-batcher")
         self.filter_choices = searcher.filter_choices()  # {column: sorted values}, only columns the bundle has
+        self.filter_columns = {filter_parameter(column): column for column in self.filter_choices}  # API name -> column
         self._rows = {name: row for row, name in enumerate(searcher.bundle.filenames)}
 
     @property
@@ -201,6 +211,15 @@ class Recommender:
             raise QueryError(NoMatch.MESSAGE)
         product = self.searcher.match(row)
         return product, [dataclasses.replace(match, rank=rank) for rank, match in enumerate(others, 1)]
+
+    def product_at(self, path: str | Path | None) -> Match | None:
+        """The catalogue product whose picture is at `path` (a result clicked to become the query), else None."""
+        try:
+            name = Path(path).resolve().relative_to(self.bundle.images_dir.resolve()).as_posix()
+        except (TypeError, ValueError, OSError):
+            return None
+        row = self._rows.get(name)
+        return None if row is None else self.searcher.match(row)
 
     def _embed_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         """One forward pass: (n, 224, 224, 3) preprocessed pictures -> (n, 2048) unit vectors."""
@@ -276,11 +295,16 @@ def _catalogue_name(catalogue: str | None) -> str:
     )
 
 
-def caption(match: Match) -> str:
-    """Product name when the catalogue has one, else the file name; its type, colour and gender; then the distance."""
+def describe_product(match: Match) -> tuple[str, str]:
+    """(product name when the catalogue has one, else the file name; its type, colour and gender, or "")."""
     name = str(match.metadata.get(NAME_COLUMN) or "").strip() or PurePosixPath(match.filename).name
     details = " · ".join(str(v).strip() for c in DETAIL_COLUMNS if str(v := match.metadata.get(c) or "").strip())
-    return "\n".join(line for line in (name, details, f"distance {match.distance:.3f}") if line)
+    return name, details
+
+
+def caption(match: Match) -> str:
+    """Product name, its details (describe_product), then the distance; one line each."""
+    return "\n".join(line for line in (*describe_product(match), f"distance {match.distance:.3f}") if line)
 
 
 def gallery_items(matches: list[Match]) -> list[tuple[str, str]]:
