@@ -60,9 +60,20 @@ def test_the_cache_key_follows_the_model_and_every_asset_byte(embedder, assets):
     other_model = CountingEmbedder(embedder, {**embedder.describe(), "weights": "random:0"})
     assert demo.demo_key(other_model, assets) != key
 
-    styles = assets / "catalogue" / "styles.csv"
+    keys = [key]
+    catalogue = assets / "catalogue"
+    styles = catalogue / "styles.csv"
     styles.write_text(styles.read_text().replace("Summer", "Winter"))
-    assert demo.demo_key(embedder, assets) != key
+    keys.append(demo.demo_key(embedder, assets))
+    changed = bytearray((catalogue / "images" / "1000.jpg").read_bytes())
+    changed[len(changed) // 2] ^= 1  # one bit of one image, its name and size unchanged
+    (catalogue / "images" / "1000.jpg").write_bytes(changed)
+    keys.append(demo.demo_key(embedder, assets))
+    (catalogue / "images" / "1006.jpg").write_bytes((assets / "examples" / "1000.jpg").read_bytes())  # one more
+    keys.append(demo.demo_key(embedder, assets))
+    (catalogue / "images" / "1002.jpg").unlink()  # one fewer
+    keys.append(demo.demo_key(embedder, assets))
+    assert len(set(keys)) == len(keys), keys  # each change gave a key of its own
 
 
 def test_a_damaged_cached_bundle_is_rebuilt(embedder, assets, tmp_path):
