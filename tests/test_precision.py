@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from app_runner import ROOT, AppProcess, app_env, free_port
+from conftest import needs
 from gradio_client import Client, handle_file
 
 from fashion_search import config, webapp
@@ -21,6 +22,7 @@ from fashion_search.embedder import Embedder, PrecisionUnavailable, cpu_has_bf16
 from fashion_search.imaging import PREPROCESSING_ID
 
 pytestmark = pytest.mark.slow  # starts the app in subprocesses
+NEEDS_BF16 = needs(cpu_has_bf16(), "a CPU with bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo)")
 
 
 def test_the_precision_setting_flag_over_environment_unset_by_default():
@@ -82,39 +84,59 @@ def test_a_bfloat16_catalogue_is_not_searched_by_a_float32_model(embedder, weigh
     )
 
 
-def test_bfloat16_from_precompute_to_the_app_in_processes_of_their_own(catalogue, weights_file, bundle_dir, tmp_path):
-    out = tmp_path / "bundle-bf16"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "precompute.py",
-            str(catalogue / "images"),
-            "--out",
-            str(out),
-            "--weights",
-            str(weights_file),
-            "--metadata",
-            str(catalogue / "styles.csv"),
-            "--precision",
-            "bfloat16",
-            "--quiet",
-        ],
+def precompute_bf16(catalogue: Path, weights_file: Path, out: Path, tmp_path: Path, prelude: str = ""):
+    """`python precompute.py ... --precision bfloat16 --quiet`, `prelude` (Python) run first in its process."""
+    argv = [
+        "precompute.py",
+        str(catalogue / "images"),
+        "--out",
+        str(out),
+        "--weights",
+        str(weights_file),
+        "--metadata",
+        str(catalogue / "styles.csv"),
+        "--precision",
+        "bfloat16",
+        "--quiet",
+    ]
+    script = f"{prelude}\nimport runpy, sys\nsys.argv = {argv!r}\nrunpy.run_path('precompute.py', run_name='__main__')"
+    return subprocess.run(
+        [sys.executable, "-c", script],
         cwd=ROOT,
         env=app_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    if not cpu_has_bf16():
-        assert done.returncode == 1
-        assert "bfloat16 needs a CPU with bf16 instructions" in done.stderr and "Traceback" not in done.stderr
-        return
+
+
+def test_bfloat16_is_refused_on_a_cpu_without_bf16_saying_so(catalogue, weights_file, tmp_path):
+    # This CPU's flags as a CPU without bf16 would show them (read from /proc/cpuinfo, as cpu_has_bf16 does).
+    prelude = (
+        "from fashion_search import embedder\n"
+        "flags = embedder.cpu_flags() - {'avx512_bf16', 'amx_bf16'}\n"
+        "embedder.cpu_flags = lambda: flags"
+    )
+    done = precompute_bf16(catalogue, weights_file, tmp_path / "bundle-bf16", tmp_path, prelude)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: bfloat16 needs a CPU with bf16 instructions (AVX512_BF16 or AMX); this one has neither, where it "
+        "would be slower than float32. Use float32 (the default)."
+    )
+    assert "Traceback" not in done.stderr and not (tmp_path / "bundle-bf16" / "manifest.json").exists()
+
+
+@NEEDS_BF16
+def test_bfloat16_from_precompute_to_the_app_in_processes_of_their_own(catalogue, weights_file, bundle_dir, tmp_path):
+    out = tmp_path / "bundle-bf16"
+    done = precompute_bf16(catalogue, weights_file, out, tmp_path)
     assert done.returncode == 0, done.stderr
     bf16, fp32 = load_bundle(out), load_bundle(bundle_dir)
     assert bf16.precision == "bfloat16" and bf16.filenames == fp32.filenames
     cosine = np.sum(bf16.embeddings * fp32.embeddings, axis=1)
     assert cosine.min() > 0.999  # close to float32's vectors ...
-    assert not np.array_equal(bf16.embeddings, fp32.embeddings)  # ... and computed in bfloat16 all the same
+    # ... and computed in bfloat16 all the same: float32's own rounding noise is about 1e-7, bfloat16's about 1e-3.
+    assert np.abs(bf16.embeddings - fp32.embeddings).max() > 1e-4
 
     # The app, given no precision, runs the catalogue's: a catalogue picture finds itself first.
     port = free_port()
