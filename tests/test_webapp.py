@@ -11,6 +11,7 @@ from conftest import embed_files
 from PIL import Image
 
 from fashion_search import webapp
+from fashion_search.bundle import load_bundle
 from fashion_search.config import Settings
 from fashion_search.search import Match
 
@@ -241,7 +242,17 @@ def test_captions_name_the_product_or_else_the_file_and_give_the_distance():
 
 
 def test_startup_errors_carry_the_fix(bundle_dir, weights_file, tmp_path):
-    with pytest.raises(webapp.StartupError, match="not a Hub dataset reference|there is no folder there"):
-        webapp.load_recommender(Settings(str(tmp_path / "no" / "such" / "bundle"), str(weights_file), tmp_path))
-    with pytest.raises(webapp.StartupError, match="was made with weights .* but the app runs 'random:0'"):
+    nowhere = str(tmp_path / "no" / "such" / "bundle")
+    with pytest.raises(webapp.StartupError) as caught:
+        webapp.load_recommender(Settings(nowhere, str(weights_file), tmp_path))
+    assert str(caught.value) == (
+        f"FASHION_CATALOG={nowhere!r}: there is no folder there, and it is not a Hub dataset reference "
+        "(OWNER/NAME or OWNER/NAME@REVISION). Build a bundle with precompute.py and pass its folder."
+    )
+    made_with = load_bundle(bundle_dir).manifest["model"]["weights"]
+    with pytest.raises(webapp.StartupError) as caught:
         webapp.load_recommender(Settings(str(bundle_dir), "random", tmp_path))
+    assert str(caught.value) == (
+        f"The catalogue at {bundle_dir} was made with weights {made_with!r}, but the app runs 'random:0'. Rebuild it "
+        "with precompute.py and the same --weights, or start the app with the weights the catalogue was made with."
+    )
