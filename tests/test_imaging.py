@@ -10,7 +10,6 @@ from conftest import draw_product
 from PIL import Image
 
 from fashion_search.imaging import (
-    CAFFE_MEAN_BGR,
     ImageError,
     RegionError,
     image_to_input,
@@ -56,9 +55,18 @@ def test_all_sources_agree(tmp_path, product):
         np.testing.assert_array_equal(load_input(source), expected)
 
 
-def test_white_pixel_is_caffe_centred(product):
-    white = image_to_input(Image.new("RGB", (224, 224), "white"))
-    np.testing.assert_allclose(white[0, 0], 255 - CAFFE_MEAN_BGR)
+@pytest.mark.parametrize(
+    "colour, expected",  # BGR order, less ImageNet's mean in that order: B 103.939, G 116.779, R 123.68
+    [
+        ((255, 0, 0), [-103.939, -116.779, 131.32]),
+        ((0, 255, 0), [-103.939, 138.221, -123.68]),
+        ((0, 0, 255), [151.061, -116.779, -123.68]),
+    ],
+)
+def test_a_pure_colour_is_swapped_to_bgr_and_caffe_centred(colour, expected):
+    pixels = image_to_input(Image.new("RGB", (224, 224), colour))
+    np.testing.assert_allclose(pixels[0, 0], expected, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(pixels, np.broadcast_to(pixels[0, 0], pixels.shape))
 
 
 def test_exif_orientation_is_applied(product):
