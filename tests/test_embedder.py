@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from app_runner import ROOT, app_env
 from conftest import draw_product
 from sklearn.neighbors import NearestNeighbors
 
@@ -128,8 +132,28 @@ def test_corrupt_weights_file_is_refused(tmp_path):
         Embedder.load(path)
 
 
-def test_imagenet_offline_says_how_to_pass_a_weights_file(monkeypatch, tmp_path):
-    # A fresh Keras cache: nothing downloaded before, and this machine has no route to the download host.
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    with pytest.raises(WeightsUnavailable, match="could not be downloaded.*--weights PATH"):
-        Embedder.load("imagenet")
+@pytest.mark.slow  # TensorFlow starts in a process of its own
+def test_imagenet_offline_says_how_to_pass_a_weights_file(tmp_path):
+    # In a process of its own: a fresh Keras cache (Keras reads KERAS_HOME once, when imported), and the download sent
+    # to a proxy nothing listens on, so it fails as it does offline, online or not (as test_config.py does for the app).
+    refused = "http://127.0.0.1:9"
+    env = app_env(tmp_path, https_proxy=refused, HTTPS_PROXY=refused, http_proxy=refused, HTTP_PROXY=refused)
+    env.pop("no_proxy", None), env.pop("NO_PROXY", None)
+    script = (
+        "from fashion_search.embedder import Embedder, WeightsUnavailable\n"
+        "try:\n"
+        "    Embedder.load('imagenet')\n"
+        "except WeightsUnavailable as exc:\n"
+        "    print(exc)\n"
+        "    raise SystemExit(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    message = done.stdout.strip().splitlines()[-1]  # after Keras' "Downloading data from ..."
+    assert message.startswith(
+        "The ImageNet weights for ResNet50 could not be downloaded (URL fetch failure on https://"
+    )
+    assert "[Errno 111] Connection refused)" in message  # the closed loopback port: nothing left this machine
+    assert "with --weights PATH or FASHION_WEIGHTS=PATH" in message
