@@ -156,8 +156,11 @@ def test_integer_rows_with_many_exact_ties(data):
         nearest_other_rows(x, min(k, n - 1), block_size=block_size), reference_neighbours(x, min(k, n - 1))
     )
     shared = {v for v in labels if not _missing(v) and labels.count(v) > 1}
-    if labelled < 2 or k > labelled - 1 or not shared:
-        with pytest.raises(ValueError):
+    if k > labelled - 1:  # fewer than two labelled: k is drawn at most labelled - 1 otherwise
+        with pytest.raises(ValueError, match=rf"^k={k} needs at least k \+ 1 labelled products, got {labelled}$"):
+            evaluate_leave_one_out(x, labels, k, block_size)
+    elif not shared:
+        with pytest.raises(ValueError, match="^no product shares its label with another product; nothing to evaluate$"):
             evaluate_leave_one_out(x, labels, k, block_size)
     else:
         assert_same_result(evaluate_leave_one_out(x, labels, k, block_size), reference_evaluate(x, labels, k))
