@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from huggingface_hub import (
     constants,
     scan_cache_dir,
     snapshot_download,
+    try_to_load_from_cache,
 )
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -42,10 +44,20 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 
-from fashion_search.bundle import DATA_FILES, IMAGES, MANIFEST, Bundle, BundleFormatError, load_bundle
+from fashion_search.bundle import (
+    DATA_FILES,
+    FILENAMES,
+    IMAGES,
+    MANIFEST,
+    Bundle,
+    BundleError,
+    BundleFormatError,
+    load_bundle,
+)
 from fashion_search.config import parse_hub_spec
 from fashion_search.files import link_or_copy
-from fashion_search.shards import SHARD_NAME, SHARDS, Shard, extract_shards, plan_shards, write_shard
+from fashion_search.images import is_shard_folder, read_shard_list, write_shard_index
+from fashion_search.shards import SHARD_NAME, SHARDS, Shard, index_shards, plan_shards, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +98,7 @@ class PushResult:
     commit_sha: str  # head of main after the push
     catalogue_value: str  # "OWNER/NAME@<commit_sha>", the exact FASHION_CATALOG value
     created_commit: bool  # False when the bundle was already there, unchanged
+    preload_entry: str  # the Space README's preload_from_hub item for this commit (hub.preload_entry)
 
 
 def push_bundle(
@@ -165,7 +178,13 @@ def push_bundle(
         head = _commit(api, parsed_id, deletions[start : start + MAX_COMMIT_FILES], "Remove unused image shards", head)
     created = head != before.sha
     logger.info("%s %s at commit %s", "Pushed" if created else "Unchanged:", parsed_id, head)
-    return PushResult(commit_sha=head, catalogue_value=f"{parsed_id}@{head}", created_commit=created)
+    needed = [MANIFEST, *data[1:], SHARD_INDEX, *(shard.path for shard in plan)]  # what fetch_bundle downloads
+    return PushResult(
+        commit_sha=head,
+        catalogue_value=f"{parsed_id}@{head}",
+        created_commit=created,
+        preload_entry=preload_entry(parsed_id, head, needed),
+    )
 
 
 def dataset_card(bundle: Bundle, repo_id: str, plan: list[Shard], license: str) -> str:
@@ -224,36 +243,45 @@ def fetch_bundle(
     spec: str,
     *,
     cache_dir: str | Path | None = None,
+    hub_cache: str | Path | None = None,
     token: str | None = None,
     endpoint: str | None = None,
 ) -> Path:
     """Download the bundle named by `spec` ("OWNER/NAME[@REVISION]") and return its local folder.
 
-    The folder is `<cache_dir>/bundles/datasets--OWNER--NAME/<commit sha>/`, a plain bundle unpacked from the
-    revision's shards (every image checked against the manifest's sha256), so Gradio can serve images/ from it. A
-    branch such as main is resolved to its commit first, so a folder never mixes two revisions; a commit already
-    unpacked is used as it is, without asking the Hub. The shards stay in huggingface_hub's cache under
-    `<cache_dir>/hub`, so a new revision downloads only the shards that changed. When the Hub cannot be reached, the
-    unpacked copy of the revision is used (for a branch: the commit it pointed to at the last successful fetch)
-    and a warning says so.
+    The revision's files stay as huggingface_hub downloads them, in its cache (`hub_cache`), where a Space's
+    `preload_from_hub` puts them too: a revision found there complete is used without asking the Hub. The folder
+    returned, `<cache_dir>/bundles/datasets--OWNER--NAME/<commit sha>/`, holds links to the data files and, for a
+    revision in shards, where each image lies in them (fashion_search.images): every image is checked against the
+    manifest's sha256 as the shards are read, once, before the folder appears; nothing is unpacked. A branch such as
+    main is resolved to its commit first, so a folder never mixes two revisions; a commit already there is used as it
+    is, without asking the Hub. When the Hub cannot be reached, the revision's folder (for a branch: the commit it
+    pointed to at the last successful fetch) is used if it is complete, and a warning says so.
 
     Args:
-        cache_dir: where to keep downloads; default `$HF_HOME/fashion-search`.
+        cache_dir: where to keep the revision folders; default `$HF_HOME/fashion-search`.
+        hub_cache: huggingface_hub's cache; default its own (`$HF_HOME/hub`), or `<cache_dir>/hub` when
+            `cache_dir` is given.
         token: for private repos; None uses HF_TOKEN or the saved login.
         endpoint: the Hub URL; None uses HF_ENDPOINT / huggingface.co.
 
     Raises:
         HubUnavailable: the Hub cannot be reached and that revision is not (completely) cached.
         CatalogueNotFound: the Hub says the repo or revision does not exist, or the token gives no access.
-        BundleError: the revision's files do not make a bundle (e.g. an image that does not match the manifest).
+        BundleError: the revision's files do not make a bundle (e.g. an image that does not match the manifest, a
+            shard that is not a plain tar of the manifest's images).
     """
     repo_id, revision = parse_hub_spec(spec)
     root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "fashion-search"
-    library_cache = root / "hub"
+    if hub_cache is not None:
+        library_cache = Path(hub_cache)
+    else:
+        library_cache = root / "hub" if cache_dir is not None else Path(constants.HF_HUB_CACHE)
     api = HfApi(endpoint=endpoint, token=token)
     where = f"{repo_id}@{revision or constants.DEFAULT_REVISION}"
-    if revision is not None and _COMMIT.fullmatch(revision) and _is_complete(_folder(root, repo_id, revision)):
-        return _keep(_folder(root, repo_id, revision), library_cache, repo_id)  # a commit never changes
+    if revision is not None and _COMMIT.fullmatch(revision):  # a commit never changes: no need to ask the Hub
+        if (folder := _local_revision(root, library_cache, repo_id, revision)) is not None:
+            return _keep(folder, library_cache, repo_id)
     try:
         # Asking for the repo info first is what tells "the Hub is away" apart from "nothing needed downloading";
         # it also checks that the token may read the repo, for a commit that is cached as for one that is not.
@@ -261,9 +289,9 @@ def fetch_bundle(
         if revision != sha:  # record where the branch pointed, for a start without the Hub (resolve_revision alone
             # would hide an unreachable Hub behind its own cached answer, so it comes second)
             api.resolve_revision(repo_id, repo_type=REPO_TYPE, revision=revision, cache_dir=library_cache)
-        folder = _folder(root, repo_id, sha)
-        if not _is_complete(folder):
-            _download(api, repo_id, sha, library_cache, folder)
+        folder = _local_revision(root, library_cache, repo_id, sha)
+        if folder is None:
+            folder = _assemble(_download(api, repo_id, sha, library_cache), repo_id, sha, _folder(root, repo_id, sha))
         return _keep(folder, library_cache, repo_id)
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise CatalogueNotFound(
@@ -285,8 +313,8 @@ def fetch_bundle(
         ).resolved
     except RevisionResolutionError as err:
         raise HubUnavailable(unavailable) from err
-    folder = _folder(root, repo_id, sha)
-    if not _is_complete(folder):
+    folder = _local_revision(root, library_cache, repo_id, sha)
+    if folder is None:
         raise HubUnavailable(unavailable) from hub_error
     logger.warning(
         "Cannot reach the Hub at %s (%s: %s); serving the cached copy of %s at commit %s from %s.",
@@ -298,6 +326,15 @@ def fetch_bundle(
         folder,
     )
     return folder
+
+
+def preload_entry(repo_id: str, commit_sha: str, files: Sequence[str]) -> str:
+    """A Space README's `preload_from_hub:` item that downloads these files of the revision when the Space is built.
+
+    The format of the Hub's Spaces configuration reference: `REPO FILE1,FILE2 COMMIT`, a dataset's repo written
+    `datasets/OWNER/NAME`. The files land in huggingface_hub's default cache, where `fetch_bundle` finds them.
+    """
+    return f"datasets/{repo_id} {','.join(files)} {commit_sha}"
 
 
 def _commit(api: HfApi, repo_id: str, operations: list, message: str, head: str) -> str:
@@ -325,16 +362,51 @@ def _folder(root: Path, repo_id: str, sha: str) -> Path:
 
 
 def _is_complete(folder: Path) -> bool:
-    """An unpacked revision with every file its manifest lists (their hashes are load_bundle's to check)."""
+    """A revision folder with every data file of its manifest, and its images: in shards that were all checked and
+    are still there, or (a revision pushed one file per image) in images/. Hashes are load_bundle's to check."""
     try:
         files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
-        return all(os.path.isfile(folder / name) for name in files)
-    except (OSError, ValueError, KeyError, TypeError):
+        if not is_shard_folder(folder):
+            return all(os.path.isfile(folder / name) for name in files)
+        shards = read_shard_list(folder)["shards"]
+        data = [name for name in files if not name.startswith(f"{IMAGES}/")]
+        return all(os.path.isfile(folder / name) for name in data) and all(
+            os.path.getsize(shard["path"]) == shard["size"] for shard in shards
+        )
+    except (OSError, ValueError, KeyError, TypeError, BundleError):
         return False
 
 
-def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path, folder: Path) -> None:
-    """Download revision `sha` into huggingface_hub's cache and unpack it into `folder`, which appears complete."""
+def _local_revision(root: Path, library_cache: Path, repo_id: str, sha: str) -> Path | None:
+    """The folder of commit `sha`, made from huggingface_hub's cache if all its files are there; None if not."""
+    folder = _folder(root, repo_id, sha)
+    if _is_complete(folder):
+        return folder
+    snapshot = _cached_snapshot(library_cache, repo_id, sha)
+    return None if snapshot is None else _assemble(snapshot, repo_id, sha, folder)
+
+
+def _cached_snapshot(library_cache: Path, repo_id: str, sha: str) -> Path | None:
+    """The snapshot folder of commit `sha` in huggingface_hub's cache when every file the app needs is in it (as a
+    Space's preload_from_hub leaves it); None otherwise."""
+
+    def cached(name: str) -> Path | None:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=library_cache, revision=sha, repo_type=REPO_TYPE)
+        return Path(found) if isinstance(found, str) else None
+
+    manifest, index = cached(MANIFEST), cached(SHARD_INDEX)
+    if manifest is None or index is None:  # (a revision of one file per image is always asked of the Hub)
+        return None
+    try:
+        files = _manifest_files(manifest.parent, repo_id, sha)
+        needed = [name for name in DATA_FILES if name in files] + _shard_paths(index.parent, repo_id, sha)
+    except BundleError:
+        return None
+    return manifest.parent if all(cached(name) is not None for name in needed) else None
+
+
+def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path) -> Path:
+    """Download the files of revision `sha` the app needs into huggingface_hub's cache; the snapshot folder."""
 
     def snapshot(patterns: list[str]) -> Path:
         return Path(
@@ -350,31 +422,97 @@ def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path, folder: P
         )
 
     index = snapshot([MANIFEST, SHARD_INDEX])
-    if not (index / MANIFEST).is_file():
-        raise BundleFormatError(f"{repo_id}@{sha} has no {MANIFEST}: it is not a catalogue pushed by precompute.py.")
-    files = json.loads((index / MANIFEST).read_text(encoding="utf-8")).get("files")
-    if not isinstance(files, dict):
-        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} lists no files.")
+    files = _manifest_files(index, repo_id, sha)
     data = [name for name in DATA_FILES if name in files]
-    if (index / SHARD_INDEX).is_file():
-        shards = [entry.get("path") for entry in json.loads((index / SHARD_INDEX).read_text())["shards"]]
-        if not all(isinstance(path, str) and SHARD_NAME.fullmatch(path) for path in shards):
-            raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} names files outside {SHARDS}/.")
-    else:  # pushed by an earlier version: one file per image
-        shards = None
-    snap = snapshot([MANIFEST, *data, *(shards if shards is not None else [f"{IMAGES}/*"])])
+    # pushed by an earlier version without shards.json: one file per image
+    shards = _shard_paths(index, repo_id, sha) if (index / SHARD_INDEX).is_file() else [f"{IMAGES}/*"]
+    return snapshot([MANIFEST, *data, *shards])
+
+
+def _assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
+    """Make `folder` the revision in `snapshot`: links to its data files and, once every image has been checked in
+    its shards, where each lies (a revision of one file per image: links to them in images/). Returns `folder`."""
+    files = _manifest_files(snapshot, repo_id, sha)
+    data = [name for name in DATA_FILES if name in files]
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in [MANIFEST, *data]:
-        link_or_copy(snap / name, staging / name)
-    if shards is not None:
-        extract_shards([snap / path for path in shards], staging, files)
+    if (snapshot / SHARD_INDEX).is_file():
+        shards = [snapshot / path for path in _shard_paths(snapshot, repo_id, sha)]
+        try:
+            spans = index_shards(shards, files, _filenames(snapshot, repo_id, sha))  # before anything is written
+        except BundleError:
+            _forget(snapshot.parent.parent, sha)  # so that the next start downloads it anew
+            raise
+        staging.mkdir(parents=True)
+        write_shard_index(staging, sha, shards, spans)
     else:
-        shutil.copytree(snap / IMAGES, staging / IMAGES, copy_function=link_or_copy)
+        staging.mkdir(parents=True)
+        shutil.copytree(snapshot / IMAGES, staging / IMAGES, copy_function=link_or_copy)
+    for name in [*data, MANIFEST]:
+        _link(snapshot / name, staging / name)
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete or damaged copy
     os.replace(staging, folder)
     logger.info("Catalogue %s@%s is in %s", repo_id, sha, folder)
+    return folder
+
+
+def _forget(repo_cache: Path, sha: str) -> None:
+    """Delete commit `sha` from huggingface_hub's cache of one repo (`repo_cache`): its files failed the checks."""
+    try:
+        for repo in scan_cache_dir(repo_cache.parent).repos:
+            if repo.repo_path == repo_cache:
+                repo_sha = [revision.commit_hash for revision in repo.revisions if revision.commit_hash == sha]
+                scan_cache_dir(repo_cache.parent).delete_revisions(*repo_sha).execute()
+    except Exception as exc:  # the refusal that follows matters more than the clean-up
+        logger.warning("Could not remove the refused download of %s from %s: %s", sha, repo_cache, exc)
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` as a hard link to the file behind `source` (one copy on disk), a symbolic link across file systems."""
+    real = os.path.realpath(source)
+    try:
+        os.link(real, target)
+    except OSError:
+        os.symlink(real, target)
+
+
+def _manifest_files(snapshot: Path, repo_id: str, sha: str) -> dict:
+    """The manifest's {file: sha256}; BundleFormatError for a revision without a readable one."""
+    try:
+        files = json.loads((snapshot / MANIFEST).read_text(encoding="utf-8")).get("files")
+    except FileNotFoundError as err:
+        raise BundleFormatError(
+            f"{repo_id}@{sha} has no {MANIFEST}: it is not a catalogue pushed by precompute.py."
+        ) from err
+    except (OSError, ValueError, AttributeError) as err:
+        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} cannot be read ({err}).") from err
+    if not isinstance(files, dict):
+        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} lists no files.")
+    return files
+
+
+def _shard_paths(snapshot: Path, repo_id: str, sha: str) -> list[str]:
+    """The shards `shards.json` lists, each once and each a shards/<id>.tar; BundleFormatError otherwise."""
+    try:
+        entries = json.loads((snapshot / SHARD_INDEX).read_text(encoding="utf-8"))["shards"]
+        paths = [entry["path"] for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} cannot be read ({err!r}).") from err
+    if not all(isinstance(path, str) and SHARD_NAME.fullmatch(path) for path in paths):
+        raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} names files outside {SHARDS}/.")
+    if len(set(paths)) != len(paths):
+        raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} names a shard twice.")
+    return paths
+
+
+def _filenames(snapshot: Path, repo_id: str, sha: str) -> list[str]:
+    try:
+        names = json.loads((snapshot / FILENAMES).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleFormatError(f"The {FILENAMES} of {repo_id}@{sha} cannot be read ({err}).") from err
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise BundleFormatError(f"The {FILENAMES} of {repo_id}@{sha} is not a list of file names.")
+    return names
 
 
 def _keep(folder: Path, library_cache: Path, repo_id: str) -> Path:

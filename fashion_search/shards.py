@@ -2,7 +2,7 @@
 
     plan = plan_shards(bundle)                       # [Shard(path="shards/<id>.tar", filenames=[...]), ...]
     write_shard(plan[0], bundle.images_dir, "x.tar")  # image + JSON per product, byte-for-byte reproducible
-    extract_shards(tar_paths, folder, bundle_files)  # back into folder/images/, every file checked
+    spans = index_shards(tar_paths, bundle_files, filenames)  # every image checked where it lies; nothing unpacked
 
 A shard holds, per product in file-name order, `<key>.<ext>` (the image's bytes) and `<key>.json` (its file name and
 metadata), where the key is the file name without its extension and with the dots of that stem written `%2E`: the
@@ -22,9 +22,11 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from fashion_search.bundle import (
     IMAGES,
@@ -44,6 +46,8 @@ SHARD_MAX_BYTES = 1 << 30  # the size the Hub's WebDataset guide suggests
 SHARD_NAME = re.compile(rf"{SHARDS}/[0-9a-f]{{20}}\.tar")
 _FORMAT = "fashion-search-webdataset-1"  # part of every shard's name: a change of layout renames every shard
 _ESCAPES = {"%": "%25", ".": "%2E"}
+# Where an image lies: its shard (a position in a list of shards), the offset of its bytes and their number.
+SPAN_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("size", "<u8")])
 
 
 @dataclass(frozen=True)
@@ -92,53 +96,102 @@ def write_shard(shard: Shard, images_dir: Path, path: str | Path) -> Path:
     return Path(path)
 
 
-def extract_shards(tar_paths: Iterable[str | Path], root: Path, files: Mapping[str, str]) -> None:
-    """Unpack the images of `tar_paths` into `root/images/`, checking each against `files` (a manifest's sha256s).
+def index_shards(tar_paths: Sequence[str | Path], files: Mapping[str, str], order: Sequence[str]) -> np.ndarray:
+    """Read the shards once, check every image against `files` (a manifest's sha256s); where each image's bytes are.
 
-    Only regular files whose names are relative, listed in `files` and not yet unpacked are written, each to a
-    new file (never through an existing path or link), and each must hash to the manifest's digest; every image
-    the manifest lists must be found. The JSON members are left out: the bundle's own data files hold the metadata.
+    Nothing is written and nothing is unpacked: each member's header is read, and each image's bytes are hashed
+    where they lie in its shard. A shard is refused unless it is a tar of regular members (no sparse member, link
+    or device), each image named in the manifest, found once, and hashing to the manifest's digest, each JSON right
+    after its image; every image of the manifest must be found.
+
+    Returns:
+        a SPAN_DTYPE array, one row per name of `order` (file names below images/): its shard's position in
+        `tar_paths`, and its bytes' offset and size in that shard.
 
     Raises:
-        BundleUnsafePath, BundleHashMismatch, BundleFormatError, BundleMissingFile: the shards do not hold exactly
-        the manifest's images; nothing outside `root` has been written.
+        BundleUnsafePath, BundleHashMismatch, BundleFormatError, BundleMissingFile: the shards are not exactly the
+        manifest's images (the message names the shard and member, and says what to do).
     """
     wanted = {name[len(IMAGES) + 1 :]: digest for name, digest in files.items() if name.startswith(f"{IMAGES}/")}
-    images = os.path.join(root, IMAGES)
+    rows = {name: row for row, name in enumerate(order)}
+    spans = np.zeros(len(order), dtype=SPAN_DTYPE)
     done: set[str] = set()
-    folders: set[str] = set()
-    for tar_path in tar_paths:
-        with tarfile.open(tar_path, "r:") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                where = f"{Path(tar_path).name} member {member.name!r}"
-                if not member.isfile():
-                    raise BundleUnsafePath(f"{where} is a link or a device, not a file; the shard is refused.")
-                name = filename_of_member(member.name)
-                if name is None:  # the product's JSON
-                    continue
-                if not is_relative_name(name) or name not in wanted:
-                    raise BundleUnsafePath(f"{where} is not an image of the bundle's manifest; the shard is refused.")
-                if name in done:
-                    raise BundleFormatError(f"{where}: images/{name} comes twice. Push the catalogue again.")
-                target = os.path.join(images, name)
-                if (folder := os.path.dirname(target)) not in folders:
-                    os.makedirs(folder, exist_ok=True)
-                    folders.add(folder)
-                digest = hashlib.sha256()
-                with tar.extractfile(member) as source, open(target, "xb") as out:  # "x": never through a link
-                    while block := source.read(1 << 20):
-                        digest.update(block)
-                        out.write(block)
-                if digest.hexdigest() != wanted[name]:
-                    raise BundleHashMismatch(
-                        f"{where} does not match the manifest's sha256 for images/{name}: the download is damaged. "
-                        "Start again to download it anew."
-                    )
-                done.add(name)
+    for number, tar_path in enumerate(tar_paths):
+        try:
+            with tarfile.open(tar_path, "r:") as tar:
+                for name, member in _checked_images(tar, Path(tar_path), wanted, done):
+                    if (row := rows.get(name)) is not None:
+                        spans[row] = (number, member.offset_data, member.size)
+        except tarfile.TarError as exc:  # not a tar, a damaged header, or data cut short
+            raise BundleFormatError(
+                f"Shard {Path(tar_path).name} is not a readable tar ({exc}): the download is damaged or the revision "
+                "was not pushed by precompute.py. Start again to download it anew, or push the catalogue again."
+            ) from exc
     if missing := sorted(wanted.keys() - done):
         raise BundleMissingFile(f"The shards lack {len(missing)} images of the manifest, e.g. images/{missing[0]}.")
+    if unlisted := [name for name in order if name not in wanted]:
+        raise BundleMissingFile(f"The manifest does not list images/{unlisted[0]}; the revision is refused.")
+    return spans
+
+
+def _checked_images(
+    tar: tarfile.TarFile, path: Path, wanted: Mapping[str, str], done: set[str]
+) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """(file name, member) of each image of one shard, checked as `index_shards` says; adds the names to `done`."""
+    length = os.stat(path).st_size
+    after_image = False
+    for member in tar:
+        where = f"Shard {path.name}, member {member.name!r}"
+        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.issparse():
+            raise BundleUnsafePath(
+                f"{where} is {_kind(member)}, not a plain file; the shard is refused. "
+                "Push the catalogue again with precompute.py."
+            )
+        if member.offset_data + member.size > length:
+            raise BundleFormatError(f"{where}: the shard ends inside it ({length:,} bytes); it is truncated.")
+        name = filename_of_member(member.name)
+        if name is None:  # the product's JSON: never read, never written
+            if not after_image or not is_relative_name(member.name):
+                raise BundleUnsafePath(f"{where} is not a product's JSON after its image; the shard is refused.")
+            after_image = False
+            continue
+        if not is_relative_name(name) or name not in wanted:
+            raise BundleUnsafePath(f"{where} is not an image of the bundle's manifest; the shard is refused.")
+        if name in done:
+            raise BundleFormatError(f"{where}: images/{name} comes twice. Push the catalogue again.")
+        if _sha256_of(tar, member) != wanted[name]:
+            raise BundleHashMismatch(
+                f"{where} does not match the manifest's sha256 for images/{name}: the download is damaged. "
+                "Start again to download it anew."
+            )
+        done.add(name)
+        after_image = True
+        yield name, member
+    with open(path, "rb") as handle:  # tarfile takes a shard cut at a header for its end: look for the real one
+        handle.seek(tar.offset)
+        if handle.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+            raise BundleFormatError(
+                f"Shard {path.name} has no end-of-archive after its last member ({tar.offset:,} bytes in): "
+                "it is truncated. Start again to download it anew."
+            )
+
+
+def _sha256_of(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    digest = hashlib.sha256()
+    with tar.extractfile(member) as source:
+        while block := source.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issparse():
+        return f"a sparse file (declaring {member.size:,} bytes)"
+    if member.issym() or member.islnk():
+        return "a link"
+    if member.isdir():
+        return "a folder"
+    return "a device or special file" if member.isdev() else f"of tar type {member.type!r}"
 
 
 def member_name(filename: str) -> str:

@@ -20,9 +20,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from fashion_search.bundle import Bundle, BundleError, load_bundle
+from fashion_search.bundle import Bundle, BundleError
 from fashion_search.catalogue import CatalogueError
 from fashion_search.config import ConfigError, Settings, catalogue_folder, looks_like_hub_spec
+from fashion_search.images import CatalogueImages, FolderImages, load_catalogue
 from fashion_search.imaging import IMAGE_SIZE, Box, ImageSource, load_input, parse_region
 from fashion_search.pipeline import PrecomputeError
 from fashion_search.search import DEFAULT_K, Match, NoMatch, Searcher, check_k
@@ -137,11 +138,18 @@ def _canonical(filters: dict[str, list[str]] | None) -> tuple:
 class Recommender:
     """A loaded catalogue and model, shared by every request; safe to call from many threads at once."""
 
-    def __init__(self, searcher: Searcher, info: CatalogueInfo | None = None, max_batch_size: int = MAX_BATCH_SIZE):
+    def __init__(
+        self,
+        searcher: Searcher,
+        info: CatalogueInfo | None = None,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        images: CatalogueImages | None = None,
+    ):
         # Pillow registers its file-format plugins on the first Image.open, and that is not thread-safe: two requests
         # decoding at once can see a half-registered plugin (KeyError: 'MPO'). Register them all now, in one thread.
         Image.init()
         self.searcher = searcher
+        self.images = images or FolderImages(searcher.bundle)  # where each product's picture comes from
         self.info = info  # what the page says about the catalogue; set by load_recommender
         self.embedding = Batcher(self._embed_batch, max_batch_size, name="embed-batcher")
         self.searching = Batcher(self._search_batch, max_batch_size, name="search-batcher")
@@ -214,11 +222,7 @@ class Recommender:
 
     def product_at(self, path: str | Path | None) -> Match | None:
         """The catalogue product whose picture is at `path` (a result clicked to become the query), else None."""
-        try:
-            name = Path(path).resolve().relative_to(self.bundle.images_dir.resolve()).as_posix()
-        except (TypeError, ValueError, OSError):
-            return None
-        row = self._rows.get(name)
+        row = self._rows.get(self.images.name_of_file(path)) if path is not None else None
         return None if row is None else self.searcher.match(row)
 
     def _embed_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
@@ -253,7 +257,10 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
 
     try:
         # A given catalogue is checked before the model is built, so a broken one is refused in seconds.
-        bundle = None if settings.catalogue is None else load_bundle(catalogue_folder(settings.catalogue))
+        # A Hub revision's pictures stay in its shards (images: where each product's picture comes from).
+        bundle, images = (
+            (None, None) if settings.catalogue is None else load_catalogue(catalogue_folder(settings.catalogue))
+        )
         precision = settings.precision or (bundle.precision if bundle is not None else "float32")
         try:
             embedder = Embedder.load(settings.weights, precision=precision)
@@ -279,7 +286,7 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
         random_weights=embedder.fingerprint.startswith("random"),
         precision=embedder.precision,
     )
-    recommender = Recommender(searcher, info)
+    recommender = Recommender(searcher, info, images=images)
     if warm_up:
         recommender.warm_up()
     return recommender
@@ -307,8 +314,19 @@ def caption(match: Match) -> str:
     return "\n".join(line for line in (*describe_product(match), f"distance {match.distance:.3f}") if line)
 
 
-def gallery_items(matches: list[Match]) -> list[tuple[str, str]]:
-    return [(str(match.image_path), caption(match)) for match in matches]
+def gallery_items(
+    matches: list[Match], images: CatalogueImages | None = None, root_url: str = ""
+) -> list[tuple[str, str]]:
+    """(picture, caption) per match: the picture's file, or its URL on the app's file route below `root_url` when it
+    has none (a Hub revision's pictures, read from its shards: fashion_search.image_route)."""
+    if images is None:
+        return [(str(match.image_path), caption(match)) for match in matches]
+    return [(_picture(images, match.row, root_url), caption(match)) for match in matches]
+
+
+def _picture(images: CatalogueImages, row: int, root_url: str) -> str:
+    file = images.file(row)
+    return str(file) if file is not None else root_url + images.route_path(row)
 
 
 def listing(matches: list[Match]) -> list[dict]:

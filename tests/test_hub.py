@@ -19,8 +19,9 @@ from hub_standin import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
 
-from fashion_search.bundle import load_bundle
+from fashion_search.bundle import MANIFEST, BundleError
 from fashion_search.hub import CatalogueNotFound, HubUnavailable, fetch_bundle, parse_hub_spec, push_bundle
+from fashion_search.images import load_catalogue
 
 REPO = "fashion-team/catalogue"
 TOKEN = "hf_standin_token"
@@ -37,13 +38,12 @@ def image_bytes(seed: int, size: int = 700) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    """Relative posix path -> content of every file under root, huggingface_hub's own .cache/ left out."""
-    return {
-        path.relative_to(root).as_posix(): path.read_bytes()
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and ".cache" not in path.relative_to(root).parts
-    }
+def served(root: Path) -> dict[str, bytes]:
+    """What the app serves from a bundle folder, local or fetched: bundle file -> bytes, each image's as the app reads
+    it (from images/ or from the shards)."""
+    bundle, images = load_catalogue(root)
+    files = {name: (root / name).read_bytes() for name in [MANIFEST, *bundle.manifest["files"]] if "/" not in name}
+    return files | {f"images/{name}": images.read(row) for row, name in enumerate(bundle.filenames)}
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_push_private_creates_a_private_repo_that_anonymous_callers_cannot_read(
     with pytest.raises(CatalogueNotFound, match=rf"{REPO}@{result.commit_sha}.*HF_TOKEN"):
         fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "anon", endpoint=hub.url)
     fetched = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "owner", token=TOKEN, endpoint=hub.url)
-    assert tree(fetched) == tree(bundle)
+    assert served(fetched) == served(bundle)
 
 
 def test_unchanged_repush_makes_no_commit(hub, bundle):
@@ -237,7 +237,7 @@ def test_push_of_a_changed_catalogue_removes_the_stale_shards_and_files(hub, bun
         ]
     )
     assert shard["path"] not in old_shards
-    assert tree(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
+    assert served(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == served(bundle)
     assert first.commit_sha != result.commit_sha
 
 
@@ -249,7 +249,7 @@ def test_push_to_a_repo_of_the_one_file_per_image_layout_replaces_it(hub, bundle
     result = push_bundle(bundle, REPO, endpoint=hub.url)
 
     assert not [path for path in hub.files(REPO) if path.startswith("images/")]
-    assert tree(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == tree(bundle)
+    assert served(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == served(bundle)
 
 
 def test_a_revision_of_the_one_file_per_image_layout_still_fetches(hub, bundle, tmp_path):
@@ -258,7 +258,7 @@ def test_a_revision_of_the_one_file_per_image_layout_still_fetches(hub, bundle, 
 
     folder = fetch_bundle(f"{REPO}@{old.oid}", cache_dir=tmp_path / "c", endpoint=hub.url)
 
-    assert tree(folder) == tree(bundle)
+    assert served(folder) == served(bundle)
 
 
 def test_push_refuses_a_folder_that_is_not_a_finished_bundle(hub, tmp_path):
@@ -280,25 +280,52 @@ def test_fetch_in_a_fresh_cache_gives_the_pushed_bytes_as_plain_files(hub, bundl
     folder = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
 
     assert folder == tmp_path / "cache" / "bundles" / "datasets--fashion-team--catalogue" / result.commit_sha
-    assert tree(folder) == tree(bundle)  # and no .gitattributes: it is the Hub's, not the bundle's
+    assert served(folder) == served(bundle)  # and no .gitattributes: it is the Hub's, not the bundle's
     assert not [p for p in folder.rglob("*") if p.is_symlink()]
+
+
+def disk_use(root: Path) -> tuple[int, int]:
+    """(bytes, files) under root, a file with several hard links counted once (as `du` does)."""
+    seen, size = set(), 0
+    for path in root.rglob("*"):
+        info = path.lstat()
+        if path.is_file() and not path.is_symlink() and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            size += info.st_size
+    return size, len(seen)
+
+
+def test_a_fetched_revision_is_kept_once_in_a_few_files_and_its_images_are_read_from_the_shards(hub, tmp_path):
+    images = {f"{i}.jpg": image_bytes(i, size=2000 + i) for i in range(300)}
+    root = make_bundle(tmp_path / "big", images)
+    result = push_bundle(root, REPO, endpoint=hub.url)
+    remote = {path: content for path, content in hub.files(REPO, result.commit_sha).items() if path != "README.md"}
+    on_hub = sum(map(len, remote.values()))
+
+    folder = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+
+    size, files = disk_use(tmp_path / "cache")
+    # huggingface_hub keeps a blob and a lock per file; the folder adds two: a few per file on the Hub, not per product
+    assert size <= 1.2 * on_hub and files <= 2 * len(remote) + 4 < len(images)
+    assert not (folder / "images").exists()
+    assert served(folder) == served(root)
 
 
 def test_fetch_follows_main_and_a_pinned_revision_stays_put_after_a_newer_push(hub, bundle, tmp_path):
     old = push_bundle(bundle, REPO, endpoint=hub.url)
-    old_files = tree(bundle)
+    old_files = served(bundle)
     (bundle / "images" / "1164.jpg").unlink()
     make_bundle(bundle, {"1163.jpg": image_bytes(1), "shoes/9.png": image_bytes(4), "bags/7.jpg": image_bytes(5)})
     new = push_bundle(bundle, REPO, endpoint=hub.url)
     assert new.commit_sha != old.commit_sha
     cache = tmp_path / "cache"
 
-    assert tree(fetch_bundle(old.catalogue_value, cache_dir=cache, endpoint=hub.url)) == old_files
+    assert served(fetch_bundle(old.catalogue_value, cache_dir=cache, endpoint=hub.url)) == old_files
     latest = fetch_bundle(REPO, cache_dir=cache, endpoint=hub.url)
-    assert latest.name == new.commit_sha and tree(latest) == tree(bundle)
-    assert tree(fetch_bundle(f"{REPO}@main", cache_dir=cache, endpoint=hub.url)) == tree(bundle)
+    assert latest.name == new.commit_sha and served(latest) == served(bundle)
+    assert served(fetch_bundle(f"{REPO}@main", cache_dir=cache, endpoint=hub.url)) == served(bundle)
     # the pinned copy was not touched by fetching main into the same cache
-    assert tree(fetch_bundle(old.catalogue_value, cache_dir=cache, endpoint=hub.url)) == old_files
+    assert served(fetch_bundle(old.catalogue_value, cache_dir=cache, endpoint=hub.url)) == old_files
 
 
 def test_the_cache_keeps_the_revision_fetched_and_the_one_used_before_it(hub, bundle, tmp_path):
@@ -306,13 +333,13 @@ def test_the_cache_keeps_the_revision_fetched_and_the_one_used_before_it(hub, bu
     pushed = []
     for seed in (10, 11, 12):
         make_bundle(bundle, {"1163.jpg": image_bytes(seed)})
-        pushed.append((push_bundle(bundle, REPO, endpoint=hub.url), tree(bundle)))
+        pushed.append((push_bundle(bundle, REPO, endpoint=hub.url), served(bundle)))
     folders = [fetch_bundle(result.catalogue_value, cache_dir=cache, endpoint=hub.url) for result, _ in pushed]
 
     assert sorted(folder.name for folder in folders[0].parent.iterdir()) == sorted(f.name for f in folders[1:])
     # going back to the previous one is served from the cache, even with the Hub gone; the oldest one is not there
     hub.stop()
-    assert tree(fetch_bundle(pushed[1][0].catalogue_value, cache_dir=cache, endpoint=hub.url)) == pushed[1][1]
+    assert served(fetch_bundle(pushed[1][0].catalogue_value, cache_dir=cache, endpoint=hub.url)) == pushed[1][1]
     with pytest.raises(HubUnavailable):
         fetch_bundle(pushed[0][0].catalogue_value, cache_dir=cache, endpoint=hub.url)
 
@@ -326,7 +353,7 @@ def test_a_pinned_revision_already_unpacked_is_served_without_asking_the_hub(hub
     with caplog.at_level(logging.WARNING, logger="fashion_search.hub"):
         again = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
 
-    assert again == online and tree(again) == tree(bundle)
+    assert again == online and served(again) == served(bundle)
     assert len(hub.requests) == asked and not caplog.records  # a commit cannot change: nothing to ask, nothing to say
 
 
@@ -340,7 +367,7 @@ def test_hub_gone_serves_the_cached_copy_of_main_and_says_so(hub, bundle, tmp_pa
     with caplog.at_level(logging.WARNING, logger="fashion_search.hub"):
         offline = fetch_bundle(spec, cache_dir=cache, endpoint=hub.url)
 
-    assert offline == online and tree(offline) == tree(bundle)
+    assert offline == online and served(offline) == served(bundle)
     ours = [record for record in caplog.records if record.name == "fashion_search.hub"]
     warnings = [record.getMessage() for record in ours if record.levelno >= logging.WARNING]
     assert len(warnings) == 1
@@ -375,26 +402,162 @@ def test_hub_gone_and_nothing_cached_names_repo_and_revision(hub, bundle, tmp_pa
     assert "Cannot reach the Hub" in message and "start once with the Hub reachable" in message
 
 
+def lose_the_downloaded_shard(cache: Path) -> None:
+    """Delete the shard huggingface_hub downloaded into `cache`/hub (the file behind the snapshot's link)."""
+    (shard,) = (cache / "hub").glob("datasets--*/snapshots/*/shards/*.tar")
+    shard.resolve().unlink()
+
+
 @pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "main"])
 def test_hub_gone_and_an_incomplete_cached_copy_is_not_served(hub, bundle, tmp_path, pinned):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
     spec = result.catalogue_value if pinned else REPO
-    folder = fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
-    (folder / "images" / "shoes" / "9.png").unlink()
+    fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    lose_the_downloaded_shard(tmp_path / "cache")
     hub.stop()
 
     with pytest.raises(HubUnavailable, match=rf"{REPO}@{result.commit_sha if pinned else 'main'}"):
         fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
 
 
+def tampered(hub, result, path: str, content: bytes | None) -> str:
+    """A commit on top of the pushed one, `path` replaced by `content` (None: deleted); its FASHION_CATALOG value."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    operation = CommitOperationDelete(path) if content is None else CommitOperationAdd(path, content)
+    commit = HfApi(endpoint=hub.url).create_commit(REPO, [operation], repo_type="dataset", commit_message="tamper")
+    return f"{REPO}@{commit.oid}"
+
+
+def shard_of(hub, result) -> tuple[str, bytes]:
+    files = hub.files(REPO, result.commit_sha)
+    (path,) = [name for name in files if name.startswith("shards/")]
+    return path, files[path]
+
+
+def rebuilt_shard(original: bytes, *extra: tarfile.TarInfo | tuple[str, bytes], keep=lambda member: True) -> bytes:
+    """The shard's members that `keep` accepts, then `extra` ones (a TarInfo as it is: a link or a device)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(original)) as source, tarfile.open(fileobj=buffer, mode="w") as out:
+        for member in source:
+            if keep(member):
+                out.addfile(member, source.extractfile(member))
+        for member in extra:
+            if isinstance(member, tarfile.TarInfo):
+                out.addfile(member)
+            else:
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                out.addfile(info, io.BytesIO(member[1]))
+    return buffer.getvalue()
+
+
+def symlink_member(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    return info
+
+
+def device_member(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.CHRTYPE
+    return info
+
+
+def sparse_bomb(original: bytes) -> bytes:
+    """The shard with 1164.jpg replaced by a GNU sparse member of 512 stored bytes declaring 3 GB."""
+    from test_shards import sparse_gnu
+
+    body = rebuilt_shard(original, keep=lambda member: not member.name.startswith("1164."))
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        tar.getmembers()
+        end = tar.offset  # where the end-of-archive blocks start
+    return body[:end] + sparse_gnu("1164.jpg", b"x" * 512, 3 << 30) + bytes(1024)
+
+
+TAMPERINGS = {
+    "sparse member of 3 GB": (lambda shard: sparse_bomb(shard), "is a sparse file"),
+    "symlink": (lambda shard: rebuilt_shard(shard, symlink_member("x.jpg")), "is a link, not a plain file"),
+    "device": (lambda shard: rebuilt_shard(shard, device_member("x.jpg")), "is a device or special file"),
+    "name outside the manifest": (lambda shard: rebuilt_shard(shard, ("../../evil.jpg", b"x")), "not an image of"),
+    "duplicate": (
+        lambda shard: rebuilt_shard(shard, ("1163.jpg", image_bytes(1))),
+        "images/1163.jpg comes twice",
+    ),
+    "missing image": (
+        lambda shard: rebuilt_shard(shard, keep=lambda member: not member.name.startswith("1164.")),
+        "lack 1 images of the manifest, e.g. images/1164.jpg",
+    ),
+    "damaged image": (
+        lambda shard: shard.replace(image_bytes(2), image_bytes(2)[:-1] + b"?"),
+        "does not match the manifest's sha256 for images/1164.jpg",
+    ),
+    "truncated": (lambda shard: shard[:1500], "truncated|not a readable tar"),
+    "not a tar": (lambda shard: b"<html>Service Unavailable</html>", "is not a readable tar"),
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+def test_a_tampered_revision_is_refused_at_start_with_a_message_and_nothing_large_is_written(
+    hub, bundle, tmp_path, tampering
+):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    path, shard = shard_of(hub, result)
+    change, message = TAMPERINGS[tampering]
+    spec = tampered(hub, result, path, change(shard))
+
+    with pytest.raises(BundleError, match=message):
+        fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
+
+    size, _ = disk_use(tmp_path)
+    assert size < 10 << 20  # the 3 GB of the sparse member were never written
+    assert not list((tmp_path / "cache" / "bundles").glob("*/*"))  # no revision folder, not even a partial one
+    assert not list((tmp_path / "cache" / "hub").glob("*/snapshots/*"))  # the refused download is forgotten
+
+
+def test_a_shard_list_naming_files_outside_shards_is_refused(hub, bundle, tmp_path):
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    index = {"format_version": 1, "shards": [{"path": "manifest.json", "count": 3}]}
+    spec = tampered(hub, result, "shards.json", json.dumps(index).encode())
+
+    with pytest.raises(BundleError, match="names files outside shards/"):
+        fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    assert not list((tmp_path / "cache" / "bundles").glob("*/*"))
+
+
+def test_a_revision_preloaded_into_huggingface_hubs_cache_starts_without_any_request(hub, bundle, tmp_path):
+    """What a Space's `preload_from_hub` entry leaves: the files in huggingface_hub's cache, nothing else."""
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    repo, files, commit = result.preload_entry.split(" ")
+    assert repo == f"datasets/{REPO}" and commit == result.commit_sha
+    snapshot_download(
+        REPO,
+        repo_type="dataset",
+        revision=commit,
+        allow_patterns=files.split(","),
+        cache_dir=tmp_path / "hf-cache",
+        endpoint=hub.url,
+    )
+    hub.stop()
+    asked = len(hub.requests)
+
+    folder = fetch_bundle(
+        result.catalogue_value, cache_dir=tmp_path / "app", hub_cache=tmp_path / "hf-cache", endpoint=hub.url
+    )
+
+    assert len(hub.requests) == asked
+    assert served(folder) == served(bundle)
+
+
 def test_hub_back_again_completes_a_damaged_copy(hub, bundle, tmp_path):
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    folder = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
-    (folder / "images" / "shoes" / "9.png").unlink()
+    fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    lose_the_downloaded_shard(tmp_path / "cache")
     hub.stop()
     hub.start()  # same port, same repos
 
-    assert tree(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)) == tree(bundle)
+    folder = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    assert served(folder) == served(bundle)
 
 
 def test_unknown_repo_or_revision_is_not_found_rather_than_unavailable(hub, bundle, tmp_path):
@@ -424,7 +587,7 @@ def test_hf_endpoint_in_the_environment_is_what_a_fresh_process_uses(hub, bundle
 
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.parent.parent == tmp_path / "home" / "fashion-search" / "bundles"  # default cache: $HF_HOME
-    assert tree(folder) == tree(bundle)
+    assert served(folder) == served(bundle)
     assert ("GET", f"/api/datasets/{REPO}/revision/{result.commit_sha}") in hub.requests
 
 
@@ -433,11 +596,13 @@ def test_a_fetched_bundle_loads_like_a_local_one(hub, tmp_path):
     root = make_bundle(tmp_path / "real", {name: image_bytes(len(name)) for name in names})
     result = push_bundle(root, REPO, endpoint=hub.url)
 
-    loaded = load_bundle(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
+    loaded, images = load_catalogue(
+        fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
+    )
 
     assert loaded.filenames == names
     np.testing.assert_array_equal(loaded.embeddings, np.load(root / "embeddings.npy"))
-    assert loaded.image_path(1).read_bytes() == (root / "images" / "b/c.jpg").read_bytes()
+    assert images.read(1) == (root / "images" / "b/c.jpg").read_bytes()
 
 
 # ---------------------------------------------------------------- precompute.py --push-to-hub
@@ -466,7 +631,7 @@ def test_precompute_builds_pushes_and_prints_the_value_to_set(hub, tmp_path, cat
     assert f"Pushed {REPO} at {sha}" in first.stdout
     assert f"FASHION_CATALOG={REPO}@{sha}" in first.stdout
     fetched = fetch_bundle(f"{REPO}@{sha}", cache_dir=tmp_path / "cache", endpoint=hub.url)
-    assert tree(fetched) == tree(out)
+    assert served(fetched) == served(out)
 
     commits = hub.commit_count(REPO)
     again = run_precompute(hub, tmp_path, "--out", out, "--push-to-hub", REPO)  # push only, no rebuild

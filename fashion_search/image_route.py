@@ -1,0 +1,82 @@
+"""The app's side of fashion_search.images: the file route for images without a file of their own, and the URLs,
+paths and photo files the gallery and the query photo show.
+
+    gr.set_static_paths(images.static_paths)                 # a bundle folder: Gradio serves images/ in place
+    demo.launch(app_kwargs={"routes": routes(images)})        # a Hub revision: ROUTE serves its images from the shards
+    webapp.gallery_items(matches, images, root_url())         # in an event: file paths, or the route's full URLs
+    photo_file(images, row, cache_dir)                        # a file for the query photo (an image input)
+
+A gr.Gallery shows a file path through Gradio's own file route, and an http(s) URL as it is, fetched by the browser
+(and by gradio_client); a URL must be absolute, so it is made from the root URL Gradio computes for the event being
+answered (proxies and GRADIO_ROOT_PATH included), the way Gradio makes its own file URLs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fashion_search.images import ROUTE, CatalogueImages
+
+
+def routes(images: CatalogueImages) -> list[Route]:
+    """The file route for `images` (none for a bundle folder, which Gradio serves as static files).
+
+    It answers only the catalogue's images, each at its one path (revision, row and file name must agree), with the
+    image's own bytes; anything else is a 404."""
+    if not images.served_by_route:
+        return []
+
+    def serve(request: Request) -> Response:
+        params = request.path_params
+        try:
+            found = images.lookup(params["revision"], params["row"], params["name"])
+        except OSError:
+            found = None
+        if found is None:
+            return Response("Not an image of this catalogue.\n", status_code=404, media_type="text/plain")
+        data, media_type = found
+        disposition = "attachment" if media_type == "application/octet-stream" else "inline"
+        headers = {
+            "Cache-Control": "public, max-age=31536000, immutable",  # the path names the revision: it never changes
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": disposition,
+        }
+        return Response(data, media_type=media_type, headers=headers)
+
+    return [Route(ROUTE + "/{revision}/{row}/{name:path}", serve, methods=["GET", "HEAD"])]
+
+
+def root_url() -> str:
+    """The app's root URL for the event being answered, as Gradio computes it for its own file URLs; "" outside one."""
+    from gradio import route_utils
+    from gradio.context import LocalContext
+
+    event = LocalContext.request.get(None)
+    request = getattr(event, "request", None)
+    if request is None:
+        return ""
+    try:
+        route = route_utils.get_api_call_path(request)
+    except ValueError:  # not a queued event or an API call (e.g. an MCP tool call): the request's own path
+        route = request.url.path
+    return route_utils.get_root_url(request, route, getattr(request.app, "root_path", None))
+
+
+def photo_file(images: CatalogueImages, row: int, cache_dir: str | Path) -> str:
+    """A file holding exactly the image of `row`, for the query photo (an image input sends its file back): the
+    image's own file, or its bytes written once into Gradio's cache folder `cache_dir` (as an upload would be), in
+    the folder Gradio would copy it to, so it is not copied again."""
+    file = images.file(row)
+    if file is not None:
+        return str(file)
+    from gradio import processing_utils
+
+    data = images.read(row)
+    name = Path(images.filenames[row]).name
+    path = processing_utils.save_bytes_to_cache(data, name, str(cache_dir))
+    images.remember_file(path, row)  # so that the photo is known as this product's (Recommender.product_at)
+    return path

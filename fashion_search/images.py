@@ -1,0 +1,205 @@
+"""Where a catalogue image's bytes come from: a bundle's images/ folder, or byte ranges of a Hub revision's shards.
+
+    bundle, images = load_catalogue(folder)  # FolderImages for a bundle folder, ShardImages for a Hub revision
+    images.read(row)                       # the image's bytes, exactly as in the catalogue
+    images.file(row)                       # a file holding exactly them (a folder's own file), or None
+    images.route_path(row)                 # where the app's file route serves it ("/catalogue-images/..."), or None
+    images.name_of_file(path)              # the file name whose own file `path` is (a folder's), or None
+    images.lookup(revision, row, name)     # what that route serves: (bytes, type), or None for anything else
+
+A Hub revision is served from one copy of its files: the shards stay as huggingface_hub downloaded them, and
+`write_shard_index` records, once every image has been checked, where each image's bytes lie in them
+(SHARD_SPANS, one row per product) and which shard files those are (SHARD_LIST, written last: its presence says the
+revision was verified). Nothing is unpacked, so a million products make two small files, not a million.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from fashion_search.bundle import Bundle, BundleFormatError, BundleMissingFile, load_bundle
+from fashion_search.files import write_atomic
+from fashion_search.shards import SPAN_DTYPE
+
+SHARD_SPANS = "image-spans.npy"  # SPAN_DTYPE rows, in the order of filenames.json
+SHARD_LIST = "image-shards.json"  # {"format_version", "revision", "count", "shards": [{"path", "size"}]}
+ROUTE = "/catalogue-images"  # the app's file route: ROUTE/<revision>/<row>/<file name>
+_FORMAT_VERSION = 1
+_FILES_KEPT = 4096  # copies of images remembered by ShardImages.remember_file
+# Served with their own type; anything else goes out as bytes to save, never to render (an SVG can hold a script).
+_RASTER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff", "image/avif"}
+
+
+class CatalogueImages:
+    """The images of a loaded catalogue, by row (the order of filenames.json)."""
+
+    static_paths: list[Path]  # folders Gradio may serve in place (gr.set_static_paths); [] when none
+    served_by_route = False  # True: the images have no files, the app's file route serves them (route_path)
+
+    def __init__(self, filenames: list[str]):
+        self.filenames = filenames
+
+    def read(self, row: int) -> bytes:
+        raise NotImplementedError
+
+    def file(self, row: int) -> Path | None:
+        """A file that holds exactly the image, when the catalogue keeps one."""
+        return None
+
+    def name_of_file(self, path: str | Path) -> str | None:
+        """The catalogue file name whose file is at `path` (its own, or one remember_file was told of), else None."""
+        return None
+
+    def remember_file(self, path: str | Path, row: int) -> None:
+        """`path` holds a copy of the image of `row`; name_of_file(path) will say so (for images without files)."""
+
+    def route_path(self, row: int) -> str | None:
+        """The path (below the app's root URL) the file route serves the image at, when it needs the route."""
+        return None
+
+    def lookup(self, revision: str, row: str, name: str) -> tuple[bytes, str] | None:
+        """(bytes, media type) of the catalogue image the route path names; None for anything else."""
+        return None
+
+
+class FolderImages(CatalogueImages):
+    """A bundle folder's images/: a file per product, served in place by Gradio."""
+
+    def __init__(self, bundle: Bundle):
+        super().__init__(bundle.filenames)
+        self.images_dir = bundle.images_dir
+        self.static_paths = [bundle.images_dir]
+
+    def read(self, row: int) -> bytes:
+        return self.file(row).read_bytes()
+
+    def file(self, row: int) -> Path:
+        return self.images_dir / self.filenames[row]
+
+    def name_of_file(self, path: str | Path) -> str | None:
+        try:
+            return Path(path).resolve().relative_to(self.images_dir.resolve()).as_posix()
+        except (TypeError, ValueError, OSError):
+            return None
+
+
+class ShardImages(CatalogueImages):
+    """A Hub revision's images, read from its shards by offset and served by the app's file route."""
+
+    static_paths: list[Path] = []
+    served_by_route = True
+
+    def __init__(self, folder: Path, filenames: list[str]):
+        super().__init__(filenames)
+        self._files: OrderedDict[str, str] = OrderedDict()  # remember_file's
+        listing = read_shard_list(folder)
+        self.revision = str(listing["revision"])
+        self.shards = [Path(shard["path"]) for shard in listing["shards"]]
+        for shard, entry in zip(self.shards, listing["shards"]):
+            try:
+                size = shard.stat().st_size
+            except OSError:
+                size = None
+            if size != entry["size"]:
+                raise BundleMissingFile(
+                    f"The catalogue's shard {shard} is {'missing' if size is None else 'changed'}; "
+                    "start with the Hub reachable to download it again."
+                )
+        try:
+            self.spans = np.load(folder / SHARD_SPANS, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleFormatError(f"{folder / SHARD_SPANS} could not be read ({exc}).") from exc
+        if (
+            self.spans.dtype != SPAN_DTYPE
+            or self.spans.shape != (len(filenames),)
+            or listing["count"] != len(filenames)
+        ):
+            raise BundleFormatError(f"{folder / SHARD_SPANS} does not match the catalogue's {len(filenames)} rows.")
+
+    def read(self, row: int) -> bytes:
+        shard, offset, size = self.spans[row]
+        descriptor = os.open(self.shards[shard], os.O_RDONLY)
+        try:
+            data = os.pread(descriptor, int(size), int(offset))
+        finally:
+            os.close(descriptor)
+        if len(data) != size:
+            raise OSError(f"{self.shards[shard]} ends before images/{self.filenames[row]}")
+        return data
+
+    def route_path(self, row: int) -> str:
+        return f"{ROUTE}/{self.revision}/{row}/{self.filenames[row]}"
+
+    def remember_file(self, path: str | Path, row: int) -> None:
+        """`path` holds a copy of the image of `row` (a query photo: image_route.photo_file); the latest are kept."""
+        self._files[str(path)] = self.filenames[row]
+        self._files.move_to_end(str(path))
+        while len(self._files) > _FILES_KEPT:
+            self._files.popitem(last=False)
+
+    def name_of_file(self, path: str | Path) -> str | None:
+        return self._files.get(str(path))
+
+    def lookup(self, revision: str, row: str, name: str) -> tuple[bytes, str] | None:
+        if revision != self.revision or not row.isdecimal() or not int(row) < len(self.filenames):
+            return None
+        if self.filenames[int(row)] != name:
+            return None
+        return self.read(int(row)), media_type(name)
+
+
+def media_type(name: str) -> str:
+    """The type a catalogue image is served with: its own for raster images, else bytes to download."""
+    guessed, _ = mimetypes.guess_type(name)
+    return guessed if guessed in _RASTER_TYPES else "application/octet-stream"
+
+
+def load_catalogue(folder: str | Path) -> tuple[Bundle, CatalogueImages]:
+    """A bundle folder or a fetched Hub revision, loaded and verified (load_bundle), and where its images come from.
+
+    A Hub revision's images are not hashed again here: `fetch_bundle` checked each as it read the shards, and wrote
+    SHARD_LIST only then; that its shards are still there, with the same sizes, is checked instead.
+    """
+    shards = is_shard_folder(Path(folder))
+    bundle = load_bundle(folder, verify_images=not shards)
+    return bundle, ShardImages(bundle.root, bundle.filenames) if shards else FolderImages(bundle)
+
+
+def open_images(bundle: Bundle) -> CatalogueImages:
+    """The images of a loaded bundle: from its shards when it is a fetched Hub revision, else from its folder."""
+    if is_shard_folder(bundle.root):
+        return ShardImages(bundle.root, bundle.filenames)
+    return FolderImages(bundle)
+
+
+def is_shard_folder(folder: Path) -> bool:
+    """A fetched Hub revision whose images stay in their shards (and were verified: the shard list comes last)."""
+    return (Path(folder) / SHARD_LIST).is_file()
+
+
+def write_shard_index(folder: Path, revision: str, shards: list[Path], spans: np.ndarray) -> None:
+    """Record where the images of `folder`'s revision lie in `shards`; call it once they have all been checked."""
+    with open(folder / SHARD_SPANS, "wb") as handle:
+        np.save(handle, spans, allow_pickle=False)
+    entries = [{"path": str(Path(shard).resolve()), "size": Path(shard).stat().st_size} for shard in shards]
+    listing = {"format_version": _FORMAT_VERSION, "revision": revision, "count": len(spans), "shards": entries}
+    write_atomic(folder / SHARD_LIST, json.dumps(listing, indent=1).encode())
+
+
+def read_shard_list(folder: Path) -> dict:
+    path = Path(folder) / SHARD_LIST
+    try:
+        listing = json.loads(path.read_text(encoding="utf-8"))
+        if listing["format_version"] != _FORMAT_VERSION:
+            raise ValueError(f"format version {listing['format_version']!r}")
+        return listing
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleFormatError(
+            f"{path} could not be read ({exc}); start with the Hub reachable to fetch again."
+        ) from exc
