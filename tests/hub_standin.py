@@ -61,6 +61,7 @@ GITATTRIBUTES = b"*.npy filter=lfs diff=lfs merge=lfs -text\n*.tar filter=lfs di
 LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files of 10 MB or more in LFS whatever their extension
 LFS_PREFIX = "lfs:"  # a commit's file oid for an LFS file: "lfs:<sha256>"
 FULL_SHA = re.compile(r"[0-9a-f]{40}")
+BLOCK = 1 << 20  # LFS objects are received and files served in blocks of this size, never whole in memory
 
 
 def git_blob_oid(content: bytes) -> str:
@@ -100,7 +101,8 @@ class HubError(Exception):
 
 
 class HubStandIn:
-    """An in-process Hub on 127.0.0.1; repos live in memory, file contents in `root/blobs/`."""
+    """An in-process Hub on 127.0.0.1; repos live in memory, file contents in `root/blobs/` (LFS objects are received
+    and files served in blocks: a catalogue of a million products passes through without being held in memory)."""
 
     def __init__(self, root: str | Path | None = None, *, token: str | None = None, port: int = 0):
         """Args:
@@ -178,6 +180,19 @@ class HubStandIn:
             repo = self.repo(repo_id, repo_type)
             commit = repo.commits[self._resolve(repo, revision)]
             return {path: self._read_blob(oid) for path, oid in commit.files.items()}
+
+    def read_file(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "dataset") -> bytes:
+        """One file's content at a revision (files() reads them all)."""
+        with self._lock:
+            repo = self.repo(repo_id, repo_type)
+            return self._read_blob(repo.commits[self._resolve(repo, revision)].files[path])
+
+    def file_sizes(self, repo_id: str, revision: str = "main", repo_type: str = "dataset") -> dict[str, int]:
+        """Path -> size in bytes of every file at a revision, read from disk without loading any."""
+        with self._lock:
+            repo = self.repo(repo_id, repo_type)
+            files = repo.commits[self._resolve(repo, revision)].files
+            return {path: (self.blobs / oid.removeprefix(LFS_PREFIX)).stat().st_size for path, oid in files.items()}
 
     def resolver_requests(self, since: int = 0) -> list[tuple[str, str]]:
         """The requests (from the `since`-th on) the Hub counts against its download rate limit: HEAD and GET on
@@ -257,7 +272,8 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         self.query = parse_qs(split.query)
         length = int(self.headers.get("Content-Length") or 0)
-        self.body = self.rfile.read(length) if length else b""
+        self.streamed = method == "PUT" and split.path.startswith("/lfs-objects/")  # read by _lfs_put, in blocks
+        self.body = self.rfile.read(length) if length and not self.streamed else b""
         self.hub.requests.append((method, split.path))
         raw = [unquote(part) for part in split.path.strip("/").split("/")]
         try:
@@ -455,10 +471,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"transfer": "basic", "objects": objects})
 
     def _lfs_put(self, sha256: str) -> None:
-        if hashlib.sha256(self.body).hexdigest() != sha256:
+        """The object streamed to a file in blocks (large files stay on disk, never whole in memory), then checked."""
+        left = int(self.headers.get("Content-Length") or 0)
+        digest, size = hashlib.sha256(), left
+        with tempfile.NamedTemporaryFile(dir=self.hub.blobs, delete=False) as out:
+            while left:
+                block = self.rfile.read(min(left, BLOCK))
+                if not block:
+                    break
+                digest.update(block)
+                out.write(block)
+                left -= len(block)
+        if digest.hexdigest() != sha256 or left:
+            Path(out.name).unlink()
             raise HubError(400, "The uploaded content does not match its sha256")
-        (self.hub.blobs / sha256).write_bytes(self.body)
-        self.hub.uploads.append((LFS_PREFIX + sha256, len(self.body)))
+        Path(out.name).replace(self.hub.blobs / sha256)
+        self.hub.uploads.append((LFS_PREFIX + sha256, size))
         self._send_json({})
 
     def _validate_yaml(self) -> None:
@@ -532,15 +560,17 @@ class _Handler(BaseHTTPRequestHandler):
         oid = commit.files.get(path)
         if oid is None:
             raise HubError(404, f"{path} does not exist on {revision}", "EntryNotFound", commit.sha)
-        content = self.hub._read_blob(oid)
+        blob = self.hub.blobs / oid.removeprefix(LFS_PREFIX)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(content)))
+        self.send_header("Content-Length", str(blob.stat().st_size))
         self.send_header("ETag", f'"{oid.removeprefix(LFS_PREFIX)}"')
         self.send_header("X-Repo-Commit", commit.sha)
         self.end_headers()
-        if method == "GET":
-            self.wfile.write(content)
+        if method == "GET":  # in blocks, from disk
+            with open(blob, "rb") as source:
+                while block := source.read(BLOCK):
+                    self.wfile.write(block)
 
 
 if __name__ == "__main__":  # python tests/hub_standin.py [PORT]: run it by hand, e.g. to try precompute/app against it
