@@ -10,6 +10,8 @@ Usage:
 From Python:
     from gradio_client import Client, handle_file
     gallery, listing = Client("http://127.0.0.1:7860/").predict(handle_file("photo.jpg"), api_name="/recommend")
+
+As an MCP server (tools `recommend` and `similar`): http://127.0.0.1:7860/gradio_api/mcp/
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import gradio as gr
 
 from fashion_search import config, webapp
 from fashion_search import demo as demo_assets
+from fashion_search.imaging import ImageError, open_image
 from fashion_search.search import DEFAULT_K, MAX_K
 from fashion_search.upload_image import UploadedImage
 
@@ -43,6 +46,16 @@ CSS = """
 #query .region-box {position: absolute; box-sizing: border-box; border: 3px solid #f0a020;
                     background: rgba(240, 160, 32, .18); pointer-events: none; display: none;}
 #query img {touch-action: none; cursor: crosshair;}
+/* The photo's label in the flow, above the picture and clear of its buttons (it names a clicked result, at length). */
+#query {height: auto !important;}
+#query > label[data-testid="block-label"] {position: relative; max-width: calc(100% - 84px); white-space: normal;}
+#query .image-container {height: 300px;}
+/* A small picture is drawn up to its frame, so a box can be dragged on it precisely (region_box.js keeps it sharp). */
+#query .image-frame {width: 100%; height: 100%;}
+#query .image-frame img {width: 100%; height: 100%; object-fit: contain;}
+#query .image-frame img.upscaled {image-rendering: pixelated;}
+#products .grid-wrap {padding-top: 2.4rem;}
+#options .label-wrap {gap: .75rem; text-align: left;}
 .random-weights {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: .6rem .9rem;
                  color: #7a4100; font-weight: 600;}
 """
@@ -81,6 +94,32 @@ def article(info: webapp.CatalogueInfo) -> str:
     )
 
 
+PHOTO_LABEL = "Your photo (drag a box to search part of it)"
+MAX_CHOICES_SHOWN = 12  # a refused filter value's message lists at most this many of the accepted values
+# The endpoints' docstrings: Gradio's MCP server describes the tools and their parameters with them ({filters}: one
+# line per filter of the catalogue). Types and choices come from the components.
+RECOMMEND_DOC = """The products of the catalogue that look most like a photo, nearest first.
+
+Args:
+    image: the photo of a product: a public http(s) URL of a JPEG, PNG, WebP, GIF or BMP picture, or a data: URL
+    top_k: how many products to return, from 1 to 20 (default 5)
+{filters}
+    near_duplicate_distance: leave out a product closer than this to a better result, from 0 to 0.5 (default 0: none)
+    region: search only this part of the photo: "left, top, right, bottom" in its pixels (default "": the whole photo)
+Returns:
+    the products' pictures with their captions, and a listing: rank, filename, distance and the product's details
+"""
+SIMILAR_DOC = """The products of the catalogue that look most like one of its products, nearest first, itself left out.
+
+Args:
+    filename: the product, by its filename as a listing of recommend or similar gives it
+    top_k: how many products to return, from 1 to 20 (default 5)
+{filters}
+Returns:
+    the products' pictures with their captions, and a listing: rank, filename, distance and the product's details
+"""
+
+
 def answer(call):
     """`call()`'s result; a QueryError becomes the message the page and the API show (no traceback in the log)."""
     try:
@@ -89,51 +128,88 @@ def answer(call):
         raise gr.Error(str(exc), print_exception=False) from None
 
 
+def api_signature(fn, documentation: str, leading: list[str], filters: dict[str, str], trailing: dict) -> None:
+    """Give `fn` the API's parameters and their documentation: Gradio names the endpoint's parameters (and the MCP
+    tool's) from inspect.signature, which reads __signature__, and describes them from the docstring's Args.
+
+    `filters`: the API's name of each filter -> its column; `trailing`: parameters after the filters -> defaults."""
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    defaults = {"top_k": DEFAULT_K, **{name: [] for name in filters}, **trailing}
+    fn.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(name, keyword, **({"default": defaults[name]} if name in defaults else {}))
+            for name in [*leading, "top_k", *filters, *trailing]
+        ]
+    )
+    line = "    {}: only products whose {} is any of these (default []: all)"
+    lines = [line.format(name, column) for name, column in filters.items()]
+    fn.__doc__ = documentation.format(filters="\n".join(lines))
+
+
+def refuse_quietly(component, name: str) -> None:
+    """A value Gradio's own check of `component` refuses (a number outside a slider's range, a value not among a
+    dropdown's choices, a value of the wrong type) gets a message naming the parameter, and no traceback in the log.
+    A multiselect dropdown also takes a single value for a list of one."""
+    check = component.preprocess
+
+    def preprocess(payload):
+        try:
+            value = check(payload)
+        except Exception:
+            raise gr.Error(refusal(component, name, payload), print_exception=False) from None
+        multiselect = isinstance(component, gr.Dropdown) and component.multiselect
+        return [value] if multiselect and isinstance(value, (str, int, float)) else value
+
+    component.preprocess = preprocess
+
+
+def refusal(component, name: str, payload) -> str:
+    """The message for a value `component` refused."""
+    if isinstance(component, gr.Slider):
+        return f"{name} must be a number from {component.minimum:g} to {component.maximum:g}; got {payload!r}."
+    if isinstance(component, gr.Dropdown):
+        choices = [value for _, value in component.choices]
+        given = payload if isinstance(payload, list) else [payload]
+        wrong = next((value for value in given if value not in choices), payload)
+        shown = ", ".join(map(repr, choices[:MAX_CHOICES_SHOWN])) + (", …" if len(choices) > MAX_CHOICES_SHOWN else "")
+        return f"{wrong!r} is not a value of {name}: give a list of values among {shown}."
+    return f"{name} cannot take {payload!r}."
+
+
 def build_demo(recommender: webapp.Recommender) -> gr.Interface:
     """The page and the `/recommend` endpoint: a photo, then the options (number of results, one filter per column)."""
-    filter_columns = list(recommender.filter_choices)
+    filter_names = list(recommender.filter_columns)  # the API's names (snake_case) of the catalogue's filter columns
 
     def recommend(image: str | None, top_k: float = DEFAULT_K, *options) -> tuple[list, list[dict]]:
-        """One request: the uploaded file -> (gallery of (image, caption), listing of {rank, filename, ...}).
-
-        `options`: one list of chosen values per filter column, then the near-duplicate distance (0: off), then the
-        region of the photo to search ("left, top, right, bottom" in pixels; empty: the whole photo)."""
-        filters, extra = options[: len(filter_columns)], options[len(filter_columns) :]
+        # One request: the uploaded file -> (gallery of (image, caption), listing of {rank, filename, ...}).
+        # `options`: one list of chosen values per filter, then the near-duplicate distance (0: off), then the region
+        # of the photo to search ("left, top, right, bottom" in pixels; empty: the whole photo). Documented below.
+        filters, extra = options[: len(filter_names)], options[len(filter_names) :]
         gap, region = (*extra, *(0.0, "")[len(extra) :])
-        chosen = dict(zip(filter_columns, filters))
+        chosen = {recommender.filter_columns[name]: values for name, values in zip(filter_names, filters)}
         matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0), region))
         return webapp.gallery_items(matches), webapp.listing(matches)
 
-    # Gradio names the API's parameters from inspect.signature, which reads __signature__: image, top_k, one keyword
-    # per filter column, near_duplicate_distance, region (tests/test_app.py calls them by name).
-    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    recommend.__signature__ = inspect.signature(recommend).replace(
-        parameters=[
-            *list(inspect.signature(recommend).parameters.values())[:2],
-            *[inspect.Parameter(column, keyword, default=[]) for column in filter_columns],
-            inspect.Parameter("near_duplicate_distance", keyword, default=0.0),
-            inspect.Parameter("region", keyword, default=""),
-        ]
-    )
+    trailing = {"near_duplicate_distance": 0.0, "region": ""}
+    api_signature(recommend, RECOMMEND_DOC, ["image"], recommender.filter_columns, trailing)
     photo = UploadedImage(
         type="filepath",
         image_mode=None,
         format="png",  # a base64 data URL from an API client is written losslessly (Gradio's default is WebP)
         sources=["upload", "webcam", "clipboard"],
-        label="Your photo (drag a box to search part of it)",
-        height=340,
+        label=PHOTO_LABEL,
         elem_id="query",
     )
-    filters = [
-        gr.Dropdown(
+    filters = {
+        name: gr.Dropdown(
             values,
             value=[],
             multiselect=True,
             label=FILTER_LABELS.get(column, column),
             info="any of these; empty = all",
         )
-        for column, values in recommender.filter_choices.items()
-    ]
+        for name, (column, values) in zip(filter_names, recommender.filter_choices.items())
+    }
     gallery = gr.Gallery(
         label="Similar products",
         columns=3,
@@ -159,12 +235,18 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         info="only this part of the photo is searched: drag a box on the photo, or type it; empty = the whole photo",
         elem_id="region",
     )
+    for component, name in [(top_k, "top_k"), *((c, n) for n, c in filters.items())]:
+        refuse_quietly(component, name)
+    refuse_quietly(near_duplicates, "near_duplicate_distance")
+    refuse_quietly(region, "region")
     demo = gr.Interface(
         fn=recommend,
         inputs=photo,
         outputs=[gallery, results],
-        additional_inputs=[top_k, *filters, near_duplicates, region],
-        additional_inputs_accordion=gr.Accordion("Options: number of results, filters, region", open=False),
+        additional_inputs=[top_k, *filters.values(), near_duplicates, region],
+        additional_inputs_accordion=gr.Accordion(
+            "Options: number of results, filters, region", open=False, elem_id="options"
+        ),
         examples=[[str(path)] for path in demo_assets.example_images()],
         cache_examples=False,  # a query costs well under a second; cached results would ignore the options
         title="Fashion visual search",
@@ -174,8 +256,29 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         flagging_mode="never",
         concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes and searches
     )
-    add_more_like_this(demo, recommender, photo, gallery, results, top_k, dict(zip(filter_columns, filters)))
+    add_more_like_this(demo, recommender, photo, gallery, results, top_k, filters)
+
+    def check_upload(image: str | None):
+        """A file dropped on the photo that is not a picture is refused at once, with the message the API gives."""
+        try:
+            if image is not None:
+                open_image(image)
+        except ImageError as exc:
+            gr.Warning(str(exc), title="Photo refused")
+            return None
+        return gr.skip()
+
+    def name_query(image: str | None):
+        """The photo's label: the product's name when the photo is a result clicked for more like it."""
+        product = recommender.product_at(image)
+        if product is None:
+            return gr.Image(label=PHOTO_LABEL)
+        name, details = webapp.describe_product(product)
+        return gr.Image(label=f"More like this: {name}" + (f" · {details}" if details else ""))
+
     with demo:
+        photo.upload(check_upload, photo, photo, api_visibility="private", concurrency_limit=webapp.MAX_BATCH_SIZE)
+        photo.change(name_query, photo, photo, api_visibility="private", queue=False)
         # A new photo (an upload, or a clicked result) is searched whole until a box is drawn on it; the click that
         # ends a drag on the photo copies the box fashion_search/region_box.js keeps into the region input.
         photo.change(None, outputs=region, js="() => ''", api_visibility="private")
@@ -189,17 +292,24 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
 
 
 def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filters: dict) -> None:
-    """`/similar` (a product's filename -> the products most like it), and a click on a result doing the same."""
+    """`/similar` (a product's filename -> the products most like it), and a click on a result doing the same.
 
-    def similar(filename: str, top_k: float = DEFAULT_K, **chosen: list[str]) -> tuple[list, list[dict]]:
-        """A catalogue product -> (gallery, listing) of the products most like it, itself left out."""
-        _, matches = answer(lambda: recommender.similar(filename, int(top_k), chosen))
+    `filters`: the API's name of each filter -> its dropdown."""
+    columns = recommender.filter_columns
+
+    def similar(filename: str, top_k: float = DEFAULT_K, *chosen: list[str]) -> tuple[list, list[dict]]:
+        # Documented below, with its parameters: one list of chosen values per filter after top_k.
+        wanted = {columns[name]: values for name, values in zip(filters, chosen)}
+        _, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted))
         return webapp.gallery_items(matches), webapp.listing(matches)
+
+    api_signature(similar, SIMILAR_DOC, ["filename"], columns, {})
 
     def clicked(event: gr.SelectData, listing: list[dict], top_k: float, *chosen: list[str]):
         """A click on a result: that product becomes the query, and its neighbours the results."""
         filename = listing[event.index]["filename"]
-        product, matches = answer(lambda: recommender.similar(filename, int(top_k), dict(zip(filters, chosen))))
+        wanted = {columns[name]: values for name, values in zip(filters, chosen)}
+        product, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted))
         # The new results start with none selected (Gradio would keep the clicked position highlighted).
         return (
             str(product.image_path),
@@ -212,8 +322,7 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
         api_only = gr.Button(visible=False)
         api_only.click(
             similar,
-            inputs=[product, top_k],
-            inputs_kwargs=filters,
+            inputs=[product, top_k, *filters.values()],
             outputs=[gallery, results],
             api_name="similar",
             concurrency_limit=webapp.MAX_BATCH_SIZE,
@@ -231,6 +340,7 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
 settings = config.resolve(sys.argv[1:] if __name__ == "__main__" else [])
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-checks are not news
+logging.getLogger("mcp").setLevel(logging.WARNING)  # nor the MCP server's start and each request it receives
 try:
     recommender = webapp.load_recommender(settings)
 except webapp.StartupError as exc:
@@ -249,6 +359,8 @@ def launch_options() -> dict:
         "state_session_capacity": webapp.SESSION_CAPACITY,
         "css": CSS,
         "js": REGION_JS,
+        # Also an MCP server: the tools recommend and similar at /gradio_api/mcp/ (the gradio[mcp] extra).
+        "mcp_server": True,
         # System fonts: the page asks no third party for anything.
         "theme": gr.themes.Default(primary_hue="neutral", font=["ui-sans-serif", "system-ui", "sans-serif"]),
         # SSR is left to GRADIO_SSR_MODE, as Gradio does: on for Spaces, tested that way in tests/test_browser.py.

@@ -62,6 +62,11 @@
     box.style.height = `${(region[3] - region[1]) * f.sy}px`;
   }
 
+  // A small picture is drawn larger than its pixels (app.py's CSS): keep them sharp, so the box's edges are seen.
+  function sharpen(img) {
+    if (img.naturalWidth) img.classList.toggle("upscaled", frame(img).sx > 1);
+  }
+
   function setRegion(text) {
     document.querySelector("#query").dataset.region = text;
   }
@@ -104,7 +109,10 @@
     };
     img.addEventListener("pointerup", finish);
     img.addEventListener("pointercancel", finish);
-    img.addEventListener("load", () => draw(img, parse(field()?.value)));
+    img.addEventListener("load", () => {
+      sharpen(img);
+      draw(img, parse(field()?.value));
+    });
   }
 
   let shown = null; // the photo last seen, to forget its box when another replaces it
@@ -112,6 +120,7 @@
     const img = photo();
     if (img) {
       attach(img);
+      sharpen(img);
       if (shown !== img.src) {
         setRegion("");
         draw(img, null);
@@ -134,7 +143,9 @@
   });
   window.addEventListener("resize", () => {
     const img = photo();
-    if (img) draw(img, parse(field()?.value));
+    if (!img) return;
+    sharpen(img);
+    draw(img, parse(field()?.value));
   });
   refresh();
 }

@@ -5,9 +5,19 @@ Alone in its module because Gradio writes a stub (`upload_image.pyi`) next to th
 
 from __future__ import annotations
 
+import logging
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
 import gradio as gr
+from gradio.processing_utils import is_public_ip
+from gradio_client.utils import is_http_url_like
 
 from fashion_search.imaging import NOT_AN_IMAGE
+
+log = logging.getLogger(__name__)
 
 
 class UploadedImage(gr.Image):
@@ -23,3 +33,31 @@ class UploadedImage(gr.Image):
             return super().preprocess(payload)  # a base64 data URL from an API client: Gradio writes it to a file
         except Exception as exc:
             raise gr.Error(NOT_AN_IMAGE) from exc
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
+        """Gradio's download of a photo given by URL (an API or MCP client's), which its guard refuses for a private
+        or loopback address; a refusal or failure gets a message for people and one log line, not a traceback."""
+        try:
+            return await super().async_move_resource_to_block_cache(url_or_file_path)
+        except Exception as exc:
+            if not is_http_url_like(str(url_or_file_path)):
+                raise
+            message = await anyio.to_thread.run_sync(photo_url_refused, str(url_or_file_path), exc)
+            log.warning("%s", message)
+            raise gr.Error(message, print_exception=False) from None
+
+
+def photo_url_refused(url: str, cause: Exception) -> str:
+    """Why the photo at `url` was not fetched, for the caller (on one line)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        addresses = set()
+    if addresses and not any(is_public_ip(address) for address in addresses):
+        reason = "its address is not public, and this app fetches photos only from public addresses"
+    else:
+        reason = str(cause) or type(cause).__name__
+    shown = url if len(url) <= 200 else url[:200] + "…"
+    message = f"Could not fetch the photo at {shown}: {reason}. Give the URL of a picture on a public web server."
+    return "".join(c if c.isprintable() else " " for c in message)
