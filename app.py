@@ -23,7 +23,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from fashion_search import config, webapp
+from fashion_search import config, image_route, webapp
 from fashion_search import demo as demo_assets
 from fashion_search.imaging import ImageError, open_image
 from fashion_search.search import DEFAULT_K, MAX_K
@@ -188,7 +188,7 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         gap, region = (*extra, *(0.0, "")[len(extra) :])
         chosen = {recommender.filter_columns[name]: values for name, values in zip(filter_names, filters)}
         matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0), region))
-        return webapp.gallery_items(matches), webapp.listing(matches)
+        return webapp.gallery_items(matches, recommender.images, image_route.root_url()), webapp.listing(matches)
 
     trailing = {"near_duplicate_distance": 0.0, "region": ""}
     api_signature(recommend, RECOMMEND_DOC, ["image"], recommender.filter_columns, trailing)
@@ -301,7 +301,7 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
         # Documented below, with its parameters: one list of chosen values per filter after top_k.
         wanted = {columns[name]: values for name, values in zip(filters, chosen)}
         _, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted))
-        return webapp.gallery_items(matches), webapp.listing(matches)
+        return webapp.gallery_items(matches, recommender.images, image_route.root_url()), webapp.listing(matches)
 
     api_signature(similar, SIMILAR_DOC, ["filename"], columns, {})
 
@@ -312,8 +312,8 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
         product, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted))
         # The new results start with none selected (Gradio would keep the clicked position highlighted).
         return (
-            str(product.image_path),
-            gr.Gallery(webapp.gallery_items(matches), selected_index=None),
+            image_route.photo_file(recommender.images, product.row, photo.GRADIO_CACHE),
+            gr.Gallery(webapp.gallery_items(matches, recommender.images, image_route.root_url()), selected_index=None),
             webapp.listing(matches),
         )
 
@@ -347,8 +347,9 @@ except webapp.StartupError as exc:
     if __name__ != "__main__":
         raise
     sys.exit(f"error: {exc}")
-# The gallery's files are served in place (not copied into Gradio's cache per answer), and no other file of the bundle.
-gr.set_static_paths([recommender.bundle.images_dir])
+# The gallery's files are served in place (not copied into Gradio's cache per answer), and no other file of the bundle;
+# a Hub revision's pictures, which stay in its shards, by the file route of launch_options (fashion_search.image_route).
+gr.set_static_paths(recommender.images.static_paths)
 demo = build_demo(recommender)
 
 
@@ -359,6 +360,8 @@ def launch_options() -> dict:
         "state_session_capacity": webapp.SESSION_CAPACITY,
         "css": CSS,
         "js": REGION_JS,
+        # The file route of a Hub revision's pictures (none for a bundle folder): before Gradio's own routes.
+        "app_kwargs": {"routes": image_route.routes(recommender.images)},
         # Also an MCP server: the tools recommend and similar at /gradio_api/mcp/ (the gradio[mcp] extra).
         "mcp_server": True,
         # System fonts: the page asks no third party for anything.
