@@ -19,9 +19,11 @@ from hub_standin import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
 
+from fashion_search import image_route, webapp
 from fashion_search.bundle import MANIFEST, BundleError
 from fashion_search.hub import CatalogueNotFound, HubUnavailable, fetch_bundle, parse_hub_spec, push_bundle
 from fashion_search.images import load_catalogue
+from fashion_search.search import Match
 
 REPO = "fashion-team/catalogue"
 TOKEN = "hf_standin_token"
@@ -650,3 +652,63 @@ def test_precompute_refuses_to_push_a_broken_bundle(hub, tmp_path):
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert "manifest.json has no valid 'model'" in result.stderr
     assert ("dataset", REPO) not in hub.repos  # nothing was published
+
+
+# ---------------------------------------------------------------- serving a fetched revision's pictures
+
+
+@pytest.fixture
+def fetched(hub, bundle, tmp_path):
+    """(the local bundle, its Hub revision fetched and loaded: bundle, images)."""
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    return bundle, load_catalogue(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
+
+
+def test_the_file_route_serves_each_catalogue_picture_byte_for_byte_and_nothing_else(fetched):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    local, (bundle, images) = fetched
+    client = TestClient(Starlette(routes=image_route.routes(images)))
+
+    for row, name in enumerate(bundle.filenames):
+        answer = client.get(images.route_path(row))
+        assert answer.status_code == 200 and answer.content == (local / "images" / name).read_bytes()
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert client.get(images.route_path(2)).headers["content-type"] == "image/png"  # shoes/9.png
+    revision = images.revision
+    refused = [
+        f"/catalogue-images/{revision}/0/{bundle.filenames[1]}",  # a row and another product's name
+        f"/catalogue-images/{revision}/3/x.jpg",  # no such row
+        f"/catalogue-images/{revision}/-1/{bundle.filenames[0]}",
+        f"/catalogue-images/{'0' * 40}/0/{bundle.filenames[0]}",  # another revision
+        f"/catalogue-images/{revision}/0/../../manifest.json",
+        f"/catalogue-images/{revision}/0/%2e%2e/image-shards.json",
+        "/catalogue-images/manifest.json",
+    ]
+    for path in refused:
+        assert client.get(path).status_code == 404, path
+
+
+def test_pictures_from_shards_go_to_the_gallery_as_urls_and_to_the_photo_as_a_file_of_their_bytes(fetched, tmp_path):
+    local, (bundle, images) = fetched
+    assert images.static_paths == [] and images.file(0) is None
+
+    items = webapp.gallery_items([Match(1, 2, bundle.filenames[2], 0.1, Path("unused"), {})], images, "http://x:1")
+    assert items[0][0] == f"http://x:1/catalogue-images/{images.revision}/2/shoes/9.png"
+
+    photo = image_route.photo_file(images, 2, tmp_path / "gradio")
+    assert Path(photo).read_bytes() == (local / "images" / "shoes/9.png").read_bytes()
+    assert Path(photo).name == "9.png" and Path(photo).is_relative_to(tmp_path / "gradio")
+    assert images.name_of_file(photo) == "shoes/9.png" and images.name_of_file(local / "images/1163.jpg") is None
+    assert image_route.photo_file(images, 2, tmp_path / "gradio") == photo  # the same file, not a second one
+
+
+def test_a_bundle_folder_keeps_its_files_as_before(bundle):
+    loaded, images = load_catalogue(bundle)
+    assert images.static_paths == [bundle / "images"] and image_route.routes(images) == []
+    assert images.file(1) == bundle / "images" / loaded.filenames[1]
+    assert image_route.photo_file(images, 1, "/nowhere") == str(bundle / "images" / loaded.filenames[1])
+    assert images.name_of_file(bundle / "images" / "shoes" / "9.png") == "shoes/9.png"
+    match = Match(1, 0, loaded.filenames[0], 0.1, loaded.image_path(0), {})
+    assert webapp.gallery_items([match], images, "http://x:1")[0][0] == str(bundle / "images" / loaded.filenames[0])
