@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import atexit
 import functools
+import http.server
 import importlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -132,3 +136,62 @@ def build_random_weights_bundle(root: Path, count: int = 6) -> Path:
     styles = write_styles(root / "catalogue" / "styles.csv", [Path(n).stem for n in names])
     build_bundle(root / "catalogue" / "images", root / "bundle", Embedder.load("random"), metadata=styles, quiet=True)
     return root / "bundle"
+
+
+class RecordingServer:
+    """An HTTP server on 127.0.0.1 that serves `files` ({path: bytes}) and records every request it receives (its
+    request line, e.g. "GET /photo.jpg HTTP/1.1" or, as a proxy, "CONNECT dns.google:443 HTTP/1.1"). As the app's
+    HTTP(S)_PROXY it sees any request the app makes beyond 127.0.0.1, and refuses it."""
+
+    def __init__(self, files: dict[str, bytes] | None = None):
+        self.files = dict(files or {})
+        self.requests: list[str] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                recorder.requests.append(self.requestline)
+                body = recorder.files.get(self.path)
+                self.send_response(200 if body is not None else 403)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            do_CONNECT = do_HEAD = do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass
+class DemoApp:
+    url: str
+    log: Path  # the app's output, start-up included
+    outside: RecordingServer  # the app's proxy: whatever it fetches beyond 127.0.0.1 is asked of it (and refused)
+
+
+@functools.cache
+def demo_app() -> DemoApp:
+    """`python app.py --weights random` on the embedded demo catalogue, as a newcomer starts it (once per session).
+
+    Its HTTP(S)_PROXY is a RecordingServer on 127.0.0.1, so the app reaches no other address, and a test can see what
+    it tried to fetch from outside (NO_PROXY keeps its own 127.0.0.1 calls direct)."""
+    folder = Path(tempfile.mkdtemp(prefix="demo-app-"))
+    outside = RecordingServer()
+    port = free_port()
+    proxy = {name: outside.url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+    no_proxy = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    env = app_env(folder, **proxy, **no_proxy)
+    app = AppProcess(["--weights", "random", "--host", "127.0.0.1", "--port", str(port)], env, folder / "app.log")
+    atexit.register(outside.close)
+    atexit.register(app.stop)
+    url = app.wait_ready(port)
+    return DemoApp(url, app.log, outside)

@@ -1,0 +1,79 @@
+"""The README's first Python block, run as written against `python app.py` on the demo catalogue; the API's names as
+gradio_client prints them, each accepted by both endpoints."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from app_runner import ROOT, demo_app
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from fashion_search.demo import example_images
+
+pytestmark = pytest.mark.slow  # starts `python app.py` on the demo catalogue
+
+README_URL = "http://127.0.0.1:7860/"
+
+
+def first_python_block() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    return readme.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_first_python_block_runs_on_the_demo(tmp_path, monkeypatch, capsys):
+    demo = demo_app()
+    block = first_python_block()
+    assert README_URL in block and 'api_name="/recommend"' in block and 'api_name="/similar"' in block
+    # A photo beside it, as the README says: a coat, taken again (a JPEG of another size).
+    coat = next(path for path in example_images() if path.stem == "coat")
+    Image.open(coat).convert("RGB").resize((300, 300)).save(tmp_path / "photo.jpg", quality=90)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.replace(README_URL, demo.url), "README.md", "exec"), namespace)
+
+    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("Loaded as API")]
+    assert [line.split()[0] for line in printed] == ["1", "2", "3", "4", "5"]
+    assert all(re.fullmatch(r"\d \d{5}\.png \d\.\d+ Fashion-MNIST .+", line) for line in printed), printed
+    listing = namespace["listing"]  # the last call's: more like the first result, among the Apparel products
+    assert len(listing) == 5 and {row["masterCategory"] for row in listing} == {"Apparel"}
+    assert printed[0].split()[1] not in [row["filename"] for row in listing]
+
+
+def printed_endpoints(client: Client, capsys) -> dict[str, list[str]]:
+    """{endpoint: its parameter names} as `client.view_api()` prints them for a person to copy."""
+    capsys.readouterr()
+    client.view_api()
+    text = capsys.readouterr().out
+    found = re.findall(r"predict\(([^)]*?),?\s*api_name=\"(/\w+)\"\)", text)
+    return {endpoint: [name.strip() for name in names.split(",") if name.strip()] for names, endpoint in found}
+
+
+def test_every_parameter_view_api_prints_is_accepted_by_name(capsys):
+    """Each name as printed, as a keyword, with a value the demo has; the same filter names for both endpoints."""
+    client = Client(demo_app().url, verbose=False)
+    endpoints = printed_endpoints(client, capsys)
+    filters = ["master_category", "article_type"]
+    assert endpoints == {
+        "/recommend": ["image", "top_k", *filters, "near_duplicate_distance", "region"],
+        "/similar": ["filename", "top_k", *filters],
+    }
+    dress = next(path for path in example_images() if path.stem == "dress")
+    values = {
+        "image": handle_file(str(dress)),
+        "filename": "10000.png",
+        "top_k": 3,
+        "master_category": ["Apparel"],
+        "article_type": ["Dress", "T-shirt/top"],
+        "near_duplicate_distance": 0.01,
+        "region": "10, 10, 100, 100",
+    }
+    for endpoint, names in endpoints.items():
+        _, listing = client.predict(**{name: values[name] for name in names}, api_name=endpoint)
+        assert len(listing) == 3
+        assert all(
+            row["masterCategory"] == "Apparel" and row["articleType"] in values["article_type"] for row in listing
+        )
+        for name in names[1:]:  # each alone too, beside the required first
+            assert client.predict(**{names[0]: values[names[0]], name: values[name]}, api_name=endpoint)[1]
