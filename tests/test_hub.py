@@ -18,6 +18,7 @@ from conftest import make_bundle
 from hub_standin import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
+from test_shards import device, link, sparse_gnu
 
 from fashion_search import image_route, webapp
 from fashion_search.bundle import MANIFEST, BundleError
@@ -438,38 +439,20 @@ def shard_of(hub, result) -> tuple[str, bytes]:
 
 
 def rebuilt_shard(original: bytes, *extra: tarfile.TarInfo | tuple[str, bytes], keep=lambda member: True) -> bytes:
-    """The shard's members that `keep` accepts, then `extra` ones (a TarInfo as it is: a link or a device)."""
+    """The shard's members that `keep` accepts, then `extra` ones (test_shards.add_members)."""
+    from test_shards import add_members
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(original)) as source, tarfile.open(fileobj=buffer, mode="w") as out:
         for member in source:
             if keep(member):
                 out.addfile(member, source.extractfile(member))
-        for member in extra:
-            if isinstance(member, tarfile.TarInfo):
-                out.addfile(member)
-            else:
-                info = tarfile.TarInfo(member[0])
-                info.size = len(member[1])
-                out.addfile(info, io.BytesIO(member[1]))
+        add_members(out, *extra)
     return buffer.getvalue()
-
-
-def symlink_member(name: str) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    return info
-
-
-def device_member(name: str) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.CHRTYPE
-    return info
 
 
 def sparse_bomb(original: bytes) -> bytes:
     """The shard with 1164.jpg replaced by a GNU sparse member of 512 stored bytes declaring 3 GB."""
-    from test_shards import sparse_gnu
-
     body = rebuilt_shard(original, keep=lambda member: not member.name.startswith("1164."))
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         tar.getmembers()
@@ -479,8 +462,8 @@ def sparse_bomb(original: bytes) -> bytes:
 
 TAMPERINGS = {
     "sparse member of 3 GB": (lambda shard: sparse_bomb(shard), "is a sparse file"),
-    "symlink": (lambda shard: rebuilt_shard(shard, symlink_member("x.jpg")), "is a link, not a plain file"),
-    "device": (lambda shard: rebuilt_shard(shard, device_member("x.jpg")), "is a device or special file"),
+    "symlink": (lambda shard: rebuilt_shard(shard, link("x.jpg", "/etc/passwd", tarfile.SYMTYPE)), "is a link"),
+    "device": (lambda shard: rebuilt_shard(shard, device("x.jpg")), "is a device or special file"),
     "name outside the manifest": (lambda shard: rebuilt_shard(shard, ("../../evil.jpg", b"x")), "not an image of"),
     "duplicate": (
         lambda shard: rebuilt_shard(shard, ("1163.jpg", image_bytes(1))),

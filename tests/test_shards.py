@@ -103,16 +103,17 @@ def test_the_index_counts_shards_in_the_order_given(tmp_path):
 # ---------------------------------------------------------------- hostile shards
 
 
-def hostile_tar(path: Path, *members: tarfile.TarInfo | tuple[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                tar.addfile(member)
-            else:
-                info = tarfile.TarInfo(member[0])
-                info.size = len(member[1])
-                tar.addfile(info, io.BytesIO(member[1]))
-    return path
+def add_members(tar: tarfile.TarFile, *members: tarfile.TarInfo | tuple[str, bytes]) -> None:
+    """Each member: a TarInfo as it is (a link, a device, a sparse PAX header with its map), or (name, content)."""
+    for member in members:
+        if isinstance(member, tarfile.TarInfo):
+            data = b"1\n0\n512\n".ljust(512, b"\0") + b"A".ljust(512, b"\0") if member.pax_headers else b""
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        else:
+            info = tarfile.TarInfo(member[0])
+            info.size = len(member[1])
+            tar.addfile(info, io.BytesIO(member[1]))
 
 
 def link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
@@ -159,15 +160,7 @@ def write_tar(path: Path, *members: tarfile.TarInfo | tuple[str, bytes], raw: by
     """A tar of `members`, then `raw` bytes (a hand-made member), then the end-of-archive blocks."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                data = b"1\n0\n512\n".ljust(512, b"\0") + b"A".ljust(512, b"\0") if member.pax_headers else b""
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data))
-            else:
-                info = tarfile.TarInfo(member[0])
-                info.size = len(member[1])
-                tar.addfile(info, io.BytesIO(member[1]))
+        add_members(tar, *members)
         body = buffer.getvalue()[: tar.offset]
     path.write_bytes(body + raw + b"\0" * 1024)
     return path
