@@ -2,6 +2,7 @@
 
     result = push_bundle("bundle/", "OWNER/NAME")            # token from HF_TOKEN or `hf auth login`
     print(result.catalogue_value)                               # OWNER/NAME@<commit sha>: set it as FASHION_CATALOG
+    print(preload_front_matter(result))                         # the Space README's preload_from_hub entry
     root = fetch_bundle("OWNER/NAME@<commit sha>")            # a plain folder: load_bundle(root) as usual
 
 On the Hub a bundle is a dataset in a bounded number of files, whatever the number of products:
@@ -326,6 +327,12 @@ def fetch_bundle(
         folder,
     )
     return folder
+
+
+def preload_front_matter(result: PushResult) -> str:
+    """What to add to the front matter of a Space's README.md so the Space downloads the pushed revision when it is
+    built (a Space whose README has `preload_from_hub:` already adds the item alone)."""
+    return f"preload_from_hub:\n  - {result.preload_entry}"
 
 
 def preload_entry(repo_id: str, commit_sha: str, files: Sequence[str]) -> str:
