@@ -3,7 +3,7 @@
     result = push_bundle("bundle/", "OWNER/NAME")            # token from HF_TOKEN or `hf auth login`
     print(result.catalogue_value)                               # OWNER/NAME@<commit sha>: set it as FASHION_CATALOG
     print(preload_front_matter(result))                         # the Space README's preload_from_hub entry
-    root = fetch_bundle("OWNER/NAME@<commit sha>")            # a plain folder: load_bundle(root) as usual
+    root = fetch_bundle("OWNER/NAME@<commit sha>")            # its folder: images.load_catalogue(root), one copy
 
 On the Hub a bundle is a dataset in a bounded number of files, whatever the number of products:
     README.md          the dataset card (licence, tags, size, `configs` naming the shards), written by the push
