@@ -8,6 +8,7 @@ import functools
 import http.server
 import importlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -195,3 +196,12 @@ def demo_app() -> DemoApp:
     atexit.register(app.stop)
     url = app.wait_ready(port)
     return DemoApp(url, app.log, outside)
+
+
+def printed_endpoints(client, capsys) -> dict[str, list[str]]:
+    """{endpoint: its parameter names} as `client.view_api()` prints them for a person to copy (pytest's capsys)."""
+    capsys.readouterr()
+    client.view_api()
+    text = capsys.readouterr().out
+    found = re.findall(r"predict\(([^)]*?),?\s*api_name=\"(/\w+)\"\)", text)
+    return {endpoint: [name.strip() for name in names.split(",") if name.strip()] for names, endpoint in found}

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from app_runner import launch_app
+from app_runner import launch_app, printed_endpoints
 from conftest import draw_product, embed_files, reference_top_k, similar_reference
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -77,20 +77,6 @@ def test_readme_call_returns_five_catalogue_images_with_a_matching_listing(clien
     assert distances == sorted(distances)
 
 
-def test_the_readme_snippet_runs_as_written(app_url, queries, tmp_path, monkeypatch, capsys):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    snippet = next(block for block in readme.split("```python\n")[1:] if 'api_name="/similar"' in block)
-    snippet = snippet.split("```")[0].replace("http://127.0.0.1:7860/", app_url)
-    Image.open(queries[0]).resize((360, 480)).save(tmp_path / "photo.jpg")  # a photo the snippet's region fits in
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)
-    printed = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("Loaded as API")]
-    assert len(printed) == 5 and printed[0].startswith("1 ")
-    first = printed[0].split()[1]
-    assert len(namespace["listing"]) == 5 and first not in [row["filename"] for row in namespace["listing"]]
-
-
 def test_a_catalogue_image_re_encoded_as_jpeg_finds_itself_first(client, catalogue, tmp_path):
     for name in ("1003.png", "1010.jpg"):
         original = Image.open(catalogue / "images" / name).convert("RGB")
@@ -106,7 +92,7 @@ def test_a_catalogue_image_re_encoded_as_jpeg_finds_itself_first(client, catalog
 
 def test_api_parameters_are_the_image_top_k_one_filter_per_metadata_column_the_near_duplicate_gap_and_region(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    columns = ["gender", "masterCategory", "articleType", "baseColour"]
+    columns = ["gender", "master_category", "article_type", "base_colour"]  # snake_case: gradio_client prints lower
     recommend_extra = {"near_duplicate_distance": 0, "region": ""}
     for endpoint, first, extra in [("/recommend", "image", recommend_extra), ("/similar", "filename", {})]:
         parameters = endpoints[endpoint]["parameters"]
@@ -145,7 +131,11 @@ def test_a_region_of_the_photo_through_the_api_equals_searching_the_cropped_file
     [
         ("10, 20", "The region must be four numbers: left, top, right, bottom, in the picture's pixels"),
         ("30, 20, 10, 40", "The region (30, 20, 10, 40) is empty"),
-        ("0, 0, 500, 50", "The region (0, 0, 500, 50) is outside the picture, which is 90x120 pixels"),
+        (
+            "0, 0, 500, 50",
+            "The region (0, 0, 500, 50) is outside the picture, which is 90x120 pixels: give four numbers: left, top, "
+            "right, bottom, in the picture's pixels, within 0, 0, 90, 120 (e.g. 22, 30, 68, 90).",
+        ),
     ],
 )
 def test_a_bad_region_gets_its_message_and_the_app_keeps_serving(client, queries, region, message):
@@ -153,6 +143,61 @@ def test_a_bad_region_gets_its_message_and_the_app_keeps_serving(client, queries
         client.predict(handle_file(str(queries[0])), region=region, api_name="/recommend")
     assert message in str(error.value)
     assert len(client.predict(handle_file(str(queries[0])), api_name="/recommend")[1]) == 5
+
+
+def test_every_parameter_view_api_prints_is_accepted_by_name_on_both_endpoints(client, recommender, queries, capsys):
+    """gradio_client prints names lower-cased: each is called as printed, with the same filter names for both."""
+    endpoints = printed_endpoints(client, capsys)
+    filters = ["gender", "master_category", "article_type", "base_colour"]
+    assert endpoints == {
+        "/recommend": ["image", "top_k", *filters, "near_duplicate_distance", "region"],
+        "/similar": ["filename", "top_k", *filters],
+    }
+    bundle = recommender.bundle
+    product = bundle.metadata[0]  # its look-alikes by every filter: the products of the same gender, type and colour
+    columns = {"gender": "gender", "master_category": "masterCategory", "article_type": "articleType"}
+    chosen = {name: [product[column]] for name, column in {**columns, "base_colour": "baseColour"}.items()}
+    values = {
+        "image": handle_file(str(queries[0])),
+        "filename": bundle.filenames[0],
+        "top_k": 2,
+        **chosen,
+        "near_duplicate_distance": 0.0,
+        "region": "0, 0, 90, 120",
+    }
+    filters_by_column = {column: chosen[name] for name, column in {**columns, "base_colour": "baseColour"}.items()}
+    expected = {
+        "/recommend": listing_of(recommender.recommend(queries[0], k=2, filters=filters_by_column)),
+        "/similar": listing_of(recommender.similar(bundle.filenames[0], k=2, filters=filters_by_column)[1]),
+    }
+    for endpoint, names in endpoints.items():
+        _, listing = client.predict(**{name: values[name] for name in names}, api_name=endpoint)
+        assert_same_results(listing, expected[endpoint])
+        assert all(row[column] == product[column] for row in listing for column in filters_by_column)
+
+
+def test_gradios_own_refusals_of_an_option_name_the_parameter(client, queries):
+    photo = handle_file(str(queries[0]))
+    refused = [
+        ({"top_k": "ten"}, "top_k must be a number from 1 to 20; got 'ten'."),
+        ({"near_duplicate_distance": 0.9}, "near_duplicate_distance must be a number from 0 to 0.5; got 0.9."),
+        (
+            {"article_type": ["Tshirts", "Dress"]},
+            "'Dress' is not a value of article_type: give a list of values among 'Casual Shoes', 'Tshirts', 'Watches'.",
+        ),
+        ({"gender": "Girls"}, "'Girls' is not a value of gender: give a list of values among 'Men', 'Women'."),
+    ]
+    for options, message in refused:
+        with pytest.raises(AppError) as caught:
+            client.predict(photo, **options, api_name="/recommend")
+        assert str(caught.value) == message
+    with pytest.raises(AppError) as caught:
+        client.predict("1000.jpg", 0, api_name="/similar")
+    assert str(caught.value) == "top_k must be a number from 1 to 20; got 0."
+    # A single value where a list is expected is a list of one.
+    one = client.predict(photo, top_k=20, gender="Women", api_name="/recommend")[1]
+    assert one == client.predict(photo, top_k=20, gender=["Women"], api_name="/recommend")[1]
+    assert {row["gender"] for row in one} == {"Women"}
 
 
 @pytest.mark.parametrize("k", [1, 12, 20])
@@ -168,7 +213,7 @@ def test_filters_through_the_api_give_the_nearest_matching_products(client, reco
         handle_file(str(queries[2])),
         top_k=20,
         gender=["Men"],
-        articleType=["Tshirts", "Watches"],
+        article_type=["Tshirts", "Watches"],
         api_name="/recommend",
     )
     eligible = [
@@ -210,13 +255,14 @@ def test_bad_uploads_get_their_message_and_the_app_keeps_serving(client, recomme
         recommender.recommend(queries[0], filters={"masterCategory": ["Footwear"], "articleType": ["Tshirts"]})
     with pytest.raises(AppError) as caught:
         client.predict(
-            handle_file(str(queries[0])), masterCategory=["Footwear"], articleType=["Tshirts"], api_name="/recommend"
+            handle_file(str(queries[0])), master_category=["Footwear"], article_type=["Tshirts"], api_name="/recommend"
         )
     assert str(caught.value) == str(reference.value)
 
     for k in (0, 21):
-        with pytest.raises(AppError, match="(less|greater) than (minimum|maximum) value"):
+        with pytest.raises(AppError) as caught:
             client.predict(handle_file(str(queries[0])), k, api_name="/recommend")
+        assert str(caught.value) == f"top_k must be a number from 1 to 20; got {k}."
 
     _, listing = client.predict(handle_file(str(queries[0])), api_name="/recommend")
     assert_same_results(listing, listing_of(recommender.recommend(queries[0])))

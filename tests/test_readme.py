@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from app_runner import ROOT, demo_app
+from app_runner import ROOT, demo_app, printed_endpoints
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -39,15 +39,6 @@ def test_the_readmes_first_python_block_runs_on_the_demo(tmp_path, monkeypatch, 
     listing = namespace["listing"]  # the last call's: more like the first result, among the Apparel products
     assert len(listing) == 5 and {row["masterCategory"] for row in listing} == {"Apparel"}
     assert printed[0].split()[1] not in [row["filename"] for row in listing]
-
-
-def printed_endpoints(client: Client, capsys) -> dict[str, list[str]]:
-    """{endpoint: its parameter names} as `client.view_api()` prints them for a person to copy."""
-    capsys.readouterr()
-    client.view_api()
-    text = capsys.readouterr().out
-    found = re.findall(r"predict\(([^)]*?),?\s*api_name=\"(/\w+)\"\)", text)
-    return {endpoint: [name.strip() for name in names.split(",") if name.strip()] for names, endpoint in found}
 
 
 def test_every_parameter_view_api_prints_is_accepted_by_name(capsys):
