@@ -1,0 +1,199 @@
+"""The fetched revisions of Hub catalogues: a folder per commit, made once from huggingface_hub's snapshot of it.
+
+    folder = local_revision(root, hub_cache, "OWNER/NAME", sha)   # complete already, or made from a complete snapshot
+    folder = assemble(snapshot, "OWNER/NAME", sha, revision_folder(root, "OWNER/NAME", sha))   # after a download
+    keep(folder, hub_cache, "OWNER/NAME")                           # mark it used; older revisions are deleted
+
+A folder holds links to the revision's data files (the downloaded ones: one copy on disk) and, for a revision in
+shards, where each image lies in them (fashion_search.images), written only once every image has been checked as
+the shards were read (fashion_search.shards.index_shards). Nothing is unpacked and nothing of a refused revision is
+kept: not its folder, nor its download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+
+from fashion_search.bundle import DATA_FILES, FILENAMES, IMAGES, MANIFEST, BundleError, BundleFormatError
+from fashion_search.files import link_or_copy
+from fashion_search.images import is_shard_folder, read_shard_list, write_shard_index
+from fashion_search.shards import SHARD_NAME, SHARDS, index_shards
+
+logger = logging.getLogger(__name__)
+
+REPO_TYPE = "dataset"
+SHARD_INDEX = "shards.json"  # the revision's list of shards
+# Revisions of one catalogue kept in the cache: the one just fetched and the one used before it (a process that is
+# still serving it, during a restart, keeps its images). Older ones are deleted after each fetch from the Hub.
+KEEP_REVISIONS = 2
+
+
+def revision_folder(root: Path, repo_id: str, sha: str) -> Path:
+    owner, name = repo_id.split("/")
+    return root / "bundles" / f"datasets--{owner}--{name}" / sha
+
+
+def is_complete(folder: Path) -> bool:
+    """A revision folder with every data file of its manifest, and its images: in shards that were all checked and
+    are still there, or (a revision pushed one file per image) in images/. Hashes are load_bundle's to check."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        if not is_shard_folder(folder):
+            return all(os.path.isfile(folder / name) for name in files)
+        shards = read_shard_list(folder)["shards"]
+        data = [name for name in files if not name.startswith(f"{IMAGES}/")]
+        return all(os.path.isfile(folder / name) for name in data) and all(
+            os.path.getsize(shard["path"]) == shard["size"] for shard in shards
+        )
+    except (OSError, ValueError, KeyError, TypeError, BundleError):
+        return False
+
+
+def local_revision(root: Path, library_cache: Path, repo_id: str, sha: str) -> Path | None:
+    """The folder of commit `sha`, made from huggingface_hub's cache if all its files are there; None if not."""
+    folder = revision_folder(root, repo_id, sha)
+    if is_complete(folder):
+        return folder
+    snapshot = _cached_snapshot(library_cache, repo_id, sha)
+    return None if snapshot is None else assemble(snapshot, repo_id, sha, folder)
+
+
+def _cached_snapshot(library_cache: Path, repo_id: str, sha: str) -> Path | None:
+    """The snapshot folder of commit `sha` in huggingface_hub's cache when every file the app needs is in it (as a
+    Space's preload_from_hub leaves it); None otherwise."""
+
+    def cached(name: str) -> Path | None:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=library_cache, revision=sha, repo_type=REPO_TYPE)
+        return Path(found) if isinstance(found, str) else None
+
+    manifest, index = cached(MANIFEST), cached(SHARD_INDEX)
+    if manifest is None or index is None:  # (a revision of one file per image is always asked of the Hub)
+        return None
+    try:
+        files = manifest_files(manifest.parent, repo_id, sha)
+        needed = [name for name in DATA_FILES if name in files] + shard_paths(index.parent, repo_id, sha)
+    except BundleError:
+        return None
+    return manifest.parent if all(cached(name) is not None for name in needed) else None
+
+
+def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
+    """Make `folder` the revision in `snapshot`: links to its data files and, once every image has been checked in
+    its shards, where each lies (a revision of one file per image: links to them in images/). Returns `folder`."""
+    files = manifest_files(snapshot, repo_id, sha)
+    data = [name for name in DATA_FILES if name in files]
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    if (snapshot / SHARD_INDEX).is_file():
+        shards = [snapshot / path for path in shard_paths(snapshot, repo_id, sha)]
+        try:
+            spans = index_shards(shards, files, _filenames(snapshot, repo_id, sha))  # before anything is written
+        except BundleError:
+            _forget(snapshot.parent.parent, sha)  # so that the next start downloads it anew
+            raise
+        staging.mkdir(parents=True)
+        write_shard_index(staging, sha, shards, spans)
+    else:
+        staging.mkdir(parents=True)
+        shutil.copytree(snapshot / IMAGES, staging / IMAGES, copy_function=link_or_copy)
+    for name in [*data, MANIFEST]:
+        _link(snapshot / name, staging / name)
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete or damaged copy
+    os.replace(staging, folder)
+    logger.info("Catalogue %s@%s is in %s", repo_id, sha, folder)
+    return folder
+
+
+def _forget(repo_cache: Path, sha: str) -> None:
+    """Delete commit `sha` from huggingface_hub's cache of one repo (`repo_cache`): its files failed the checks."""
+    try:
+        for repo in scan_cache_dir(repo_cache.parent).repos:
+            if repo.repo_path == repo_cache:
+                repo_sha = [revision.commit_hash for revision in repo.revisions if revision.commit_hash == sha]
+                scan_cache_dir(repo_cache.parent).delete_revisions(*repo_sha).execute()
+    except Exception as exc:  # the refusal that follows matters more than the clean-up
+        logger.warning("Could not remove the refused download of %s from %s: %s", sha, repo_cache, exc)
+
+
+def _link(source: Path, target: Path) -> None:
+    """`target` as a hard link to the file behind `source` (one copy on disk), a symbolic link across file systems."""
+    real = os.path.realpath(source)
+    try:
+        os.link(real, target)
+    except OSError:
+        os.symlink(real, target)
+
+
+def manifest_files(snapshot: Path, repo_id: str, sha: str) -> dict:
+    """The manifest's {file: sha256}; BundleFormatError for a revision without a readable one."""
+    try:
+        files = json.loads((snapshot / MANIFEST).read_text(encoding="utf-8")).get("files")
+    except FileNotFoundError as err:
+        raise BundleFormatError(
+            f"{repo_id}@{sha} has no {MANIFEST}: it is not a catalogue pushed by precompute.py."
+        ) from err
+    except (OSError, ValueError, AttributeError) as err:
+        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} cannot be read ({err}).") from err
+    if not isinstance(files, dict):
+        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} lists no files.")
+    return files
+
+
+def shard_paths(snapshot: Path, repo_id: str, sha: str) -> list[str]:
+    """The shards `shards.json` lists, each once and each a shards/<id>.tar; BundleFormatError otherwise."""
+    try:
+        entries = json.loads((snapshot / SHARD_INDEX).read_text(encoding="utf-8"))["shards"]
+        paths = [entry["path"] for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} cannot be read ({err!r}).") from err
+    if not all(isinstance(path, str) and SHARD_NAME.fullmatch(path) for path in paths):
+        raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} names files outside {SHARDS}/.")
+    if len(set(paths)) != len(paths):
+        raise BundleFormatError(f"The {SHARD_INDEX} of {repo_id}@{sha} names a shard twice.")
+    return paths
+
+
+def _filenames(snapshot: Path, repo_id: str, sha: str) -> list[str]:
+    try:
+        names = json.loads((snapshot / FILENAMES).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleFormatError(f"The {FILENAMES} of {repo_id}@{sha} cannot be read ({err}).") from err
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise BundleFormatError(f"The {FILENAMES} of {repo_id}@{sha} is not a list of file names.")
+    return names
+
+
+def keep(folder: Path, library_cache: Path, repo_id: str) -> Path:
+    """Mark `folder` as just used, prune older revisions (unpacked and in the library's cache); return it."""
+    kept = _prune_older_revisions(folder)
+    try:
+        cache = scan_cache_dir(library_cache)
+    except Exception:  # no library cache yet (a copy unpacked elsewhere) or an unreadable one: nothing to prune
+        return folder
+    for repo in cache.repos:
+        if (repo.repo_id, repo.repo_type) == (repo_id, REPO_TYPE):
+            stale = [revision.commit_hash for revision in repo.revisions if revision.commit_hash not in kept]
+            if stale:
+                cache.delete_revisions(*stale).execute()
+    return folder
+
+
+def _prune_older_revisions(current: Path) -> set[str]:
+    """Mark `current` as just used; delete all but the KEEP_REVISIONS most recently used revisions beside it.
+
+    Returns the commit shas kept."""
+    os.utime(current)
+    others = [f for f in current.parent.iterdir() if f.is_dir() and f != current and not f.name.startswith(".")]
+    others.sort(key=lambda folder: folder.stat().st_mtime_ns, reverse=True)
+    for folder in others[KEEP_REVISIONS - 1 :]:
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info(
+            "Removed the cached catalogue revision %s (kept the %d most recently used).", folder, KEEP_REVISIONS
+        )
+    return {current.name, *(folder.name for folder in others[: KEEP_REVISIONS - 1])}
