@@ -264,7 +264,7 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
             if image is not None:
                 open_image(image)
         except ImageError as exc:
-            gr.Warning(str(exc), title="Photo refused")
+            gr.Warning(str(exc))
             return None
         return gr.skip()
 

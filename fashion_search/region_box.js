@@ -111,17 +111,21 @@
     img.addEventListener("pointercancel", finish);
     img.addEventListener("load", () => {
       sharpen(img);
-      draw(img, parse(field()?.value));
+      // A new photo loads before the page has cleared the region input (app.py): the input's box is the last photo's.
+      draw(img, img.src === fresh ? null : parse(field()?.value));
+      if (img.src === fresh) fresh = null;
     });
   }
 
   let shown = null; // the photo last seen, to forget its box when another replaces it
+  let fresh = null; // a photo that replaced another and has not loaded yet
   function refresh() {
     const img = photo();
     if (img) {
       attach(img);
       sharpen(img);
       if (shown !== img.src) {
+        fresh = img.complete ? null : img.src;
         setRegion("");
         draw(img, null);
       }

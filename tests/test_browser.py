@@ -101,6 +101,14 @@ def test_a_click_on_a_result_searches_with_that_product(page, app_url, catalogue
     same = f"expected => ({shown})([...document.querySelectorAll('#products img')]).join() === expected.join()"
     page.wait_for_function(same, arg=expected)
     expect(page.locator("#products .thumbnail-item.selected")).to_have_count(0)  # the new results: none picked yet
+    # The query is named: the clicked product's name and details label the photo; a new upload takes them away.
+    bundle = load_bundle(bundle_dir)
+    product = bundle.metadata[bundle.filenames.index(clicked)]
+    details = " · ".join(product[column] for column in ("articleType", "baseColour", "gender"))
+    label = page.locator("#query > label[data-testid='block-label']")
+    expect(label).to_have_text(f"More like this: {product['productDisplayName']} · {details}")
+    page.set_input_files("#query input[type=file]", str(catalogue / "images" / "1006.jpg"))
+    expect(label).to_have_text("Your photo (drag a box to search part of it)")
 
 
 @pytest.mark.parametrize("width", [1280, 390])
@@ -121,14 +129,84 @@ def test_every_result_card_shows_whole_and_a_phone_needs_no_sideways_scrolling(
     assert page.evaluate("() => document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
 
+OVERLAPS = """([a, b]) => {
+    const r = a.getBoundingClientRect(), s = b.getBoundingClientRect();
+    return r.left < s.right && s.left < r.right && r.top < s.bottom && s.top < r.bottom;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_labels_stay_clear_of_the_buttons_and_the_cards(page, app_url, catalogue, tmp_path, width):
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(app_url)
+    upload_and_submit(page, catalogue / "images" / "1006.jpg")
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+    page.locator("#products img").first.click()  # the photo's label becomes the product's name, longer
+    page.wait_for_function("() => document.querySelector('#query > label').textContent.includes('More like this')")
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+    screenshot = tmp_path / f"labels-{width}.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")
+
+    photo_label = page.locator("#query > label[data-testid='block-label']").element_handle()
+    for button in page.locator("#query .icon-button").element_handles():
+        assert not page.evaluate(OVERLAPS, [photo_label, button])
+    assert not page.evaluate(OVERLAPS, [photo_label, page.locator("#query img").element_handle()])
+    gallery_label = page.locator("#products > label[data-testid='block-label']").element_handle()
+    assert not page.evaluate(
+        OVERLAPS, [gallery_label, page.locator("#products .thumbnail-item").first.element_handle()]
+    )
+    # The Options label's words end well before its arrow (measured on the glyphs: the label's box spans its line).
+    text_right, arrow_left = page.evaluate("""() => {
+        const label = document.querySelector('#options .label-wrap');
+        const range = document.createRange();
+        range.selectNodeContents(label.querySelector('span'));
+        const arrow = label.querySelector('span.icon').getBoundingClientRect();
+        return [Math.max(...[...range.getClientRects()].map(r => r.right)), arrow.left];
+    }""")
+    assert text_right + 8 <= arrow_left
+
+
+def test_a_small_picture_is_drawn_up_to_its_frame_sharp_and_a_box_on_it_is_in_its_pixels(
+    page, app_url, embedder, bundle_dir, tmp_path
+):
+    """The catalogue's pictures are 60x80: shown about 4 times larger, pixelated rather than blurred."""
+    bundle = load_bundle(bundle_dir)
+    photo = bundle.image_path(bundle.filenames.index("1005.jpg"))
+    cropped = tmp_path / "cropped.png"
+    open_image(photo).crop((10, 20, 50, 70)).save(cropped)
+    page.goto(app_url)
+    page.set_input_files("#query input[type=file]", str(photo))
+    page.wait_for_function("() => document.querySelector('#query img')?.naturalWidth === 60")
+    page.wait_for_function("() => document.querySelector('#query img').classList.contains('upscaled')")
+    drawn = page.evaluate("""() => {
+        const img = document.querySelector('#query img');
+        const rect = img.getBoundingClientRect();
+        return [Math.min(rect.width / 60, rect.height / 80), getComputedStyle(img).imageRendering];
+    }""")
+    assert drawn[0] > 3 and drawn[1] == "pixelated"
+    drag_box(page, (10.2, 20.2), (50.2, 70.2))
+    page.get_by_text("Options: number of results, filters, region").click()
+    expect(page.locator("#region textarea, #region input").first).to_have_value("10, 20, 50, 70")
+    page.get_by_role("button", name="Submit").click()
+    shown = (
+        "() => [...document.querySelectorAll('#products img')].map(img => decodeURIComponent(img.src).split('/').pop())"
+    )
+    expected = reference_top_k(embedder, bundle, cropped)[0]
+    page.wait_for_function(f"expected => ({shown})().join() === expected.join()", arg=expected)
+    screenshot = tmp_path / "small-picture.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")
+
+
 def on_screen(page: Page):
     """A function from a point of the query photo, in the picture's own (upright) pixels, to the page's viewport."""
     page.locator("#query img").scroll_into_view_if_needed()
-    assert page.evaluate("() => getComputedStyle(document.querySelector('#query img')).objectFit") == "scale-down"
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#query img')).objectFit") == "contain"
     frame = page.evaluate("""() => {
         const img = document.querySelector('#query img');
         const rect = img.getBoundingClientRect();
-        const scale = Math.min(1, rect.width / img.naturalWidth, rect.height / img.naturalHeight);
+        const scale = Math.min(rect.width / img.naturalWidth, rect.height / img.naturalHeight);
         return {scale, left: rect.left + (rect.width - img.naturalWidth * scale) / 2,
                 top: rect.top + (rect.height - img.naturalHeight * scale) / 2};
     }""")
@@ -189,7 +267,7 @@ def test_a_box_drawn_on_the_photo_searches_that_region(page, app_url, embedder, 
     halves = """() => {
         const box = document.querySelector('#query .region-box').getBoundingClientRect();
         const img = document.querySelector('#query img');
-        const scale = Math.min(1, img.width / img.naturalWidth, img.height / img.naturalHeight);
+        const scale = Math.min(img.width / img.naturalWidth, img.height / img.naturalHeight);
         return [box.width / (270 * scale), box.height / (240 * scale)];
     }"""
     page.wait_for_function(f"() => ({halves})().every(ratio => Math.abs(ratio - 1) < 0.02)")
@@ -248,17 +326,24 @@ def test_on_a_phone_a_box_dragged_with_a_finger_searches_that_region(app_url, em
         browser.close()
 
 
-def test_a_file_that_is_not_a_picture_shows_the_reason(page, app_url, tmp_path):
+def test_a_file_that_is_not_a_picture_is_refused_as_it_is_dropped(page, app_url, tmp_path):
+    """At once, with the message the API gives; the photo stays empty (no blank frame waiting for Submit)."""
     fake = tmp_path / "holiday.png"
     fake.write_bytes(b"this is a text file with a picture's name")
     with pytest.raises(ImageError) as expected:
         open_image(fake.read_bytes())
 
     page.goto(app_url)
-    upload_and_submit(page, fake)
+    page.set_input_files("#query input[type=file]", str(fake))
     toast = page.get_by_text(str(expected.value))
     toast.wait_for()
     assert toast.is_visible()
+    expect(page.locator("#query img")).to_have_count(0)
+    screenshot = tmp_path / "refused.png"
+    page.screenshot(path=str(screenshot))
+    print(f"screenshot: {screenshot}")
+    page.get_by_role("button", name="Submit").click()  # nothing to search: the page says so
+    page.get_by_text("Please upload a photo of a product first").wait_for()
 
 
 def test_the_options_offer_top_k_and_a_filter_per_metadata_column(page, app_url):
