@@ -14,6 +14,7 @@ answered (proxies and GRADIO_ROOT_PATH included), the way Gradio makes its own f
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,23 +22,32 @@ from starlette.routing import Route
 
 from fashion_search.images import ROUTE, CatalogueImages
 
+API_PREFIX = "/gradio_api"  # where Gradio's routes are (gradio.route_utils.API_PREFIX)
+
 
 def routes(images: CatalogueImages) -> list[Route]:
     """The file route for `images` (none for a bundle folder, which Gradio serves as static files).
 
     It answers only the catalogue's images, each at its one path (revision, row and file name must agree), with the
-    image's own bytes; anything else is a 404."""
+    image's own bytes; anything else is a 404. gradio_client asks for a gallery's URL through Gradio's file route
+    (`/gradio_api/file=<the URL>`), which fetches outside URLs itself: those of this route are answered here instead,
+    from the shards, without any fetch."""
     if not images.served_by_route:
         return []
 
     def serve(request: Request) -> Response:
         params = request.path_params
+        name = params["name"]
+        if "origin" in params:  # gradio_client's form: the URL, quoted once more
+            if not params["origin"].startswith(("http://", "https://")):
+                return _not_found()
+            name = unquote(name)
         try:
-            found = images.lookup(params["revision"], params["row"], params["name"])
+            found = images.lookup(params["revision"], params["row"], name)
         except OSError:
             found = None
         if found is None:
-            return Response("Not an image of this catalogue.\n", status_code=404, media_type="text/plain")
+            return _not_found()
         data, media_type = found
         disposition = "attachment" if media_type == "application/octet-stream" else "inline"
         headers = {
@@ -47,7 +57,15 @@ def routes(images: CatalogueImages) -> list[Route]:
         }
         return Response(data, media_type=media_type, headers=headers)
 
-    return [Route(ROUTE + "/{revision}/{row}/{name:path}", serve, methods=["GET", "HEAD"])]
+    path = ROUTE + "/{revision}/{row}/{name:path}"
+    return [
+        Route(path, serve, methods=["GET", "HEAD"]),
+        Route(API_PREFIX + "/file={origin:path}" + path, serve, methods=["GET", "HEAD"]),
+    ]
+
+
+def _not_found() -> Response:
+    return Response("Not an image of this catalogue.\n", status_code=404, media_type="text/plain")
 
 
 def root_url() -> str:

@@ -20,6 +20,7 @@ import mimetypes
 import os
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -134,7 +135,7 @@ class ShardImages(CatalogueImages):
         return data
 
     def route_path(self, row: int) -> str:
-        return f"{ROUTE}/{self.revision}/{row}/{self.filenames[row]}"
+        return f"{ROUTE}/{self.revision}/{row}/{quote(self.filenames[row], safe='/')}"
 
     def remember_file(self, path: str | Path, row: int) -> None:
         """`path` holds a copy of the image of `row` (a query photo: image_route.photo_file); the latest are kept."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -642,7 +643,8 @@ def test_precompute_refuses_to_push_a_broken_bundle(hub, tmp_path):
 
 @pytest.fixture
 def fetched(hub, bundle, tmp_path):
-    """(the local bundle, its Hub revision fetched and loaded: bundle, images)."""
+    """(the local bundle, its Hub revision fetched and loaded: bundle, images); a name that URLs must quote too."""
+    make_bundle(bundle, {"1163.jpg": image_bytes(1), "a b%#?.jpg": image_bytes(2), "shoes/9.png": image_bytes(3)})
     result = push_bundle(bundle, REPO, endpoint=hub.url)
     return bundle, load_catalogue(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
 
@@ -655,9 +657,12 @@ def test_the_file_route_serves_each_catalogue_picture_byte_for_byte_and_nothing_
     client = TestClient(Starlette(routes=image_route.routes(images)))
 
     for row, name in enumerate(bundle.filenames):
-        answer = client.get(images.route_path(row))
-        assert answer.status_code == 200 and answer.content == (local / "images" / name).read_bytes()
-        assert answer.headers["x-content-type-options"] == "nosniff"
+        url = "http://testserver" + images.route_path(row)
+        # as a browser asks for a gallery's URL, and as gradio_client does (through Gradio's file route)
+        for path in (images.route_path(row), "/gradio_api/file=" + quote(url, safe="/")):
+            answer = client.get(path)
+            assert answer.status_code == 200 and answer.content == (local / "images" / name).read_bytes(), path
+            assert answer.headers["x-content-type-options"] == "nosniff"
     assert client.get(images.route_path(2)).headers["content-type"] == "image/png"  # shoes/9.png
     revision = images.revision
     refused = [
@@ -668,6 +673,8 @@ def test_the_file_route_serves_each_catalogue_picture_byte_for_byte_and_nothing_
         f"/catalogue-images/{revision}/0/../../manifest.json",
         f"/catalogue-images/{revision}/0/%2e%2e/image-shards.json",
         "/catalogue-images/manifest.json",
+        f"/gradio_api/file=/catalogue-images/{revision}/0/{bundle.filenames[0]}",  # not a URL
+        f"/gradio_api/file=file%3A//x/catalogue-images/{revision}/0/{bundle.filenames[0]}",
     ]
     for path in refused:
         assert client.get(path).status_code == 404, path
@@ -684,6 +691,7 @@ def test_pictures_from_shards_go_to_the_gallery_as_urls_and_to_the_photo_as_a_fi
     assert Path(photo).read_bytes() == (local / "images" / "shoes/9.png").read_bytes()
     assert Path(photo).name == "9.png" and Path(photo).is_relative_to(tmp_path / "gradio")
     assert images.name_of_file(photo) == "shoes/9.png" and images.name_of_file(local / "images/1163.jpg") is None
+    assert images.route_path(1) == f"/catalogue-images/{images.revision}/1/a%20b%25%23%3F.jpg"
     assert image_route.photo_file(images, 2, tmp_path / "gradio") == photo  # the same file, not a second one
 
 
