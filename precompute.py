@@ -2,7 +2,7 @@
 
 Usage:
     python precompute.py IMAGES_DIR --out BUNDLE_DIR [--weights imagenet|random|PATH] [--metadata styles.csv]
-                         [--batch-size N] [--precision float32|bfloat16] [--quiet]
+                         [--batch-size N] [--precision float32|bfloat16] [--index exact|approximate] [--quiet]
                          [--engine local|ray [--ray-address ADDRESS] [--ray-actors N] [--ray-actor-cpus N]]
                          [--push-to-hub OWNER/NAME [--private] [--license ID]]
     python precompute.py --out BUNDLE_DIR --push-to-hub OWNER/NAME     # push an existing bundle, no rebuild
@@ -19,7 +19,7 @@ import sys
 
 from fashion_search.catalogue import CatalogueError
 from fashion_search.embedder import PRECISIONS
-from fashion_search.pipeline import PrecomputeError, build_bundle
+from fashion_search.pipeline import INDEX_KINDS, PrecomputeError, build_bundle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,19 @@ def main(argv: list[str] | None = None) -> int:
         default="float32",
         help="the model's arithmetic: float32 (default, the reference design's) or bfloat16 (faster on CPUs with "
         "bf16 instructions; the app then runs in bfloat16 too)",
+    )
+    parser.add_argument(
+        "--index",
+        choices=INDEX_KINDS,
+        default="exact",
+        help="exact (default): the app compares a query with every product; approximate: also build an index that "
+        "finds them in milliseconds among a million (see docs/large-catalogues.md). On an existing bundle it embeds "
+        "only new images, and carries the index over to them without training",
+    )
+    parser.add_argument(
+        "--retrain-index",
+        action="store_true",
+        help="with --index approximate: train the index afresh (precompute says when this is due)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -108,6 +121,8 @@ def build(args: argparse.Namespace) -> int:
             metadata=args.metadata,
             batch_size=args.batch_size,
             quiet=args.quiet,
+            index=args.index,
+            retrain_index=args.retrain_index,
         )
     except (WeightsUnavailable, PrecisionUnavailable, PrecomputeError, CatalogueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

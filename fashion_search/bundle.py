@@ -6,7 +6,8 @@ A bundle is a folder:
     embeddings.npy    float32 (N, 2048), unit rows, no pickle
     filenames.json    N paths relative to the catalogue folder, in row order
     sources.json      N sha256 of the source image files, in row order (lets a rebuild reuse unchanged rows)
-    metadata.jsonl    optional: one JSON object per row (held in memory as columns: fashion_search.metadata)
+    metadata.jsonl    optional: one JSON object per row
+    ivf*.npy, ivf.json    optional: the approximate nearest-neighbour index (fashion_search.approximate)
     images/           the catalogue images the app shows, at images/<filename>
 """
 
@@ -32,7 +33,9 @@ FILENAMES = "filenames.json"
 SOURCES = "sources.json"
 METADATA = "metadata.jsonl"
 IMAGES = "images"
-DATA_FILES = (EMBEDDINGS, FILENAMES, SOURCES, METADATA)
+# The approximate index (fashion_search.approximate): all of these or none.
+INDEX_FILES = ("ivf.json", "ivf_mean.npy", "ivf_components.npy", "ivf_centroids.npy", "ivf_lists.npy", "ivf_codes.npy")
+DATA_FILES = (EMBEDDINGS, FILENAMES, SOURCES, METADATA, *INDEX_FILES)
 UNIT_TOLERANCE = 1e-3
 
 
@@ -79,7 +82,7 @@ class BundleMismatch(BundleError):
 @dataclass(frozen=True)
 class Bundle:
     root: Path
-    embeddings: np.ndarray  # (n, dim) float32, unit rows
+    embeddings: np.ndarray  # (n, dim) float32, unit rows, memory-mapped (read-only)
     filenames: list[str]
     metadata: list[dict] | None  # one dict per row (shared: read, do not change)
     sources: list[str]  # sha256 of each row's source image, for incremental rebuilds
@@ -88,6 +91,11 @@ class Bundle:
     @property
     def images_dir(self) -> Path:
         return self.root / IMAGES
+
+    @property
+    def has_index(self) -> bool:
+        """Whether precompute.py --index approximate gave it an approximate nearest-neighbour index."""
+        return INDEX_FILES[0] in self.manifest.get("files", {})
 
     @property
     def weights(self) -> str:
@@ -133,8 +141,13 @@ def write_bundle(
     preprocessing: str,
     sources: Sequence[str] | None = None,
     metadata: Sequence[dict] | None = None,
+    index_files: Sequence[str] = (),
 ) -> dict:
     """Write the data files and the manifest into `root`, whose images/<filename> files must already be there.
+
+    Args:
+        index_files: INDEX_FILES when the index was written into `root` (fashion_search.approximate.write); listed in
+            the manifest with the other files. An index file left in `root` but not named here is removed.
 
     The manifest is written last, so a folder without one is never mistaken for a finished bundle.
     """
@@ -155,6 +168,11 @@ def write_bundle(
         lines = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in metadata)
         (root / METADATA).write_text(lines, encoding="utf-8")
         files.append(METADATA)
+    if set(index_files) - set(INDEX_FILES) or (index_files and len(set(index_files)) != len(INDEX_FILES)):
+        raise ValueError(f"index_files must be all of {INDEX_FILES} or none, got {index_files}")
+    files += list(index_files)
+    for stale in set(INDEX_FILES) - set(index_files):  # an index of an earlier build would not match these rows
+        (root / stale).unlink(missing_ok=True)
     files += [f"{IMAGES}/{name}" for name in filenames]
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -195,6 +213,12 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
     for name in files:
         if not name.startswith(f"{IMAGES}/") and name not in DATA_FILES:
             raise BundleUnsafePath(f"{root / MANIFEST} lists {name!r}, which is not a bundle file.")
+    if 0 < len(set(INDEX_FILES) & set(files)) < len(INDEX_FILES):
+        missing = sorted(set(INDEX_FILES) - set(files))
+        raise BundleFormatError(
+            f"{root / MANIFEST} lists only part of the approximate index (not {missing}). Rebuild it with "
+            "precompute.py --index approximate."
+        )
     checked = [name for name in files if verify_images or not name.startswith(f"{IMAGES}/")]
     for name in checked:  # a plain loop: threads were slower for many small files on 2 cores
         _check_digest(root / name, _sha256(root / name), files[name])
@@ -312,8 +336,8 @@ def _read_json_list(root: Path, name: str) -> list:
 
 def _read_embeddings(root: Path, manifest: dict) -> np.ndarray:
     path = root / EMBEDDINGS
-    try:
-        embeddings = np.load(path, allow_pickle=False)
+    try:  # memory-mapped: a million rows are 8 GB, paged in by the OS as the search reads them
+        embeddings = np.load(path, allow_pickle=False, mmap_mode="r")
     except ValueError as exc:  # object arrays need pickle, which we refuse
         raise BundleFormatError(f"{path} is not a plain numeric array ({exc}).") from exc
     except (OSError, EOFError) as exc:

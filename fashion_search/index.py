@@ -97,7 +97,7 @@ class _Fitted:
     def kneighbors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances, rows), as `self.model.kneighbors(queries, k)` gives them."""
         n, d = self.embeddings.shape
-        with _limited_threads():
+        with limited_threads():
             if 4 * k >= n:  # most rows would be candidates anyway
                 return self.model.kneighbors(queries, n_neighbors=k)
             # Squared distance less |query|^2, the same for every row of a query: the order is the same.
@@ -123,7 +123,8 @@ class _Fitted:
             return distances, rows
 
 
-def _limited_threads() -> contextlib.AbstractContextManager:
+def limited_threads() -> contextlib.AbstractContextManager:
+    """BLAS and OpenMP limited to SEARCH_THREADS for a search (the exact index's and the approximate one's)."""
     if SEARCH_THREADS is None:
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()

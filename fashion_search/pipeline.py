@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fashion_search.bundle import IMAGES, MANIFEST, BundleError, load_bundle, write_bundle
+from fashion_search import approximate
+from fashion_search.bundle import IMAGES, MANIFEST, Bundle, BundleError, load_bundle, write_bundle
 from fashion_search.catalogue import IMAGE_EXTENSIONS, list_images, metadata_for, read_styles
 from fashion_search.files import (
     backup_path,
@@ -46,6 +47,7 @@ from fashion_search.imaging import PREPROCESSING_ID, ImageError, image_to_input,
 
 log = logging.getLogger(__name__)
 
+INDEX_KINDS = ("exact", "approximate")  # precompute.py --index
 THUMBNAIL_SIZE = 256  # longest side of the images a bundle carries for the gallery
 _STATE = "state.json"
 _CHUNKS = "chunks"
@@ -65,6 +67,7 @@ class BuildSummary:
     reused: int = 0  # rows taken unchanged from the previous bundle
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     seconds: float = 0.0
+    index: str = ""  # what became of the approximate index: trained, updated (or nothing: an exact bundle)
 
     @property
     def rate(self) -> float:
@@ -74,7 +77,7 @@ class BuildSummary:
         return (
             f"{self.count} images in {self.out_dir}: {self.embedded} embedded ({self.rate:.1f} images/s), "
             f"{self.resumed} resumed, {self.reused} reused, {len(self.skipped)} skipped, in {self.seconds:.1f} s"
-        )
+        ) + (f"; approximate index {self.index}" if self.index else "")
 
 
 def build_bundle(
@@ -86,16 +89,23 @@ def build_bundle(
     batch_size: int = 32,
     quiet: bool = False,
     workers: int = 2,
+    index: str = "exact",
+    retrain_index: bool = False,
 ) -> BuildSummary:
     """Embed every image under `images_dir` into the bundle `out_dir` (created, or updated in place).
 
     Args:
+        index: "exact" (no index: the app searches every row) or "approximate" (an inverted-file index for large
+            catalogues, fashion_search.approximate): trained on the first build, then carried over to new rows
+            without training unless `retrain_index`.
         embedder: an Embedder (its model runs here, `workers` threads decoding ahead of it), or an engine that runs
             the model elsewhere (`ray_engine.RayEngine`): anything with `describe()` and `embed_chunks(chunks)`.
     """
     engine = embedder if hasattr(embedder, "embed_chunks") else LocalEngine(embedder, workers)
     if batch_size < 1:
         raise PrecomputeError(f"--batch-size must be at least 1, got {batch_size}.")
+    if index not in INDEX_KINDS:
+        raise PrecomputeError(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index!r}.")
     started = time.perf_counter()
     images_dir, out = Path(images_dir), Path(out_dir)
     work = out.with_name(f".{out.name}.partial")
@@ -111,7 +121,7 @@ def build_bundle(
         model = engine.describe()
         _prepare_work(work, model, batch_size)
         digests = _hash_sources(images_dir, files, quiet, summary)
-        vectors = _reuse_previous(out, staging, model, digests, summary)
+        vectors, previous = _reuse_previous(out, staging, model, digests, summary)
         todo = [name for name in files if name in digests and name not in vectors]
         chunks = _plan_chunks(images_dir, work, todo, digests, batch_size)
         vectors.update(_embed(engine, chunks, quiet, summary))
@@ -119,14 +129,20 @@ def build_bundle(
             raise PrecomputeError(f"None of the {len(files)} images under {images_dir} could be read.")
         names = sorted(vectors)
         _drop_stale_images(staging / IMAGES, set(names))
+        embeddings = np.stack([vectors[name] for name in names])
+        index_files = ()
+        if index == "approximate":
+            old_rows = _rows_kept(previous, names, digests)
+            index_files = _write_index(staging, embeddings, previous, old_rows, retrain_index, summary)
         write_bundle(
             staging,
-            embeddings=np.stack([vectors[name] for name in names]),
+            embeddings=embeddings,
             filenames=names,
             sources=[digests[name] for name in names],
             metadata=metadata_for(names, styles) if styles is not None else None,
             model=model,
             preprocessing=PREPROCESSING_ID,
+            index_files=index_files,
         )
         swap_in(staging, out)
         shutil.rmtree(work, ignore_errors=True)  # only now: until the bundle is in place, a re-run resumes from them
@@ -177,23 +193,71 @@ def _hash_sources(images_dir: Path, files: list[str], quiet: bool, summary: Buil
     return digests
 
 
-def _reuse_previous(out: Path, staging: Path, model: dict, digests: dict[str, str], summary: BuildSummary) -> dict:
-    """Rows of the existing bundle whose source file is unchanged, with their images linked into staging."""
+def _reuse_previous(
+    out: Path, staging: Path, model: dict, digests: dict[str, str], summary: BuildSummary
+) -> tuple[dict, Bundle | None]:
+    """(rows of the existing bundle whose source file is unchanged, with their images linked into staging; that
+    bundle, or None when there is none to reuse)."""
     if not (out / MANIFEST).exists():
-        return {}
+        return {}, None
     try:
         previous = load_bundle(out)
         previous.check_compatible(model, PREPROCESSING_ID)
     except BundleError as exc:
         log.warning("Not reusing the existing bundle at %s: %s", out, exc)
-        return {}
+        return {}, None
     vectors = {}
     for row, (name, digest) in enumerate(zip(previous.filenames, previous.sources)):
         if digests.get(name) == digest:
             link_or_copy(previous.image_path(row), staging / IMAGES / name)
             vectors[name] = previous.embeddings[row]
     summary.reused = len(vectors)
-    return vectors
+    return vectors, previous
+
+
+def _rows_kept(previous: Bundle | None, names: list[str], digests: dict[str, str]) -> np.ndarray:
+    """For each of `names`, its row in `previous` when it was reused from there (same file, same content), else -1."""
+    if previous is None:
+        return np.full(len(names), -1, dtype=np.int64)
+    rows = {name: row for row, name in enumerate(previous.filenames)}
+    kept = [rows.get(name, -1) for name in names]
+    same = [row >= 0 and previous.sources[row] == digests[name] for row, name in zip(kept, names)]
+    return np.where(same, kept, -1).astype(np.int64)
+
+
+def _write_index(
+    staging: Path,
+    embeddings: np.ndarray,
+    previous: Bundle | None,
+    old_rows: np.ndarray,
+    retrain: bool,
+    summary: BuildSummary,
+) -> tuple[str, ...]:
+    """Write the approximate index into staging: the previous bundle's carried over to the new rows, or a new one."""
+    carried = None
+    if previous is not None and previous.has_index and not retrain:
+        try:
+            carried = approximate.load(previous.root, previous.embeddings).data
+        except BundleError as exc:
+            log.warning("Training a new approximate index: the existing one cannot be carried over (%s)", exc)
+    started = time.perf_counter()
+    if carried is None:
+        data = approximate.train(embeddings)
+        summary.index = f"trained: {data.info['lists']} lists over {len(embeddings)} rows"
+    else:
+        data = approximate.update(carried, embeddings, old_rows)
+        added, trained = data.info["added_since_training"], data.info["trained_rows"]
+        summary.index = f"updated without training: {added} rows added since it was trained on {trained}"
+        if data.retraining_due:
+            summary.index += "; re-training is due (run again with --retrain-index)"
+            log.warning(
+                "The approximate index was trained on %d rows and %d have been added since: its lists are drifting "
+                "from the catalogue. Run precompute.py again with --retrain-index to train it afresh.",
+                trained,
+                added,
+            )
+    summary.index += f", in {time.perf_counter() - started:.1f} s"
+    return tuple(approximate.write(staging, data))
 
 
 @dataclass(frozen=True)

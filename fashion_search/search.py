@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_search import approximate
 from fashion_search.bundle import Bundle
 from fashion_search.imaging import PREPROCESSING_ID
 from fashion_search.index import NeighbourIndex
@@ -14,6 +15,7 @@ from fashion_search.index import NeighbourIndex
 DEFAULT_K = 5  # results per query, as the reference design
 MAX_K = 20
 FILTER_COLUMNS = ("gender", "masterCategory", "articleType", "baseColour")
+SEARCH_MODES = ("auto", "exact")  # auto: the bundle's approximate index when it has one; exact: always exact
 
 
 class NoMatch(ValueError):
@@ -40,11 +42,11 @@ class Match:
 class Searcher:
     """Holds a loaded model and bundle; the index is fitted once here, never per query."""
 
-    def __init__(self, embedder, bundle: Bundle):
+    def __init__(self, embedder, bundle: Bundle, search: str = "auto"):
         bundle.check_compatible(embedder.describe(), PREPROCESSING_ID)
         self.embedder = embedder
         self.bundle = bundle
-        self.index = NeighbourIndex(bundle.embeddings)
+        self.index = open_index(bundle, search)
         # Each filter column with a value to offer -> its distinct values, each with the rows that hold it.
         groups = {column: _group_rows(bundle.metadata, column) for column in FILTER_COLUMNS}
         self._groups = {column: pairs for column, pairs in groups.items() if any(value for value, _ in pairs)}
@@ -107,6 +109,20 @@ class Searcher:
         """Catalogue row `row` as a result (rank 0, distance 0: the product itself)."""
         metadata = self.bundle.metadata[row] if self.bundle.metadata is not None else {}
         return Match(rank, row, self.bundle.filenames[row], distance, self.bundle.image_path(row), metadata)
+
+
+def open_index(bundle: Bundle, search: str = "auto") -> NeighbourIndex | approximate.ApproximateIndex:
+    """The one place the search is chosen: the bundle's approximate index, unless it has none or `search` is
+    "exact"; both have the same `search(queries, k, rows)`.
+
+    Raises:
+        approximate.IndexFileError: the bundle's index does not belong to its embeddings.
+    """
+    if search not in SEARCH_MODES:
+        raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
+    if search == "auto" and bundle.has_index:
+        return approximate.load(bundle.root, bundle.embeddings)
+    return NeighbourIndex(bundle.embeddings)
 
 
 def check_k(k: int) -> None:

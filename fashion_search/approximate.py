@@ -1,0 +1,280 @@
+"""The approximate nearest-neighbour index for large catalogues: an inverted file over PCA-reduced vectors, whose
+candidates are ranked by their exact distance over the float32 vectors.
+
+`precompute.py --index approximate` writes it into the bundle as plain arrays (`.npy` without pickle, and JSON), each
+listed in the manifest with its sha256 like every other bundle file:
+
+    ivf.json              its parameters: reduced dimensions, lists, rows trained on, rows added since
+    ivf_mean.npy          (d,) float32: the PCA's centre
+    ivf_components.npy    (d', d) float32: the PCA's axes, orthonormal rows
+    ivf_centroids.npy     (L, d') float32: the k-means centroids of the reduced vectors, one per list
+    ivf_lists.npy         (n,) int32: each row's list (its nearest centroid when it was added)
+    ivf_codes.npy         (n, d') float32: the rows' reduced vectors in list order (list 0's rows, then list 1's, ...)
+
+A search ranks the lists by their centroid's distance to the query, scans the reduced vectors of the nearest lists
+until it has seen PROBE_LISTS lists' worth of eligible rows (an exact filter only narrows which rows count), takes
+the RERANK nearest of those by reduced distance, and ranks them by their euclidean distance over the float32
+vectors, accumulated in float64 as the reference design's scikit-learn call does. The distances returned are exact;
+only a product the scan did not reach can be missed (recall, measured in benchmarks/RESULTS.md, figure 8).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics.pairwise import euclidean_distances
+
+from fashion_search.bundle import INDEX_FILES, BundleError
+from fashion_search.index import Neighbour, limited_threads
+
+log = logging.getLogger(__name__)
+
+KIND = "ivf-pca-1"
+INFO, MEAN, COMPONENTS, CENTROIDS, LISTS, CODES = INDEX_FILES
+
+DIMS = 256  # reduced dimensions: a quarter of the memory and scan of 2048, and the candidates are re-ranked exactly
+LISTS_PER_SQRT_ROW = 4  # L = 4 sqrt(n): 4,000 lists at 1M rows (faiss' and autofaiss' guideline: 4-16 sqrt(n))
+TRAIN_PER_LIST = 40  # k-means sample: rows per list (faiss warns below 39)
+TRAIN_ITERATIONS = 16  # from random centroids: k-means++ costs minutes more at 4,000 lists and gains no recall here
+PCA_SAMPLE = 32768  # rows the PCA is fitted on
+PROBE_LISTS = 48  # lists' worth of eligible rows scanned per query
+RERANK = 256  # candidates ranked exactly per query (at least 8 k)
+RETRAIN_GROWTH = 0.5  # re-training is due once rows added since training exceed this share of the rows trained on
+CHECK_ROWS = 256  # rows whose reduced vector and list are checked against the embeddings at load
+
+
+class IndexFileError(BundleError):
+    """An index file that cannot be served; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class IvfIndexData:
+    """The index's arrays, as written into and read from a bundle."""
+
+    info: dict
+    mean: np.ndarray  # (d,)
+    components: np.ndarray  # (d', d)
+    centroids: np.ndarray  # (L, d')
+    lists: np.ndarray  # (n,) int32
+    codes: np.ndarray  # (n, d'), in list order
+
+    @property
+    def retraining_due(self) -> bool:
+        return self.info["added_since_training"] > RETRAIN_GROWTH * self.info["trained_rows"]
+
+
+def default_lists(rows: int) -> int:
+    return max(1, round(LISTS_PER_SQRT_ROW * math.sqrt(rows)))
+
+
+def train(embeddings: np.ndarray, *, lists: int | None = None, dims: int = DIMS, seed: int = 0) -> IvfIndexData:
+    """A new index over `embeddings` (n, d) unit rows: PCA and k-means on a sample, then every row assigned."""
+    n, d = embeddings.shape
+    lists = min(lists or default_lists(n), n)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, max(TRAIN_PER_LIST * lists, PCA_SAMPLE)), replace=False))
+    vectors = np.asarray(embeddings[sample], dtype=np.float32)
+    dims = min(dims, d, len(vectors))
+    pca = PCA(n_components=dims, svd_solver="covariance_eigh").fit(vectors[rng.permutation(len(vectors))[:PCA_SAMPLE]])
+    mean, components = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+    reduced = (vectors - mean) @ components.T
+    kmeans = KMeans(lists, init="random", n_init=1, max_iter=TRAIN_ITERATIONS, random_state=seed).fit(reduced)
+    centroids = kmeans.cluster_centers_.astype(np.float32)
+    info = {"kind": KIND, "dims": dims, "lists": lists, "trained_rows": n, "added_since_training": 0}
+    assigned = _assign(_project(embeddings, mean, components), centroids)
+    return _finish(info, mean, components, centroids, assigned, embeddings)
+
+
+def update(previous: IvfIndexData, embeddings: np.ndarray, old_rows: np.ndarray) -> IvfIndexData:
+    """`previous` carried over to a changed catalogue without training: kept rows keep their list, new rows join the
+    list of their nearest centroid.
+
+    Args:
+        old_rows: for each row of `embeddings`, its row in the catalogue `previous` was built for (the same vector),
+            or -1 for a row that is new.
+    """
+    codes = _project(embeddings, previous.mean, previous.components)
+    new = np.flatnonzero(old_rows < 0)
+    assigned = np.empty(len(embeddings), dtype=np.int32)
+    kept = old_rows >= 0
+    assigned[kept] = previous.lists[old_rows[kept]]
+    assigned[new] = _assign(codes[new], previous.centroids)
+    info = {**previous.info, "added_since_training": previous.info["added_since_training"] + len(new)}
+    return _finish(info, previous.mean, previous.components, previous.centroids, assigned, embeddings, codes)
+
+
+def write(root: Path, data: IvfIndexData) -> list[str]:
+    """Write the index files into the bundle folder `root`; returns their names (for the manifest)."""
+    for name, array in ((MEAN, data.mean), (COMPONENTS, data.components), (CENTROIDS, data.centroids)):
+        np.save(root / name, array, allow_pickle=False)
+    np.save(root / LISTS, data.lists, allow_pickle=False)
+    np.save(root / CODES, data.codes, allow_pickle=False)
+    (root / INFO).write_text(json.dumps(data.info, sort_keys=True), encoding="utf-8")
+    return list(INDEX_FILES)
+
+
+def load(root: Path, embeddings: np.ndarray) -> ApproximateIndex:
+    """The index of the bundle at `root` (its files already hash-checked against the manifest), the codes
+    memory-mapped, checked for shape, range and agreement with `embeddings`; raise `IndexFileError` naming what is
+    wrong."""
+    n, d = embeddings.shape
+    info = _read_info(root / INFO)
+    dims, lists = info["dims"], info["lists"]
+    mean = _read_array(root, MEAN, np.float32, (d,))
+    components = _read_array(root, COMPONENTS, np.float32, (dims, d))
+    centroids = _read_array(root, CENTROIDS, np.float32, (lists, dims))
+    assigned = _read_array(root, LISTS, np.int32, (n,))
+    codes = _read_array(root, CODES, np.float32, (n, dims), mmap=True)
+    if assigned.size and not 0 <= int(assigned.min()) <= int(assigned.max()) < lists:
+        raise IndexFileError(f"{root / LISTS} names lists outside 0..{lists - 1}. {_REBUILD}")
+    for name, array in ((MEAN, mean), (COMPONENTS, components), (CENTROIDS, centroids)):
+        if not np.isfinite(array).all():
+            raise IndexFileError(f"{root / name} has non-finite values. {_REBUILD}")
+    index = ApproximateIndex(embeddings, IvfIndexData(info, mean, components, centroids, assigned, codes))
+    index.check_agreement(root)
+    return index
+
+
+class ApproximateIndex:
+    """The k nearest catalogue rows to a query, found through the inverted file; `NeighbourIndex`'s interface."""
+
+    def __init__(self, embeddings: np.ndarray, data: IvfIndexData):
+        self.embeddings = embeddings  # (n, d) float32 unit rows, may be memory-mapped
+        self.data = data
+        self.order = np.argsort(data.lists, kind="stable")  # list order -> row
+        self.position = np.empty_like(self.order)
+        self.position[self.order] = np.arange(len(self.order))  # row -> list order
+        sizes = np.bincount(data.lists, minlength=len(data.centroids))
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])  # list i's rows: order[offsets[i]:offsets[i + 1]]
+        self.sizes = sizes
+        self.code_norms = np.einsum("ij,ij->i", data.codes, data.codes)  # in list order
+        self.centroid_norms = np.einsum("ij,ij->i", data.centroids, data.centroids)
+        self.probe_rows = PROBE_LISTS * len(embeddings) / max(1, len(data.centroids))
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def check_agreement(self, root: Path) -> None:
+        """A sample of rows: each reduced vector is its embedding's, and each row is in its nearest centroid's list.
+        (A disagreeing index could only cost recall, never a wrong distance: results are ranked on the embeddings.)"""
+        n = len(self.embeddings)
+        rows = np.unique(np.random.default_rng(0).integers(0, n, min(n, CHECK_ROWS)))
+        expected = (np.asarray(self.embeddings[rows]) - self.data.mean) @ self.data.components.T
+        stored = np.asarray(self.data.codes[self.position[rows]])
+        if not np.allclose(stored, expected, atol=1e-4):
+            raise IndexFileError(f"{root / CODES} does not match the catalogue's embeddings. {_REBUILD}")
+        distances = euclidean_distances(stored, self.data.centroids, squared=True)
+        mine = distances[np.arange(len(rows)), self.data.lists[rows]]
+        if np.any(mine > distances.min(axis=1) + 1e-3):
+            raise IndexFileError(f"{root / LISTS} puts rows in lists whose centroid is not their nearest. {_REBUILD}")
+
+    def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> list[list[Neighbour]]:
+        """The k nearest catalogue rows for each query, nearest first (as `NeighbourIndex.search`).
+
+        Args:
+            queries: (m, d) or (d,) float32 unit vectors.
+            k: how many neighbours; fewer come back when fewer rows are eligible.
+            rows: if given, only these catalogue rows are eligible (an exact filter: no other row is returned).
+        """
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if rows is not None and len(rows) == 0:
+            return [[] for _ in queries]
+        eligible, counts = None, self.sizes
+        if rows is not None:  # a mask in list order, and each list's eligible rows; the vectors are not copied
+            eligible = np.zeros(len(self.order), dtype=bool)
+            eligible[self.position[np.asarray(rows, dtype=np.int64)]] = True
+            running = np.concatenate([[0], np.cumsum(eligible, dtype=np.int64)])
+            counts = running[self.offsets[1:]] - running[self.offsets[:-1]]
+        with limited_threads():
+            return [self._search_one(query, k, eligible, counts) for query in queries]
+
+    def _search_one(self, query: np.ndarray, k: int, eligible: np.ndarray | None, counts: np.ndarray):
+        reduced = (query - self.data.mean) @ self.data.components.T
+        depth = max(RERANK, 8 * k)
+        nearest_lists = np.argsort(self.centroid_norms - 2 * (self.data.centroids @ reduced))
+        seen = np.cumsum(counts[nearest_lists])
+        enough = int(np.searchsorted(seen, max(self.probe_rows, depth)))
+        probed = nearest_lists[: max(enough + 1, PROBE_LISTS)]
+        positions = _ranges(self.offsets[probed], self.offsets[probed + 1])
+        if eligible is not None:
+            positions = positions[eligible[positions]]
+        scores = self.code_norms[positions] - 2 * (self.data.codes[positions] @ reduced)
+        if len(positions) > depth:
+            positions = positions[np.argpartition(scores, depth - 1)[:depth]]
+        candidates = np.sort(self.order[positions])
+        # Exact: float32 vectors, float64 accumulation (scikit-learn's upcast), ties to the lower row as a stable sort.
+        distances = euclidean_distances(self.embeddings[candidates], query[None, :]).ravel()
+        best = np.argsort(distances, kind="stable")[:k]
+        return [Neighbour(rank + 1, int(candidates[i]), float(distances[i])) for rank, i in enumerate(best)]
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(start, end) for each pair, without a Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    shifts = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(total, dtype=np.int64) + shifts
+
+
+def _project(embeddings: np.ndarray, mean: np.ndarray, components: np.ndarray, block: int = 65536) -> np.ndarray:
+    """(n, d') float32: the rows' reduced vectors, computed in blocks (no float64 or (n, d) temporary)."""
+    out = np.empty((len(embeddings), len(components)), dtype=np.float32)
+    for start in range(0, len(embeddings), block):
+        out[start : start + block] = (np.asarray(embeddings[start : start + block]) - mean) @ components.T
+    return out
+
+
+def _assign(codes: np.ndarray, centroids: np.ndarray, block: int = 16384) -> np.ndarray:
+    """(n,) int32: each reduced vector's nearest centroid."""
+    out = np.empty(len(codes), dtype=np.int32)
+    norms = np.einsum("ij,ij->i", centroids, centroids)
+    for start in range(0, len(codes), block):
+        out[start : start + block] = np.argmin(norms - 2 * (codes[start : start + block] @ centroids.T), axis=1)
+    return out
+
+
+def _finish(info, mean, components, centroids, assigned, embeddings, codes=None) -> IvfIndexData:
+    codes = _project(embeddings, mean, components) if codes is None else codes
+    order = np.argsort(assigned, kind="stable")
+    return IvfIndexData(info, mean, components, centroids, assigned.astype(np.int32), codes[order])
+
+
+_REBUILD = "Rebuild the index with precompute.py --index approximate, or serve the catalogue with --search exact."
+
+
+def _read_info(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFileError(f"{path} could not be read as JSON ({exc}). {_REBUILD}") from exc
+    if not isinstance(info, dict) or info.get("kind") != KIND:
+        raise IndexFileError(f"{path} is not an index of kind {KIND!r}. {_REBUILD}")
+    for key in ("dims", "lists", "trained_rows", "added_since_training"):
+        if type(info.get(key)) is not int or info[key] < (1 if key in ("dims", "lists") else 0):
+            raise IndexFileError(f"{path} has no valid {key!r}. {_REBUILD}")
+    return info
+
+
+def _read_array(root: Path, name: str, dtype, shape: tuple, mmap: bool = False) -> np.ndarray:
+    path = root / name
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, EOFError, ValueError) as exc:
+        raise IndexFileError(f"{path} could not be read as a plain .npy array ({exc}). {_REBUILD}") from exc
+    if array.dtype != dtype or array.shape != shape:
+        raise IndexFileError(
+            f"{path} holds {array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}: it does not belong to "
+            f"this catalogue's embeddings. {_REBUILD}"
+        )
+    return array
