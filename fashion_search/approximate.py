@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import euclidean_distances
 
 from fashion_search.bundle import INDEX_FILES, BundleError
@@ -76,6 +74,9 @@ def default_lists(rows: int) -> int:
 
 def train(embeddings: np.ndarray, *, lists: int | None = None, dims: int = DIMS, seed: int = 0) -> IvfIndexData:
     """A new index over `embeddings` (n, d) unit rows: PCA and k-means on a sample, then every row assigned."""
+    from sklearn.cluster import KMeans  # precompute's, not the app's: imported here
+    from sklearn.decomposition import PCA
+
     n, d = embeddings.shape
     lists = min(lists or default_lists(n), n)
     rng = np.random.default_rng(seed)

@@ -3,6 +3,7 @@
 FASHION_CATALOG / --catalog   a bundle folder, or a Hub dataset OWNER/NAME[@REVISION]; unset = the demo catalogue
 FASHION_WEIGHTS / --weights   imagenet (default), random, or a Keras .h5 weights file
 FASHION_PRECISION / --precision   float32 or bfloat16; unset = the precision the catalogue was made in
+FASHION_SEARCH / --search     auto (default: the catalogue's approximate index when it has one) or exact
 FASHION_CACHE                 where the demo bundle is built and kept (default ~/.cache/fashion-search)
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are Gradio's own: read by Gradio, overridden only by --host / --port.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fashion_search.embedder import PRECISIONS  # (TensorFlow loads only when a model is built)
+from fashion_search.search import SEARCH_MODES
 
 DEFAULT_WEIGHTS = "imagenet"
 # OWNER/NAME[@REVISION], with OWNER and NAME as the Hub spells repo ids
@@ -36,6 +38,7 @@ class Settings:
     precision: str | None = None  # "float32" or "bfloat16"; None = as the catalogue was made (the demo: float32)
     server_name: str | None = None  # only from --host; None leaves GRADIO_SERVER_NAME / Gradio's default in charge
     server_port: int | None = None  # only from --port; None leaves GRADIO_SERVER_PORT / Gradio's default in charge
+    search: str = "auto"  # "auto": the catalogue's approximate index when it has one; "exact": every row, always
 
 
 def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +61,12 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
         help="the model's arithmetic (env FASHION_PRECISION); "
         "default: the catalogue's. bfloat16 is faster on CPUs with bf16 instructions, results close to float32's",
     )
+    parser.add_argument(
+        "--search",
+        choices=SEARCH_MODES,
+        help="auto (default): the catalogue's approximate index when precompute.py --index approximate made one; "
+        "exact: compare with every product, always (env FASHION_SEARCH)",
+    )
     parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args(list(argv))
@@ -66,6 +75,9 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
     precision = args.precision or env.get("FASHION_PRECISION", "").strip() or None
     if precision not in (None, *PRECISIONS):
         parser.error(f"FASHION_PRECISION={precision!r}: use one of {', '.join(PRECISIONS)}, or leave it unset")
+    search = args.search or env.get("FASHION_SEARCH", "").strip() or "auto"
+    if search not in SEARCH_MODES:
+        parser.error(f"FASHION_SEARCH={search!r}: use one of {', '.join(SEARCH_MODES)}, or leave it unset")
     return Settings(
         catalogue=catalogue.strip() if catalogue else None,
         weights=weights.strip(),
@@ -73,6 +85,7 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
         precision=precision,
         server_name=args.host,
         server_port=args.port,
+        search=search,
     )
 
 

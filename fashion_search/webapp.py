@@ -273,7 +273,7 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
             raise
         if bundle is None:
             bundle = demo_bundle(embedder, settings.cache_dir)
-        searcher = Searcher(embedder, bundle)
+        searcher = Searcher(embedder, bundle, settings.search)
     except (WeightsUnavailable, PrecisionUnavailable, BundleError, ConfigError, PrecomputeError, CatalogueError) as exc:
         raise StartupError(str(exc)) from exc
     except OSError as exc:

@@ -45,6 +45,26 @@ def test_environment_and_flags_flags_win():
     assert config.resolve([], {"XDG_CACHE_HOME": "/xdg"}).cache_dir == Path("/xdg/fashion-search")
 
 
+def test_the_search_follows_the_flag_then_the_environment():
+    assert config.resolve([], {}).search == "auto"  # the catalogue's approximate index when it has one
+    assert config.resolve([], {"FASHION_SEARCH": "exact"}).search == "exact"
+    assert config.resolve(["--search", "auto"], {"FASHION_SEARCH": "exact"}).search == "auto"
+
+
+@pytest.mark.parametrize("argv, env", [(["--search", "fast"], {}), ([], {"FASHION_SEARCH": "faiss"})])
+def test_an_unknown_search_is_refused_naming_the_choices(argv, env, capsys):
+    with pytest.raises(SystemExit) as exited:
+        config.resolve(argv, env)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(
+        (
+            "invalid choice: 'fast' (choose from 'auto', 'exact')",
+            "FASHION_SEARCH='faiss': use one of auto, exact, or leave it unset",
+        )
+    )
+
+
 def test_gradio_server_settings_are_left_to_gradio():
     settings = config.resolve([], {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7999"})
     assert (settings.server_name, settings.server_port) == (None, None)  # app.py then passes no address to launch()
