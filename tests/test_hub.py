@@ -703,3 +703,20 @@ def test_a_bundle_folder_keeps_its_files_as_before(bundle):
     assert images.name_of_file(bundle / "images" / "shoes" / "9.png") == "shoes/9.png"
     match = Match(1, 0, loaded.filenames[0], 0.1, loaded.image_path(0), {})
     assert webapp.gallery_items([match], images, "http://x:1")[0][0] == str(bundle / "images" / loaded.filenames[0])
+
+
+@pytest.mark.slow
+def test_the_app_refuses_a_tampered_revision_with_a_message_and_no_traceback(hub, bundle, tmp_path):
+    from app_runner import ROOT, app_env
+
+    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    path, shard = shard_of(hub, result)
+    spec = tampered(hub, result, path, sparse_bomb(shard))
+    env = app_env(tmp_path, FASHION_CATALOG=spec, FASHION_WEIGHTS="random", HF_ENDPOINT=hub.url)
+
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr and last.startswith("error: ")
+    assert "member '1164.jpg' is a sparse file (declaring 3,221,225,472 bytes), not a plain file" in last
+    assert disk_use(tmp_path)[0] < 10 << 20
