@@ -265,9 +265,11 @@ def _check_paths(root: Path, names: list, plain: set[str]) -> None:
     """Every name is relative, and images/<name> stays inside images/ once symlinks are followed.
 
     `plain` holds the regular files reached without passing a symlink: those are inside by construction, so only
-    the other names (symlinks, missing files) pay for resolving their path.
+    the other names (symlinks, missing files) pay for resolving their path. Without an images/ folder (a Hub
+    revision whose images stay in its shards) there is no link to follow: a relative name is all it takes.
     """
     images = None
+    folder = (root / IMAGES).is_dir() or (root / IMAGES).is_symlink()
     for name in names:
         if not isinstance(name, str) or not name:
             raise BundleUnsafePath(f"{root / FILENAMES} holds {name!r}, which is not a file name.")
@@ -277,6 +279,8 @@ def _check_paths(root: Path, names: list, plain: set[str]) -> None:
             raise BundleUnsafePath(
                 f"{root / FILENAMES} holds {name!r}: file names must be relative and stay inside images/."
             )
+        if not folder:
+            continue
         images = images or (root / IMAGES).resolve()
         target = (root / IMAGES / name).resolve()
         if not target.is_relative_to(images):
