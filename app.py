@@ -89,7 +89,7 @@ def article(info: webapp.CatalogueInfo) -> str:
     return (
         "Distance: between the pictures' ResNet50 embeddings (unit vectors), from 0 for the same picture up to 2. "
         'Also an API: `Client(url).predict(handle_file("photo.jpg"), api_name="/recommend")` returns the gallery '
-        "and a JSON listing."
+        "and a JSON listing; AI assistants call the same as MCP tools at `/gradio_api/mcp/`."
         + (" Demo catalogue and examples: Fashion-MNIST, © Zalando SE, MIT licence." if info.source == "demo" else "")
     )
 
