@@ -140,7 +140,7 @@ def push(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
     from fashion_search.bundle import BundleError
-    from fashion_search.hub import HubError, push_bundle
+    from fashion_search.hub import HubError, preload_front_matter, push_bundle
 
     try:  # push_bundle loads and verifies the bundle first: nothing the app would refuse is published
         result = push_bundle(args.out, args.push_to_hub, private=args.private, license=args.license)
@@ -155,6 +155,8 @@ def push(args: argparse.Namespace) -> int:
         f"{args.push_to_hub} at {result.commit_sha}"
     )
     print(f"Set this in the Space's variables: FASHION_CATALOG={result.catalogue_value}")
+    print("To download it when the Space is built rather than at each start, add to its README's front matter:")
+    print(preload_front_matter(result))
     return 0
 
 
