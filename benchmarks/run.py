@@ -4,7 +4,8 @@ Usage:
     python -m benchmarks                 # the full suite (about 10-20 minutes on 2 cores)
     python -m benchmarks --quick         # fewer files, rows and rounds: a few minutes
     python -m benchmarks --only 2 4      # some figures only (1 precompute, 2 query, 3 app, 4 cold start, 5 bf16,
-                                         # 6 the Hub at 44k products, 7 precompute on Ray)
+                                         # 6 the Hub at 44k products, 7 precompute on Ray, 8 the approximate index
+                                         # at 200k and 1M rows)
     python -m benchmarks --write         # also write the table into benchmarks/RESULTS.md
 
 No network: the model has seeded random weights (speed does not depend on their values), the catalogue images
@@ -61,7 +62,7 @@ class Context:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (a few minutes)")
-    parser.add_argument("--only", nargs="+", type=int, choices=range(1, 8), metavar="N", help="figures to run (1-7)")
+    parser.add_argument("--only", nargs="+", type=int, choices=range(1, 9), metavar="N", help="figures to run (1-8)")
     parser.add_argument(
         "--runs", type=int, help="rounds per figure (default 5, quick 2; precompute 3 / 2; cold start 3 / 1)"
     )
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     if args.runs:
         settings.runs = args.runs
-    figures = set(args.only or range(1, 8))
+    figures = set(args.only or range(1, 9))
 
     info, load_before, started = machine.describe(), machine.load_average(), time.perf_counter()
     print(f"load average before: {load_before}", file=sys.stderr)
@@ -123,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         # Its rounds are long (two commands and four builds, each Ray pool loading its models): at most 2. At least
         # 240 files (8 chunks) even when quick: its steady rates are timed from the first chunk back to the last.
         rows += bench_ray.run(ctx, args.runs or min(settings.runs, 2), max(240, settings.precompute_images // 2))
+
+    if 8 in figures:
+        loads[8] = machine.load_average().split(" / ")[0]
+        from benchmarks import bench_ann
+
+        # Quick: 200k rows only (the 1M bundle takes about 20 minutes to make once, and 9 GB of disk).
+        rows += bench_ann.run(ctx, settings.runs, (200_000,) if args.quick else bench_ann.SIZES)
 
     minutes = (time.perf_counter() - started) / 60
     command = (

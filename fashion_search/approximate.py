@@ -11,11 +11,12 @@ listed in the manifest with its sha256 like every other bundle file:
     ivf_lists.npy         (n,) int32: each row's list (its nearest centroid when it was added)
     ivf_codes.npy         (n, d') float32: the rows' reduced vectors in list order (list 0's rows, then list 1's, ...)
 
-A search ranks the lists by their centroid's distance to the query, scans the reduced vectors of the nearest lists
-until it has seen PROBE_LISTS lists' worth of eligible rows (an exact filter only narrows which rows count), takes
-the RERANK nearest of those by reduced distance, and ranks them by their euclidean distance over the float32
-vectors, accumulated in float64 as the reference design's scikit-learn call does. The distances returned are exact;
-only a product the scan did not reach can be missed (recall, measured in benchmarks/RESULTS.md, figure 8).
+A search ranks the lists by their centroid's distance to the query and scores the reduced vectors of the nearest
+lists until it has seen PROBE_LISTS lists' worth of eligible rows (an exact filter only narrows which rows count,
+and no eligible row's vectors are copied but those scored). The RERANK nearest by reduced distance are then scored
+with their float32 vectors, and the FINAL nearest of those are ranked by their euclidean distance accumulated in
+float64, as the reference design's scikit-learn call computes it. The distances returned are exact; only a product
+the scan did not reach can be missed (recall: benchmarks/RESULTS.md, figure 8).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ LISTS_PER_SQRT_ROW = 4  # L = 4 sqrt(n): 4,000 lists at 1M rows (faiss' and auto
 TRAIN_PER_LIST = 40  # k-means sample: rows per list (faiss warns below 39)
 TRAIN_ITERATIONS = 16  # from random centroids: k-means++ costs minutes more at 4,000 lists and gains no recall here
 PCA_SAMPLE = 32768  # rows the PCA is fitted on
-PROBE_LISTS = 48  # lists' worth of eligible rows scanned per query
-RERANK = 256  # candidates ranked exactly per query (at least 8 k)
+PROBE_LISTS = 96  # lists' worth of eligible rows scanned per query
+RERANK = 1024  # candidates by reduced distance whose float32 distance is computed (at least 8 k)
+FINAL = 64  # of those, the nearest whose distance is computed as the reference design does (at least 4 k)
 RETRAIN_GROWTH = 0.5  # re-training is due once rows added since training exceed this share of the rows trained on
 CHECK_ROWS = 256  # rows whose reduced vector and list are checked against the embeddings at load
 
@@ -83,7 +85,7 @@ def train(embeddings: np.ndarray, *, lists: int | None = None, dims: int = DIMS,
     sample = np.sort(rng.choice(n, size=min(n, max(TRAIN_PER_LIST * lists, PCA_SAMPLE)), replace=False))
     vectors = np.asarray(embeddings[sample], dtype=np.float32)
     dims = min(dims, d, len(vectors))
-    pca = PCA(n_components=dims, svd_solver="covariance_eigh").fit(vectors[rng.permutation(len(vectors))[:PCA_SAMPLE]])
+    pca = PCA(n_components=dims).fit(vectors[rng.permutation(len(vectors))[:PCA_SAMPLE]])
     mean, components = pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
     reduced = (vectors - mean) @ components.T
     kmeans = KMeans(lists, init="random", n_init=1, max_iter=TRAIN_ITERATIONS, random_state=seed).fit(reduced)
@@ -189,33 +191,48 @@ class ApproximateIndex:
             raise ValueError(f"k must be at least 1, got {k}")
         if rows is not None and len(rows) == 0:
             return [[] for _ in queries]
-        eligible, counts = None, self.sizes
-        if rows is not None:  # a mask in list order, and each list's eligible rows; the vectors are not copied
-            eligible = np.zeros(len(self.order), dtype=bool)
-            eligible[self.position[np.asarray(rows, dtype=np.int64)]] = True
-            running = np.concatenate([[0], np.cumsum(eligible, dtype=np.int64)])
-            counts = running[self.offsets[1:]] - running[self.offsets[:-1]]
+        eligible = None if rows is None else _Eligible(self, np.asarray(rows, dtype=np.int64))
         with limited_threads():
-            return [self._search_one(query, k, eligible, counts) for query in queries]
+            return [self._search_one(query, k, eligible) for query in queries]
 
-    def _search_one(self, query: np.ndarray, k: int, eligible: np.ndarray | None, counts: np.ndarray):
+    def _search_one(self, query: np.ndarray, k: int, eligible: _Eligible | None) -> list[Neighbour]:
         reduced = (query - self.data.mean) @ self.data.components.T
         depth = max(RERANK, 8 * k)
+        # The nearest lists, until they hold PROBE_LISTS lists' worth of eligible rows (and at least `depth`).
         nearest_lists = np.argsort(self.centroid_norms - 2 * (self.data.centroids @ reduced))
-        seen = np.cumsum(counts[nearest_lists])
-        enough = int(np.searchsorted(seen, max(self.probe_rows, depth)))
+        counts = self.sizes if eligible is None else eligible.counts
+        enough = int(np.searchsorted(np.cumsum(counts[nearest_lists]), max(self.probe_rows, depth)))
         probed = nearest_lists[: max(enough + 1, PROBE_LISTS)]
-        positions = _ranges(self.offsets[probed], self.offsets[probed + 1])
-        if eligible is not None:
-            positions = positions[eligible[positions]]
-        scores = self.code_norms[positions] - 2 * (self.data.codes[positions] @ reduced)
+        if eligible is None:  # whole lists: contiguous slices of the codes, scored in place
+            positions = _ranges(self.offsets[probed], self.offsets[probed + 1])
+            codes = [self.data.codes[self.offsets[i] : self.offsets[i + 1]] @ reduced for i in probed]
+            scores = self.code_norms[positions] - 2 * np.concatenate(codes)
+        else:  # only the eligible rows of those lists
+            positions = eligible.positions[_ranges(eligible.bounds[probed], eligible.bounds[probed + 1])]
+            scores = self.code_norms[positions] - 2 * (self.data.codes[positions] @ reduced)
         if len(positions) > depth:
             positions = positions[np.argpartition(scores, depth - 1)[:depth]]
         candidates = np.sort(self.order[positions])
+        final = max(FINAL, 4 * k)
+        if len(candidates) > final:  # the float32 vectors' distances, then only the nearest few in float64
+            vectors = self.embeddings[candidates]
+            close = np.einsum("ij,ij->i", vectors, vectors) - 2 * (vectors @ query)
+            candidates = np.sort(candidates[np.argpartition(close, final - 1)[:final]])
         # Exact: float32 vectors, float64 accumulation (scikit-learn's upcast), ties to the lower row as a stable sort.
         distances = euclidean_distances(self.embeddings[candidates], query[None, :]).ravel()
         best = np.argsort(distances, kind="stable")[:k]
         return [Neighbour(rank + 1, int(candidates[i]), float(distances[i])) for rank, i in enumerate(best)]
+
+
+class _Eligible:
+    """A filter's rows in the index's terms: their positions in list order, sorted, and where each list's begin."""
+
+    def __init__(self, index: ApproximateIndex, rows: np.ndarray):
+        mask = np.zeros(len(index), dtype=bool)
+        mask[index.position[rows]] = True
+        self.positions = np.flatnonzero(mask)  # sorted, without sorting
+        self.bounds = np.searchsorted(self.positions, index.offsets)  # list i's: positions[bounds[i]:bounds[i + 1]]
+        self.counts = np.diff(self.bounds)
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -234,3 +234,50 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path, embedder):
     blocker.write_text("a file where a folder should go")
     with pytest.raises(PrecomputeError, match="Could not write|No permission"):
         build_bundle(images, blocker / "out", embedder, quiet=True)
+
+
+def test_an_approximate_index_is_added_carried_over_and_retrained(tmp_path, weights_file):
+    """The command on an unchanged exact bundle embeds nothing and adds the index; new images join it without
+    training until re-training is due; --retrain-index trains afresh; --index exact drops it."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    names = make_catalogue(images, 12, seed=11)
+    common = ("--out", out, "--weights", weights_file, "--batch-size", 4, "--quiet")
+    assert precompute(images, *common).returncode == 0
+    exact = load_bundle(out)
+    assert not exact.has_index
+
+    added = precompute(images, *common, "--index", "approximate")
+    assert added.returncode == 0, added.stderr
+    assert "0 embedded" in added.stdout
+    assert "approximate index trained: 12 lists over 12 rows" in added.stdout  # 4 sqrt(12) lists, at most one a row
+    indexed = load_bundle(out)
+    assert indexed.has_index and indexed.filenames == exact.filenames
+    np.testing.assert_array_equal(indexed.embeddings, exact.embeddings)
+    lists = dict(zip(indexed.filenames, np.load(out / "ivf_lists.npy")))
+    centroids = np.load(out / "ivf_centroids.npy")
+
+    make_catalogue(tmp_path / "new", 8, seed=12)
+    for i, path in enumerate(sorted((tmp_path / "new").iterdir())[:4]):
+        shutil.copy(path, images / f"3{i:03d}{path.suffix}")
+    grown = precompute(images, *common, "--index", "approximate")
+    assert grown.returncode == 0, grown.stderr
+    assert "4 embedded" in grown.stdout and "updated without training: 4 rows added since it was trained on 12" in (
+        grown.stdout
+    )
+    assert "re-training is due" not in grown.stdout
+    after = load_bundle(out)
+    np.testing.assert_array_equal(np.load(out / "ivf_centroids.npy"), centroids)
+    assert {name: list_ for name, list_ in zip(after.filenames, np.load(out / "ivf_lists.npy")) if name in lists} == (
+        lists
+    )
+    for i, path in enumerate(sorted((tmp_path / "new").iterdir())[4:]):
+        shutil.copy(path, images / f"4{i:03d}{path.suffix}")
+    due = precompute(images, *common, "--index", "approximate")
+    assert "8 rows added since it was trained on 12; re-training is due (run again with --retrain-index)" in due.stdout
+    retrained = precompute(images, *common, "--index", "approximate", "--retrain-index")
+    assert "0 embedded" in retrained.stdout and "approximate index trained: 18 lists over 20 rows" in retrained.stdout
+
+    dropped = precompute(images, *common)
+    assert dropped.returncode == 0 and "approximate index" not in dropped.stdout
+    assert not load_bundle(out).has_index and not list(out.glob("ivf*"))
+    assert names[0] in load_bundle(out).filenames
