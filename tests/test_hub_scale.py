@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from app_runner import ROOT, AppProcess, app_env, free_port
@@ -86,10 +88,14 @@ def test_a_44k_push_keeps_to_the_hubs_limits(hub, pushed, catalogue):
     assert hub.file_count(REPO) <= MAX_FILES_PER_REPO
     assert max(commit["operations"] for commit in hub.commit_log) <= MAX_FILES_PER_COMMIT
     assert hub.max_folder_entries(REPO) < MAX_FOLDER_ENTRIES
-    assert (
-        pushed["again"].stdout.splitlines()[-1]
-        == f"Set this in the Space's variables: FASHION_CATALOG={REPO}@{pushed['sha']}"
-    )
+    lines = pushed["again"].stdout.splitlines()
+    assert f"Set this in the Space's variables: FASHION_CATALOG={REPO}@{pushed['sha']}" in lines
+    preload = lines[lines.index("preload_from_hub:") + 1]
+    entry = push_bundle(catalogue, REPO, endpoint=hub.url, token=TOKEN).preload_entry  # unchanged: no new commit
+    assert preload == f"  - {entry}" and entry.endswith(f" {pushed['sha']}")
+    assert set(entry.split(" ")[1].split(",")) == {
+        name for name in remote if name not in (".gitattributes", "README.md")
+    }
 
 
 def test_a_push_killed_half_way_resumes_without_sending_a_shard_twice(hub, pushed, catalogue):
@@ -126,13 +132,43 @@ def test_the_app_starts_from_an_empty_cache_after_a_few_dozen_resolver_requests(
 
     with AppProcess([], env, tmp_path / "app.log") as app:
         url = app.wait_ready(port)
-        _, listing = Client(url, verbose=False).predict(handle_file(str(query)), api_name="/recommend")
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        gallery, listing = client.predict(handle_file(str(query)), api_name="/recommend")
+        similar, similar_listing = client.predict(listing[0]["filename"], api_name="/similar")
+        served = next((tmp_path / "hf" / "fashion-search" / "bundles").glob("*/*"))
+        shard = next((tmp_path / "hf" / "hub").glob("datasets--*/snapshots/*/shards/*.tar"))
+        refused = [
+            httpx.get(f"{url}gradio_api/file={path}").status_code
+            for path in (shard, shard.resolve(), served / "manifest.json", served / "image-spans.npy")
+        ]
     resolver = hub.resolver_requests(since=before)
 
     assert len(resolver) <= FEW_DOZEN_REQUESTS, resolver
     assert [row["filename"] for row in listing] == reference_top_k(embedder, load_bundle(catalogue), query)[0]
-    served = next((tmp_path / "hf" / "fashion-search" / "bundles").glob("*/*"))
-    assert served.name == pushed["sha"] and len(list((served / "images").iterdir())) == KAGGLE_ROWS
+    # Each picture reaches the client byte for byte as the catalogue's image, from the shards.
+    for items, rows in ((gallery, listing), (similar, similar_listing)):
+        assert len(items) == len(rows) == 5
+        for item, row in zip(items, rows):
+            assert Path(item["image"]).read_bytes() == (catalogue / "images" / row["filename"]).read_bytes()
+    assert refused == [403] * 4  # Gradio's file route serves none of the revision's files
+    # One copy: the download and a folder of links and the index, no images/, a few dozen files in all.
+    assert served.name == pushed["sha"] and not (served / "images").exists()
+    size, files = hub_disk_use(tmp_path / "hf")
+    on_hub = sum(len(content) for path, content in hub.files(REPO, pushed["sha"]).items() if path != "README.md")
+    assert size <= 1.2 * on_hub and files <= 100, (size, on_hub, files)
+
+
+def hub_disk_use(root: Path) -> tuple[int, int]:
+    """(bytes, files) of the Hub catalogue's caches under root (the keras and gradio ones left out), hard links once."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    for part in ("hub", "fashion-search"):
+        for path in (root / part).rglob("*"):
+            info = path.lstat()
+            if path.is_file() and not path.is_symlink() and (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                size += info.st_size
+    return size, len(seen)
 
 
 def test_adding_100_products_sends_only_the_shards_they_fall_in(hub, pushed, catalogue, tmp_path):
