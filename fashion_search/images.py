@@ -4,7 +4,7 @@
     images.read(row)                       # the image's bytes, exactly as in the catalogue
     images.file(row)                       # a file holding exactly them (a folder's own file), or None
     images.route_path(row)                 # where the app's file route serves it ("/catalogue-images/..."), or None
-    images.name_of_file(path)              # the file name whose own file `path` is (a folder's), or None
+    images.name_of_file(path)              # the file name whose file `path` is (its own, or a remembered copy), or None
     images.lookup(revision, row, name)     # what that route serves: (bytes, type), or None for anything else
 
 A Hub revision is served from one copy of its files: the shards stay as huggingface_hub downloaded them, and
