@@ -12,12 +12,30 @@ from urllib.parse import urlsplit
 
 import anyio
 import gradio as gr
+from gradio import data_classes
 from gradio.processing_utils import is_public_ip
 from gradio_client.utils import is_http_url_like
+from pydantic import ValidationError
 
 from fashion_search.imaging import NOT_AN_IMAGE
 
 log = logging.getLogger(__name__)
+NOT_A_FILE = (
+    'The photo must be sent as a file, not as its name: from Python, handle_file("photo.jpg") or handle_file(URL) '
+    "(from gradio_client import handle_file)."
+)
+
+
+class ImageData(data_classes.ImageData):
+    """Gradio's image payload (same name, same schema in the API's description), whose check of a request's value says
+    what to send instead of printing pydantic's traceback: the name of a file alone is a common first call."""
+
+    @classmethod
+    def model_validate(cls, obj, **kwargs):
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError:
+            raise gr.Error(NOT_A_FILE, print_exception=False) from None
 
 
 class UploadedImage(gr.Image):
@@ -25,6 +43,7 @@ class UploadedImage(gr.Image):
     that is not a picture; `fashion_search.imaging` then decodes the file and says what is wrong with it."""
 
     is_template = True  # the page shows it as gr.Image
+    data_model = ImageData
 
     def preprocess(self, payload):
         if payload is None or not (payload.url or "").startswith("data:"):

@@ -178,6 +178,8 @@ def test_the_log_shows_the_apps_start_and_nothing_for_an_ordinary_bad_request(de
         ((handle_file(str(not_a_picture)),), {}, "This file is not an image that can be read."),
         ((handle_file(str(small)),), {"region": "10, 20, 200, 300"}, "is outside the picture, which is 40x30 pixels"),
         (("no-such.png",), {}, "No product 'no-such.png' in this catalogue"),
+        # The photo's name alone (handle_file forgotten): pydantic's refusal of it printed a traceback.
+        ((str(photo),), {}, 'The photo must be sent as a file, not as its name: from Python, handle_file("photo.jpg")'),
     ]
     before = len(demo.log.read_text().splitlines())
     for args, options, message in bad_requests:
