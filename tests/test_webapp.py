@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -256,3 +257,41 @@ def test_startup_errors_carry_the_fix(bundle_dir, weights_file, tmp_path):
         f"The catalogue at {bundle_dir} was made with weights {made_with!r}, but the app runs 'random:0'. Rebuild it "
         "with precompute.py and the same --weights, or start the app with the weights the catalogue was made with."
     )
+
+
+def test_a_catalogue_with_an_approximate_index_is_searched_with_it_unless_told_exact(
+    bundle_dir, embedder, catalogue, tmp_path
+):
+    """Both searches give the reference design's top-5 and distances here; FASHION_SEARCH=exact picks the exact one."""
+    from conftest import reference_top_k
+
+    from fashion_search import approximate
+    from fashion_search.bundle import write_bundle
+    from fashion_search.index import NeighbourIndex
+    from fashion_search.search import Searcher
+
+    indexed = tmp_path / "indexed"
+    shutil.copytree(bundle_dir, indexed)
+    bundle = load_bundle(indexed)
+    embeddings = np.array(bundle.embeddings)  # a copy: the bundle's own is mapped from the file rewritten below
+    write_bundle(
+        indexed,
+        embeddings=embeddings,
+        filenames=bundle.filenames,
+        sources=bundle.sources,
+        metadata=bundle.metadata,
+        model=bundle.manifest["model"],
+        preprocessing=bundle.manifest["preprocessing"],
+        index_files=approximate.write(indexed, approximate.train(embeddings)),
+    )
+    query = catalogue / "images" / "1005.jpg"
+    names, distances = reference_top_k(embedder, load_bundle(indexed), query)
+    for search, kind in (("auto", approximate.ApproximateIndex), ("exact", NeighbourIndex)):
+        recommender = webapp.Recommender(Searcher(embedder, load_bundle(indexed), search))
+        assert type(recommender.searcher.index) is kind
+        found = recommender.recommend(str(query))
+        assert [m.filename for m in found] == names
+        assert [m.distance for m in found] == pytest.approx(distances, abs=1e-6)
+        product, similar = recommender.similar(names[1], 3, {"gender": ["Women"]})
+        assert product.filename == names[1] and len(similar) == 3
+        assert all(m.metadata["gender"] == "Women" and m.filename != names[1] for m in similar)
