@@ -95,7 +95,7 @@ def small_bundle(root: Path, n: int = 3_000, index: bool = True) -> tuple[Path, 
     for name in names:
         (root / "images" / name).write_bytes(b"x")
     files = approximate.write(root, approximate.train(embeddings)) if index else ()
-    model = {"architecture": "stub"}
+    model = {"architecture": "stub", "weights": "random:0"}
     write_bundle(root, embeddings=embeddings, filenames=names, model=model, preprocessing="p", index_files=files)
     return root, embeddings
 
@@ -249,3 +249,30 @@ def test_update_keeps_the_lists_and_places_new_rows_without_training(vectors, in
     more = np.concatenate([np.arange(len(changed)), np.full(45_000, -1)])
     grown = approximate.update(data, np.concatenate([changed, embeddings[:45_000]]), more)
     assert grown.retraining_due  # 55k added to 100k trained on
+
+
+def test_the_hub_carries_the_index_like_the_other_data_files(tmp_path, monkeypatch):
+    from hub_standin import HubStandIn
+
+    from fashion_search.hub import fetch_bundle, push_bundle
+    from fashion_search.images import load_catalogue
+
+    monkeypatch.setenv("HF_TOKEN", "hf_standin_token")
+    root, embeddings = small_bundle(tmp_path / "b", n=1_500)
+    with HubStandIn(tmp_path / "store", token="hf_standin_token") as hub:
+        pushed = push_bundle(root, "shop/catalogue", endpoint=hub.url)
+        fetched, _ = load_catalogue(fetch_bundle(pushed.catalogue_value, cache_dir=tmp_path / "c1", endpoint=hub.url))
+        assert fetched.has_index
+        for name in INDEX_FILES:
+            assert (fetched.root / name).read_bytes() == (root / name).read_bytes()
+        queries = embeddings[:5] + 0.01
+        local = open_index(load_bundle(root)).search(queries, 5)
+        assert isinstance(open_index(fetched), ApproximateIndex) and open_index(fetched).search(queries, 5) == local
+        # Pushed again without its index: the index's files leave the repo, and the fetched revision has none.
+        bundle = load_bundle(root)
+        write_bundle(
+            root, embeddings=embeddings, filenames=bundle.filenames, model=bundle.manifest["model"], preprocessing="p"
+        )
+        again = push_bundle(root, "shop/catalogue", endpoint=hub.url)
+        plain, _ = load_catalogue(fetch_bundle(again.catalogue_value, cache_dir=tmp_path / "c2", endpoint=hub.url))
+        assert not plain.has_index and not any((plain.root / name).exists() for name in INDEX_FILES)
