@@ -96,15 +96,16 @@ def ann_bundle(rows: int, weights: Path, base: np.ndarray, log=print) -> tuple[P
     return root, built
 
 
-def run(ctx, runs: int, sizes=SIZES, queries: int = QUERIES) -> list[Row]:
+def run(ctx, runs: int, sizes=SIZES, queries: int = QUERIES, parts=("search", "app")) -> list[Row]:
     real = real_vectors.real_embeddings(ctx.weights, log=ctx.log)
     base, held_out = real_vectors.split(real)
     held_out = held_out[:queries]
     out: list[Row] = []
     for rows in sizes:
         bundle_dir, built = ann_bundle(rows, ctx.weights, base, log=ctx.log)
-        out += _search_rows(ctx, rows, bundle_dir, built, held_out)
-        if rows == max(sizes):
+        if "search" in parts:
+            out += _search_rows(ctx, rows, bundle_dir, built, held_out)
+        if rows == max(sizes) and "app" in parts:
             out += _app_rows(ctx, runs, rows, bundle_dir)
     return out
 
@@ -170,6 +171,7 @@ def _search_rows(ctx, rows: int, bundle_dir: Path, built: dict, queries: np.ndar
         )
     exact_rows = np.array([[m.row for m in found] for found in exact.matches(queries, 20)])
     spread = describe_neighbourhoods(bundle.embeddings, queries, exact_rows)
+    ctx.log(f"  {label}: neighbourhoods {spread}; bundle and index loaded in {load_seconds:.1f} s; built {built}")
     result.append(
         Row(
             f"8: the vectors at {label} rows: median distance of a held-out query to its nearest, its 20th nearest and "
@@ -210,7 +212,7 @@ def _app_rows(ctx, runs: int, rows: int, bundle_dir: Path) -> list[Row]:
         start_big = big.wait_ready(timeout=1800)
         small_app = servers.enter_context(Server.app(small, ctx.weights))
         start_small = small_app.wait_ready()
-        big_client, small_client = client(big.url), client(small.url)
+        big_client, small_client = client(big.url), client(small_app.url)
         for path in queries:
             ask(big_client, path), ask(small_client, path)
         trips_big, trips_small = [], []
@@ -278,10 +280,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--queries", type=int, default=QUERIES)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", choices=("search", "app"), default=["search", "app"])
     args = parser.parse_args()
     weights = data.weights_file()
     ctx = Context(weights=weights, embedder=Embedder.load(weights))
-    print(markdown(run(ctx, args.runs, args.rows, args.queries)))
+    print(markdown(run(ctx, args.runs, args.rows, args.queries, args.parts)))
 
 
 if __name__ == "__main__":
