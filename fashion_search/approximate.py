@@ -4,7 +4,8 @@ candidates are ranked by their exact distance over the float32 vectors.
 `precompute.py --index approximate` writes it into the bundle as plain arrays (`.npy` without pickle, and JSON), each
 listed in the manifest with its sha256 like every other bundle file:
 
-    ivf.json              its parameters: reduced dimensions, lists, rows trained on, rows added since
+    ivf.json              its parameters: reduced dimensions, lists, rows trained on, rows added since, and how far
+                          from its centroid a row trained on lies at most, nine times in ten ("far")
     ivf_mean.npy          (d,) float32: the PCA's centre
     ivf_components.npy    (d', d) float32: the PCA's axes, orthonormal rows
     ivf_centroids.npy     (L, d') float32: the k-means centroids of the reduced vectors, one per list
@@ -22,7 +23,6 @@ the scan did not reach can be missed (recall: benchmarks/RESULTS.md, figure 8).
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,6 @@ from sklearn.metrics.pairwise import euclidean_distances
 
 from fashion_search.bundle import INDEX_FILES, BundleError
 from fashion_search.index import Neighbour, limited_threads
-
-log = logging.getLogger(__name__)
 
 KIND = "ivf-pca-1"
 INFO, MEAN, COMPONENTS, CENTROIDS, LISTS, CODES = INDEX_FILES
