@@ -10,12 +10,12 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
 import yaml
-from conftest import make_bundle
+from conftest import CHROMIUM, NEEDS_CHROMIUM, make_bundle
 from hub_standin import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
 from PIL import Image
@@ -720,3 +720,43 @@ def test_the_app_refuses_a_tampered_revision_with_a_message_and_no_traceback(hub
     assert done.returncode == 1 and "Traceback" not in done.stderr and last.startswith("error: ")
     assert "member '1164.jpg' is a sparse file (declaring 3,221,225,472 bytes), not a plain file" in last
     assert disk_use(tmp_path)[0] < 10 << 20
+
+
+@pytest.mark.slow
+@NEEDS_CHROMIUM
+def test_in_a_browser_the_pictures_of_a_hub_revision_come_from_its_shards_byte_for_byte(hub, tmp_path):
+    """The page of an app serving a Hub revision: each gallery picture is the catalogue's file to the byte, and a click
+    on a result makes its picture the query, named, as with a bundle folder."""
+    from app_runner import AppProcess, app_env, build_random_weights_bundle, free_port
+    from playwright.sync_api import expect, sync_playwright
+    from test_browser import ALL_IMAGES_LOADED, CHROMIUM_ARGS, TIMEOUT_MS, upload_and_submit
+
+    local = build_random_weights_bundle(tmp_path / "made")
+    result = push_bundle(local, REPO, endpoint=hub.url)
+    port = free_port()
+    env = app_env(tmp_path, FASHION_CATALOG=result.catalogue_value, FASHION_WEIGHTS="random", HF_ENDPOINT=hub.url)
+    env["GRADIO_SERVER_PORT"] = str(port)
+    bytes_of = """async images => Promise.all(images.map(async img =>
+        [img.src, Array.from(new Uint8Array(await (await fetch(img.src)).arrayBuffer()))]))"""
+
+    with AppProcess([], env, tmp_path / "app.log") as app, sync_playwright() as playwright:
+        url = app.wait_ready(port)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        upload_and_submit(page, local / "images" / load_catalogue(local)[0].filenames[2])
+        page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+        pictures = page.eval_on_selector_all("#products img", bytes_of)
+        page.locator("#products img").nth(1).click()
+        label = page.locator("#query > label[data-testid='block-label']")
+        expect(label).to_contain_text("More like this: ")
+        photo = page.eval_on_selector("#query img", "img => img.complete && img.naturalWidth > 0")
+        browser.close()
+
+    prefix = f"{url}catalogue-images/{result.commit_sha}/"
+    assert len(pictures) == 5 and all(src.startswith(prefix) for src, _ in pictures)
+    for src, data in pictures:
+        name = unquote(src[len(prefix) :].split("/", 1)[1])
+        assert bytes(data) == (local / "images" / name).read_bytes(), src
+    assert photo
