@@ -95,11 +95,11 @@ def build_bundle(
     """Embed every image under `images_dir` into the bundle `out_dir` (created, or updated in place).
 
     Args:
+        embedder: an Embedder (its model runs here, `workers` threads decoding ahead of it), or an engine that runs
+            the model elsewhere (`ray_engine.RayEngine`): anything with `describe()` and `embed_chunks(chunks)`.
         index: "exact" (no index: the app searches every row) or "approximate" (an inverted-file index for large
             catalogues, fashion_search.approximate): trained on the first build, then carried over to new rows
             without training unless `retrain_index`.
-        embedder: an Embedder (its model runs here, `workers` threads decoding ahead of it), or an engine that runs
-            the model elsewhere (`ray_engine.RayEngine`): anything with `describe()` and `embed_chunks(chunks)`.
     """
     engine = embedder if hasattr(embedder, "embed_chunks") else LocalEngine(embedder, workers)
     if batch_size < 1:
@@ -121,7 +121,8 @@ def build_bundle(
         model = engine.describe()
         _prepare_work(work, model, batch_size)
         digests = _hash_sources(images_dir, files, quiet, summary)
-        vectors, previous = _reuse_previous(out, staging, model, digests, summary)
+        previous, reused = _reuse_previous(out, staging, model, digests, summary)
+        vectors = {name: previous.embeddings[row] for name, row in reused.items()}
         todo = [name for name in files if name in digests and name not in vectors]
         chunks = _plan_chunks(images_dir, work, todo, digests, batch_size)
         vectors.update(_embed(engine, chunks, quiet, summary))
@@ -132,7 +133,7 @@ def build_bundle(
         embeddings = np.stack([vectors[name] for name in names])
         index_files = ()
         if index == "approximate":
-            old_rows = _rows_kept(previous, names, digests)
+            old_rows = np.array([reused.get(name, -1) for name in names], dtype=np.int64)
             index_files = _write_index(staging, embeddings, previous, old_rows, retrain_index, summary)
         write_bundle(
             staging,
@@ -195,34 +196,24 @@ def _hash_sources(images_dir: Path, files: list[str], quiet: bool, summary: Buil
 
 def _reuse_previous(
     out: Path, staging: Path, model: dict, digests: dict[str, str], summary: BuildSummary
-) -> tuple[dict, Bundle | None]:
-    """(rows of the existing bundle whose source file is unchanged, with their images linked into staging; that
-    bundle, or None when there is none to reuse)."""
+) -> tuple[Bundle | None, dict[str, int]]:
+    """(the existing bundle, or None when there is none to reuse; file name -> its row there, for each file whose
+    content is unchanged, its image linked into staging)."""
     if not (out / MANIFEST).exists():
-        return {}, None
+        return None, {}
     try:
         previous = load_bundle(out)
         previous.check_compatible(model, PREPROCESSING_ID)
     except BundleError as exc:
         log.warning("Not reusing the existing bundle at %s: %s", out, exc)
-        return {}, None
-    vectors = {}
+        return None, {}
+    reused = {}
     for row, (name, digest) in enumerate(zip(previous.filenames, previous.sources)):
         if digests.get(name) == digest:
             link_or_copy(previous.image_path(row), staging / IMAGES / name)
-            vectors[name] = previous.embeddings[row]
-    summary.reused = len(vectors)
-    return vectors, previous
-
-
-def _rows_kept(previous: Bundle | None, names: list[str], digests: dict[str, str]) -> np.ndarray:
-    """For each of `names`, its row in `previous` when it was reused from there (same file, same content), else -1."""
-    if previous is None:
-        return np.full(len(names), -1, dtype=np.int64)
-    rows = {name: row for row, name in enumerate(previous.filenames)}
-    kept = [rows.get(name, -1) for name in names]
-    same = [row >= 0 and previous.sources[row] == digests[name] for row, name in zip(kept, names)]
-    return np.where(same, kept, -1).astype(np.int64)
+            reused[name] = row
+    summary.reused = len(reused)
+    return previous, reused
 
 
 def _write_index(
