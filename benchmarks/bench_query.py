@@ -85,7 +85,7 @@ def run_query(ctx, runs: int, repeat: int, rows: int = 44_000) -> list[Row]:
         filenames=[f"{i}.jpg" for i in range(rows)],
         metadata=None,
         sources=[""] * rows,
-        manifest={"model": ctx.embedder.describe(), "preprocessing": PREPROCESSING_ID},
+        manifest={"model": ctx.embedder.describe(), "preprocessing": PREPROCESSING_ID, "files": {}},
     )
     searcher = Searcher(ctx.embedder, bundle)
     recommender = Recommender(searcher)

@@ -133,10 +133,15 @@ def update(previous: IvfIndexData, embeddings: np.ndarray, old_rows: np.ndarray)
 
 def write(root: Path, data: IvfIndexData) -> list[str]:
     """Write the index files into the bundle folder `root`; returns their names (for the manifest)."""
-    for name, array in ((MEAN, data.mean), (COMPONENTS, data.components), (CENTROIDS, data.centroids)):
+    arrays = {
+        MEAN: data.mean,
+        COMPONENTS: data.components,
+        CENTROIDS: data.centroids,
+        LISTS: data.lists,
+        CODES: data.codes,
+    }
+    for name, array in arrays.items():
         np.save(root / name, array, allow_pickle=False)
-    np.save(root / LISTS, data.lists, allow_pickle=False)
-    np.save(root / CODES, data.codes, allow_pickle=False)
     (root / INFO).write_text(json.dumps(data.info, sort_keys=True), encoding="utf-8")
     return list(INDEX_FILES)
 
@@ -183,8 +188,9 @@ class ApproximateIndex:
         return len(self.embeddings)
 
     def check_agreement(self, root: Path) -> None:
-        """A sample of rows: each reduced vector is its embedding's, and each row is in its nearest centroid's list.
-        (A disagreeing index could only cost recall, never a wrong distance: results are ranked on the embeddings.)"""
+        """A sample of rows: each reduced vector is its embedding's, and each row's list is among its NEAR_LISTS
+        nearest. (A disagreeing index could only cost recall, never a wrong distance: results are ranked on the
+        embeddings.)"""
         n = len(self.embeddings)
         rows = np.unique(np.random.default_rng(0).integers(0, n, min(n, CHECK_ROWS)))
         expected = (np.asarray(self.embeddings[rows]) - self.data.mean) @ self.data.components.T
@@ -194,9 +200,8 @@ class ApproximateIndex:
         # A row joined its nearest list when it was added; lists added since for new products may be nearer still.
         distances = euclidean_distances(stored, self.data.centroids, squared=True)
         mine = distances[np.arange(len(rows)), self.data.lists[rows]]
-        near = np.partition(distances, min(NEAR_LISTS, distances.shape[1]) - 1, axis=1)[
-            :, min(NEAR_LISTS, distances.shape[1]) - 1
-        ]
+        last = min(NEAR_LISTS, distances.shape[1]) - 1
+        near = np.partition(distances, last, axis=1)[:, last]
         if np.any(mine > near + 1e-3):
             raise IndexFileError(f"{root / LISTS} puts rows in lists whose centroid is far from them. {_REBUILD}")
 

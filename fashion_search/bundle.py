@@ -95,7 +95,7 @@ class Bundle:
     @property
     def has_index(self) -> bool:
         """Whether precompute.py --index approximate gave it an approximate nearest-neighbour index."""
-        return INDEX_FILES[0] in self.manifest.get("files", {})
+        return INDEX_FILES[0] in self.manifest["files"]
 
     @property
     def weights(self) -> str:

@@ -98,7 +98,7 @@ def random_catalogue(seed: int, n: int = 400) -> tuple[list[dict], Bundle]:
     rows = [json.loads(json.dumps(row)) for row in rows]  # as load_bundle's json.loads gives them
     x = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    manifest = {"model": StubEmbedder().describe(), "preprocessing": PREPROCESSING_ID}
+    manifest = {"model": StubEmbedder().describe(), "preprocessing": PREPROCESSING_ID, "files": {}}
     return rows, Bundle(Path("/nonexistent"), x, [f"{i}.jpg" for i in range(n)], rows, [""] * n, manifest)
 
 
@@ -153,7 +153,7 @@ def test_near_duplicates_are_left_out_and_the_page_filled_up_from_further_down(k
     originals = rng.normal(size=(40, 16))
     shots = np.concatenate([originals + rng.normal(scale=0.003, size=originals.shape) for _ in range(3)])
     x = (shots / np.linalg.norm(shots, axis=1, keepdims=True)).astype(np.float32)
-    manifest = {"model": StubEmbedder().describe(), "preprocessing": PREPROCESSING_ID}
+    manifest = {"model": StubEmbedder().describe(), "preprocessing": PREPROCESSING_ID, "files": {}}
     bundle = Bundle(Path("/nonexistent"), x, [f"{i}.jpg" for i in range(len(x))], None, [""] * len(x), manifest)
     searcher = Searcher(StubEmbedder(), bundle)
     query = x[5] + np.float32(0.01)
