@@ -6,14 +6,11 @@ Alone in its module because Gradio writes a stub (`upload_image.pyi`) next to th
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import anyio
 import gradio as gr
+import safehttpx
 from gradio import data_classes
-from gradio.processing_utils import is_public_ip
 from gradio_client.utils import is_http_url_like
 from pydantic import ValidationError
 
@@ -61,22 +58,32 @@ class UploadedImage(gr.Image):
         except Exception as exc:
             if not is_http_url_like(str(url_or_file_path)):
                 raise
-            message = await anyio.to_thread.run_sync(photo_url_refused, str(url_or_file_path), exc)
+            message = photo_url_refused(str(url_or_file_path), exc)
             log.warning("%s", message)
             raise gr.Error(message, print_exception=False) from None
 
 
 def photo_url_refused(url: str, cause: Exception) -> str:
-    """Why the photo at `url` was not fetched, for the caller (on one line)."""
-    host = urlsplit(url).hostname or ""
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except (OSError, UnicodeError):
-        addresses = set()
-    if addresses and not any(is_public_ip(address) for address in addresses):
+    """Why the photo at `url` was not fetched, for the caller (on one line): `cause` is what the download raised."""
+    if refused_by_guard(cause):
         reason = "its address is not public, and this app fetches photos only from public addresses"
     else:
         reason = str(cause) or type(cause).__name__
     shown = url if len(url) <= 200 else url[:200] + "…"
     message = f"Could not fetch the photo at {shown}: {reason}. Give the URL of a picture on a public web server."
     return "".join(c if c.isprintable() else " " for c in message)
+
+
+def refused_by_guard(cause: BaseException) -> bool:
+    """Whether `cause` is the refusal of Gradio's download guard (safehttpx.async_validate_url): the URL's host has no
+    public address, so nothing was fetched. Told by where it was raised and what it says, not by looking the host up
+    again (the guard's other refusal there, a host that does not resolve, is shown as it is)."""
+    last = cause.__traceback__
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    return (
+        isinstance(cause, ValueError)
+        and last is not None
+        and last.tb_frame.f_code is safehttpx.async_validate_url.__code__
+        and str(cause).endswith(" failed validation")
+    )

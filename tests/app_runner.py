@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK_ONLY = Path(__file__).resolve().parent / "loopback_only"  # its sitecustomize.py: see demo_app
 START_TIMEOUT = 300  # seconds for `python app.py` to answer: TensorFlow and the model load on a busy 2-core machine
 
 
@@ -183,14 +184,18 @@ class DemoApp:
 def demo_app() -> DemoApp:
     """`python app.py --weights random` on the embedded demo catalogue, as a newcomer starts it (once per session).
 
-    Its HTTP(S)_PROXY is a RecordingServer on 127.0.0.1, so the app reaches no other address, and a test can see what
-    it tried to fetch from outside (NO_PROXY keeps its own 127.0.0.1 calls direct)."""
+    It reaches no address beyond loopback, and a test sees what it tried, in `outside.requests`: its HTTP(S)_PROXY is
+    a RecordingServer on 127.0.0.1 (NO_PROXY keeps its own 127.0.0.1 calls direct), and any connection it opens
+    directly to another address is refused before a packet leaves and reported there as "GET /connect/HOST/PORT"
+    (tests/loopback_only/sitecustomize.py)."""
     folder = Path(tempfile.mkdtemp(prefix="demo-app-"))
     outside = RecordingServer()
     port = free_port()
     proxy = {name: outside.url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
     no_proxy = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    env = app_env(folder, **proxy, **no_proxy)
+    python_path = os.pathsep.join(filter(None, [str(LOOPBACK_ONLY), os.environ.get("PYTHONPATH")]))
+    loopback_only = {"PYTHONPATH": python_path, "LOOPBACK_ONLY_RECORDER": outside.url}
+    env = app_env(folder, **proxy, **no_proxy, **loopback_only)
     app = AppProcess(["--weights", "random", "--host", "127.0.0.1", "--port", str(port)], env, folder / "app.log")
     atexit.register(outside.close)
     atexit.register(app.stop)
