@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +180,9 @@ def test_searches_made_together_equal_searches_made_one_at_a_time(recommender, e
         (vectors[4], 5, {"gender": ["Women"], "baseColour": []}),  # an empty choice is no filter on that column
         (vectors[5], 5, {"masterCategory": ["Footwear"], "articleType": ["Watches"]}),  # nothing matches
     ]
-    got = recommender._search_batch([webapp._Query(vector, k, webapp._canonical(f)) for vector, k, f in requests])
+    got = recommender._search_batch(
+        [webapp._Query(recommender.snapshot, vector, k, webapp._canonical(f)) for vector, k, f in requests]
+    )
 
     for (vector, k, filters), result in zip(requests[:5], got[:5]):
         want = searcher.matches(vector[None, :], k, filters)[0]
@@ -259,39 +261,94 @@ def test_startup_errors_carry_the_fix(bundle_dir, weights_file, tmp_path):
     )
 
 
-def test_a_catalogue_with_an_approximate_index_is_searched_with_it_unless_told_exact(
-    bundle_dir, embedder, catalogue, tmp_path
-):
-    """Both searches give the reference design's top-5 and distances here; FASHION_SEARCH=exact picks the exact one."""
-    from conftest import reference_top_k
+INDEXED_ROWS, INDEXED_LISTS = 4000, 1000  # a search probes 96 lists' worth of rows: about a tenth of them
+
+
+@dataclass(frozen=True)
+class IndexedCatalogue:
+    root: Path
+    # For products whose 5 most similar others differ between the two searches: each search's answer, as
+    # [(filename, distance), ...]: the index's own (approximate.ApproximateIndex) and the reference design's (brute).
+    by_index: dict[str, list[tuple[str, float]]]
+    by_reference: dict[str, list[tuple[str, float]]]
+
+
+@pytest.fixture(scope="module")
+def indexed_catalogue(tmp_path_factory, bundle_dir) -> IndexedCatalogue:
+    """A bundle for the test model of INDEXED_ROWS products (synthetic vectors, tiny JPEGs) with an approximate index
+    of INDEXED_LISTS lists, so that a search through it scans only part of the catalogue and misses some neighbours."""
+    from big_catalogue import write_catalogue_bundle
+    from conftest import similar_reference
 
     from fashion_search import approximate
     from fashion_search.bundle import write_bundle
-    from fashion_search.index import NeighbourIndex
-    from fashion_search.search import Searcher
 
-    indexed = tmp_path / "indexed"
-    shutil.copytree(bundle_dir, indexed)
-    bundle = load_bundle(indexed)
+    made_with = load_bundle(bundle_dir).manifest
+    root = tmp_path_factory.mktemp("indexed") / "catalogue"
+    ids = range(10_000, 10_000 + INDEXED_ROWS)
+    write_catalogue_bundle(
+        root, ids, model=made_with["model"], preprocessing=made_with["preprocessing"], dim=made_with["dim"]
+    )
+    bundle = load_bundle(root)
     embeddings = np.array(bundle.embeddings)  # a copy: the bundle's own is mapped from the file rewritten below
     write_bundle(
-        indexed,
+        root,
         embeddings=embeddings,
         filenames=bundle.filenames,
         sources=bundle.sources,
         metadata=bundle.metadata,
-        model=bundle.manifest["model"],
-        preprocessing=bundle.manifest["preprocessing"],
-        index_files=approximate.write(indexed, approximate.train(embeddings)),
+        model=made_with["model"],
+        preprocessing=made_with["preprocessing"],
+        index_files=approximate.write(root, approximate.train(embeddings, lists=INDEXED_LISTS)),
     )
-    query = catalogue / "images" / "1005.jpg"
-    names, distances = reference_top_k(embedder, load_bundle(indexed), query)
-    for search, kind in (("auto", approximate.ApproximateIndex), ("exact", NeighbourIndex)):
-        recommender = webapp.Recommender(Searcher(embedder, load_bundle(indexed), search))
-        assert type(recommender.searcher.index) is kind
-        found = recommender.recommend(str(query))
-        assert [m.filename for m in found] == names
-        assert [m.distance for m in found] == pytest.approx(distances, abs=1e-6)
-        product, similar = recommender.similar(names[1], 3, {"gender": ["Women"]})
-        assert product.filename == names[1] and len(similar) == 3
-        assert all(m.metadata["gender"] == "Women" and m.filename != names[1] for m in similar)
+    bundle = load_bundle(root)
+    index = approximate.load(root, bundle.embeddings)
+    by_index, by_reference = {}, {}
+    for row, name in enumerate(bundle.filenames[:40]):
+        found = [n for n in index.search(bundle.embeddings[row], k=6)[0] if n.row != row][:5]
+        by_index[name] = [(bundle.filenames[n.row], n.distance) for n in found]
+        by_reference[name] = list(zip(*similar_reference(bundle, name, 5)))
+    apart = [name for name in by_index if names(by_index[name]) != names(by_reference[name])]
+    assert len(apart) >= 10, "the index scans too much of the catalogue to be told apart from the exact search"
+    return IndexedCatalogue(
+        root, {name: by_index[name] for name in apart}, {name: by_reference[name] for name in apart}
+    )
+
+
+def names(found: list[tuple[str, float]]) -> list[str]:
+    return [filename for filename, _ in found]
+
+
+def assert_answers(recommender: webapp.Recommender, expected: dict[str, list[tuple[str, float]]]) -> None:
+    """The app's /similar answer for each product: `expected`'s products in its order, its distances to 1e-6."""
+    for name, found in expected.items():
+        _, similar = recommender.similar(name, 5)
+        assert [m.filename for m in similar] == names(found), name
+        assert [m.distance for m in similar] == pytest.approx([distance for _, distance in found], abs=1e-6)
+
+
+def test_a_catalogue_with_an_approximate_index_is_searched_with_it_unless_told_exact(
+    indexed_catalogue, weights_file, tmp_path
+):
+    """Settings.search through load_recommender: "auto" answers with the index's own neighbours, "exact" with the
+    reference design's, on products for which the two differ; filters hold with either."""
+    for search, expected in (("auto", indexed_catalogue.by_index), ("exact", indexed_catalogue.by_reference)):
+        settings = Settings(str(indexed_catalogue.root), str(weights_file), tmp_path, search=search)
+        recommender = webapp.load_recommender(settings, warm_up=False)
+        assert_answers(recommender, expected)
+        product, similar = recommender.similar(next(iter(expected)), 3, {"gender": ["Women"]})
+        assert len(similar) == 3
+        assert all(m.metadata["gender"] == "Women" and m.filename != product.filename for m in similar)
+
+
+@pytest.mark.parametrize("search", ["exact", None])
+def test_fashion_search_in_the_environment_chooses_the_search_the_app_makes(
+    indexed_catalogue, weights_file, tmp_path, search
+):
+    """As app.py starts: the settings resolved from the environment, then load_recommender. Unset: the index."""
+    from fashion_search import config
+
+    env = {"FASHION_CATALOG": str(indexed_catalogue.root), "FASHION_WEIGHTS": str(weights_file)}
+    env |= {"FASHION_CACHE": str(tmp_path)} | ({"FASHION_SEARCH": search} if search else {})
+    recommender = webapp.load_recommender(config.resolve([], env), warm_up=False)
+    assert_answers(recommender, indexed_catalogue.by_reference if search else indexed_catalogue.by_index)
