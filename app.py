@@ -16,7 +16,9 @@ As an MCP server (tools `recommend` and `similar`): http://127.0.0.1:7860/gradio
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import logging
 import sys
 from pathlib import Path
@@ -75,11 +77,17 @@ def description(info: webapp.CatalogueInfo) -> str:
         "Upload a photo of a garment, a shoe or a bag — or take one with your webcam, or paste one — and see the most "
         f"similar of the {info.count:,} products in {catalogue}, nearest first."
     )
+    if info.source != "demo" and info.revision:
+        since = info.live_since.replace("T", " ").replace("+00:00", " UTC")
+        text += f" Revision <code>{info.revision[:12]}</code>, live since {since}."
+    if info.search:
+        text += f" Searched with an {info.search}."
     if info.precision != "float32":
         text += f" The model runs in {info.precision}: faster, with results close to float32's but not always the same."
     if info.random_weights:
         text = (
-            '<p class="random-weights">⚠ This app runs with random model weights (FASHION_WEIGHTS=random): '
+            '<p class="random-weights">⚠ This app runs with random model weights '
+            f"({settings.weights_given or 'FASHION_WEIGHTS=random'}): "
             "the results are not meaningful.</p>" + text
         )
     return text
@@ -146,34 +154,65 @@ def api_signature(fn, documentation: str, leading: list[str], filters: dict[str,
     fn.__doc__ = documentation.format(filters="\n".join(lines))
 
 
-def refuse_quietly(component, name: str) -> None:
+def refuse_quietly(component, name: str, choices=None) -> None:
     """A value Gradio's own check of `component` refuses (a number outside a slider's range, a value not among a
     dropdown's choices, a value of the wrong type) gets a message naming the parameter, and no traceback in the log.
-    A multiselect dropdown also takes a single value for a list of one."""
+    A multiselect dropdown also takes a single value for a list of one, and, given `choices()` (the values of the
+    catalogue served now, which may have changed since the page was built), is checked against those instead."""
     check = component.preprocess
 
     def preprocess(payload):
+        if choices is not None:
+            values = [] if payload is None else payload if isinstance(payload, list) else [payload]
+            allowed = choices()
+            if not all(isinstance(value, str) and value in allowed for value in values):
+                raise gr.Error(refusal(component, name, payload, allowed), print_exception=False)
+            return values
         try:
             value = check(payload)
         except Exception:
             raise gr.Error(refusal(component, name, payload), print_exception=False) from None
+        if isinstance(component, gr.Slider) and component.precision == 0 and value != payload:  # 2.5 would become 2
+            raise gr.Error(refusal(component, name, payload), print_exception=False)
         multiselect = isinstance(component, gr.Dropdown) and component.multiselect
         return [value] if multiselect and isinstance(value, (str, int, float)) else value
 
     component.preprocess = preprocess
 
 
-def refusal(component, name: str, payload) -> str:
-    """The message for a value `component` refused."""
+def refusal(component, name: str, payload, choices: list | None = None) -> str:
+    """The message for a value `component` refused (`choices`: a dropdown's accepted values, if not its own)."""
     if isinstance(component, gr.Slider):
-        return f"{name} must be a number from {component.minimum:g} to {component.maximum:g}; got {payload!r}."
+        whole = component.precision == 0 and isinstance(payload, float) and not payload.is_integer()
+        number = "a whole number" if whole else "a number"
+        return f"{name} must be {number} from {component.minimum:g} to {component.maximum:g}; got {payload!r}."
     if isinstance(component, gr.Dropdown):
-        choices = [value for _, value in component.choices]
+        choices = choices if choices is not None else [value for _, value in component.choices]
         given = payload if isinstance(payload, list) else [payload]
         wrong = next((value for value in given if value not in choices), payload)
         shown = ", ".join(map(repr, choices[:MAX_CHOICES_SHOWN])) + (", …" if len(choices) > MAX_CHOICES_SHOWN else "")
         return f"{wrong!r} is not a value of {name}: give a list of values among {shown}."
     return f"{name} cannot take {payload!r}."
+
+
+def refuse_missing_inputs(demo: gr.Blocks) -> None:
+    """A call over raw HTTP that sends fewer inputs than the endpoint takes gets a message naming them all, and no
+    traceback in the log (Gradio's own check answers {"error": null} and logs one). gradio_client and MCP send all."""
+    check = demo.validate_inputs
+
+    def validate_inputs(block_fn, inputs):
+        try:
+            check(block_fn, inputs)
+        except ValueError:
+            names = list(inspect.signature(block_fn.fn).parameters) if block_fn.fn else []
+            wanted = len(block_fn.inputs)
+            order = f", in this order: {', '.join(names)}" if len(names) == wanted else ""
+            raise gr.Error(
+                f"/{block_fn.api_name} takes {wanted} inputs, every one of them{order}; got {len(inputs)}.",
+                print_exception=False,
+            ) from None
+
+    demo.validate_inputs = validate_inputs
 
 
 def build_demo(recommender: webapp.Recommender) -> gr.Interface:
@@ -187,8 +226,9 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         filters, extra = options[: len(filter_names)], options[len(filter_names) :]
         gap, region = (*extra, *(0.0, "")[len(extra) :])
         chosen = {recommender.filter_columns[name]: values for name, values in zip(filter_names, filters)}
-        matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0), region))
-        return webapp.gallery_items(matches, recommender.images, image_route.root_url()), webapp.listing(matches)
+        snapshot = recommender.snapshot  # read once: the whole answer comes from this revision
+        matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0), region, snapshot))
+        return served(matches, snapshot)
 
     trailing = {"near_duplicate_distance": 0.0, "region": ""}
     api_signature(recommend, RECOMMEND_DOC, ["image"], recommender.filter_columns, trailing)
@@ -235,8 +275,10 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         info="only this part of the photo is searched: drag a box on the photo, or type it; empty = the whole photo",
         elem_id="region",
     )
-    for component, name in [(top_k, "top_k"), *((c, n) for n, c in filters.items())]:
-        refuse_quietly(component, name)
+    refuse_quietly(top_k, "top_k")
+    for name, dropdown in filters.items():
+        column = recommender.filter_columns[name]
+        refuse_quietly(dropdown, name, lambda column=column: recommender.filter_choices.get(column, []))
     refuse_quietly(near_duplicates, "near_duplicate_distance")
     refuse_quietly(region, "region")
     demo = gr.Interface(
@@ -250,7 +292,7 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         examples=[[str(path)] for path in demo_assets.example_images()],
         cache_examples=False,  # a query costs well under a second; cached results would ignore the options
         title="Fashion visual search",
-        description=description(recommender.info),
+        description=(text := description(recommender.info)),
         article=article(recommender.info),
         api_name="recommend",
         flagging_mode="never",
@@ -268,6 +310,16 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
             return None
         return gr.skip()
 
+    def page():
+        """A new visitor sees the catalogue served now: its description and filter values (after a swap)."""
+        snapshot = recommender.snapshot
+        choices = snapshot.filter_choices
+        columns = recommender.filter_columns
+        return (
+            description(snapshot.info),
+            *(gr.Dropdown(choices=choices.get(columns[name], [])) for name in filters),
+        )
+
     def name_query(image: str | None):
         """The photo's label: the product's name when the photo is a result clicked for more like it."""
         product = recommender.product_at(image)
@@ -276,7 +328,9 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         name, details = webapp.describe_product(product)
         return gr.Image(label=f"More like this: {name}" + (f" · {details}" if details else ""))
 
+    intro = next(block for block in demo.blocks.values() if isinstance(block, gr.Markdown) and block.value == text)
     with demo:
+        demo.load(page, None, [intro, *filters.values()], api_visibility="private", queue=False)
         photo.upload(check_upload, photo, photo, api_visibility="private", concurrency_limit=webapp.MAX_BATCH_SIZE)
         photo.change(name_query, photo, photo, api_visibility="private", queue=False)
         # A new photo (an upload, or a clicked result) is searched whole until a box is drawn on it; the click that
@@ -288,7 +342,15 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
             js="() => document.querySelector('#query').dataset.region || ''",
             api_visibility="private",
         )
+    refuse_missing_inputs(demo)
     return demo
+
+
+def served(matches, snapshot) -> tuple[list, list[dict]]:
+    """An answer's gallery (pictures and captions) and JSON listing, naming the revision it came from."""
+    return webapp.gallery_items(matches, snapshot.images, image_route.root_url()), webapp.listing(
+        matches, snapshot.revision
+    )
 
 
 def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filters: dict) -> None:
@@ -300,8 +362,9 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
     def similar(filename: str, top_k: float = DEFAULT_K, *chosen: list[str]) -> tuple[list, list[dict]]:
         # Documented below, with its parameters: one list of chosen values per filter after top_k.
         wanted = {columns[name]: values for name, values in zip(filters, chosen)}
-        _, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted))
-        return webapp.gallery_items(matches, recommender.images, image_route.root_url()), webapp.listing(matches)
+        snapshot = recommender.snapshot
+        _, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted, snapshot))
+        return served(matches, snapshot)
 
     api_signature(similar, SIMILAR_DOC, ["filename"], columns, {})
 
@@ -309,12 +372,14 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
         """A click on a result: that product becomes the query, and its neighbours the results."""
         filename = listing[event.index]["filename"]
         wanted = {columns[name]: values for name, values in zip(filters, chosen)}
-        product, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted))
+        snapshot = recommender.snapshot
+        product, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted, snapshot))
+        pictures, listing = served(matches, snapshot)
         # The new results start with none selected (Gradio would keep the clicked position highlighted).
         return (
-            image_route.photo_file(recommender.images, product.row, photo.GRADIO_CACHE),
-            gr.Gallery(webapp.gallery_items(matches, recommender.images, image_route.root_url()), selected_index=None),
-            webapp.listing(matches),
+            image_route.photo_file(snapshot.images, product.row, photo.GRADIO_CACHE),
+            gr.Gallery(pictures, selected_index=None),
+            listing,
         )
 
     with demo:
@@ -360,8 +425,8 @@ def launch_options() -> dict:
         "state_session_capacity": webapp.SESSION_CAPACITY,
         "css": CSS,
         "js": REGION_JS,
-        # The file route of a Hub revision's pictures (none for a bundle folder): before Gradio's own routes.
-        "app_kwargs": {"routes": image_route.routes(recommender.images)},
+        # The file route of the pictures of a Hub revision or a followed folder: before Gradio's own routes.
+        "app_kwargs": {"routes": image_route.routes(recommender.picture)},
         # Also an MCP server: the tools recommend and similar at /gradio_api/mcp/ (the gradio[mcp] extra).
         "mcp_server": True,
         # System fonts: the page asks no third party for anything.
@@ -370,7 +435,26 @@ def launch_options() -> dict:
     }
 
 
+# Gradio's start-up advice, which no user of app.py can follow; replaced by what they can do, or dropped on a Space.
+SHARE_ADVICE = "* To create a public link, set `share=True` in `launch()`."
+OTHER_MACHINES = "* To open it from other machines: --host 0.0.0.0, or deploy it as a Space (see the README)."
+
+
+def launch(demo: gr.Blocks, **options) -> None:
+    """demo.launch(**options) until stopped, its start-up lines printed as Gradio prints them but SHARE_ADVICE."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            demo.launch(**options, prevent_thread_lock=True)
+    finally:
+        local = getattr(demo, "server_name", None) in ("127.0.0.1", "localhost") and not demo.space_id
+        advice = OTHER_MACHINES if local else None
+        lines = [advice if line == SHARE_ADVICE else line for line in printed.getvalue().splitlines()]
+        print(*(line for line in lines if line is not None), sep="\n", flush=True)
+    demo.block_thread()
+
+
 if __name__ == "__main__":
     address = {"server_name": settings.server_name, "server_port": settings.server_port}
     # Unset flags are left out, so Gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT apply (as on a Space).
-    demo.launch(**{key: value for key, value in address.items() if value is not None}, **launch_options())
+    launch(demo, **{key: value for key, value in address.items() if value is not None}, **launch_options())

@@ -4,6 +4,8 @@ FASHION_CATALOG / --catalog   a bundle folder, or a Hub dataset OWNER/NAME[@REVI
 FASHION_WEIGHTS / --weights   imagenet (default), random, or a Keras .h5 weights file
 FASHION_PRECISION / --precision   float32 or bfloat16; unset = the precision the catalogue was made in
 FASHION_SEARCH / --search     auto (default: the catalogue's approximate index when it has one) or exact
+FASHION_REFRESH / --refresh   seconds between looks for a new revision of a bundle folder or a Hub branch (default
+                              60; 0: never, the catalogue is served as it was at start)
 FASHION_CACHE                 where the demo bundle is built and kept (default ~/.cache/fashion-search)
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are Gradio's own: read by Gradio, overridden only by --host / --port.
 """
@@ -21,6 +23,7 @@ from fashion_search.embedder import PRECISIONS  # (TensorFlow loads only when a 
 from fashion_search.search import SEARCH_MODES
 
 DEFAULT_WEIGHTS = "imagenet"
+DEFAULT_REFRESH = 60.0  # seconds between looks for a new revision of a followed catalogue
 # OWNER/NAME[@REVISION], with OWNER and NAME as the Hub spells repo ids
 _HUB_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _HUB_SPEC = re.compile(rf"({_HUB_NAME})/({_HUB_NAME})(?:@([^\s@]+))?")
@@ -39,6 +42,8 @@ class Settings:
     server_name: str | None = None  # only from --host; None leaves GRADIO_SERVER_NAME / Gradio's default in charge
     server_port: int | None = None  # only from --port; None leaves GRADIO_SERVER_PORT / Gradio's default in charge
     search: str = "auto"  # "auto": the catalogue's approximate index when it has one; "exact": every row, always
+    weights_given: str = ""  # as the user set them: "--weights random", "FASHION_WEIGHTS=random"; "": the default
+    refresh: float = 0.0  # seconds between looks for a new revision (fashion_search.live); 0: never. resolve(): 60
 
 
 def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Settings:
@@ -67,6 +72,12 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
         help="auto (default): the catalogue's approximate index when precompute.py --index approximate made one; "
         "exact: compare with every product, always (env FASHION_SEARCH)",
     )
+    parser.add_argument(
+        "--refresh",
+        type=float,
+        help=f"seconds between looks for a new revision of a bundle folder or a Hub branch, taken live without a "
+        f"restart (env FASHION_REFRESH; default {DEFAULT_REFRESH:g}; 0: never). OWNER/NAME@<commit> never moves",
+    )
     parser.add_argument("--host", help="address to listen on (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: GRADIO_SERVER_PORT or 7860)")
     args = parser.parse_args(list(argv))
@@ -78,6 +89,13 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
     search = args.search or env.get("FASHION_SEARCH", "").strip() or "auto"
     if search not in SEARCH_MODES:
         parser.error(f"FASHION_SEARCH={search!r}: use one of {', '.join(SEARCH_MODES)}, or leave it unset")
+    given = args.refresh if args.refresh is not None else env.get("FASHION_REFRESH", "").strip() or DEFAULT_REFRESH
+    try:
+        refresh = float(given)
+    except ValueError:
+        refresh = -1.0
+    if not 0 <= refresh < float("inf"):
+        parser.error(f"FASHION_REFRESH={given!r}: give a number of seconds (0: never look for a new revision)")
     return Settings(
         catalogue=catalogue.strip() if catalogue else None,
         weights=weights.strip(),
@@ -86,7 +104,14 @@ def resolve(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> S
         server_name=args.host,
         server_port=args.port,
         search=search,
+        weights_given=f"--weights {args.weights}" if args.weights else _as_set(env, "FASHION_WEIGHTS"),
+        refresh=refresh,
     )
+
+
+def _as_set(env: Mapping[str, str], name: str) -> str:
+    """NAME=value when the variable is set and not empty, else ""."""
+    return f"{name}={env[name]}" if env.get(name) else ""
 
 
 def default_cache_dir(env: Mapping[str, str]) -> Path:

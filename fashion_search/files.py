@@ -46,15 +46,14 @@ def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
 
 def swap_in(new: Path, target: Path) -> None:
-    """Replace folder `target` with folder `new`; the old one is kept aside until the new one is in place."""
+    """Replace folder `target` with folder `new`; the old one is kept aside (backup_path) until the next swap, so an
+    app that follows `target` (fashion_search.live) can finish the requests it is answering from it."""
     backup = backup_path(target)
     if target.exists():
         if backup.exists():
             shutil.rmtree(backup)
         os.replace(target, backup)
     os.replace(new, target)
-    if backup.exists():
-        shutil.rmtree(backup)
 
 
 def restore_interrupted_swap(target: Path) -> None:

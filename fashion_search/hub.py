@@ -53,6 +53,7 @@ from fashion_search.revisions import (
     REPO_TYPE,
     SHARD_INDEX,
     assemble,
+    forget,
     keep,
     local_revision,
     manifest_files,
@@ -269,11 +270,7 @@ def fetch_bundle(
             shard that is not a plain tar of the manifest's images).
     """
     repo_id, revision = parse_hub_spec(spec)
-    root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "fashion-search"
-    if hub_cache is not None:
-        library_cache = Path(hub_cache)
-    else:
-        library_cache = root / "hub" if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    root, library_cache = cache_folders(cache_dir, hub_cache)
     api = HfApi(endpoint=endpoint, token=token)
     where = f"{repo_id}@{revision or constants.DEFAULT_REVISION}"
     if revision is not None and _COMMIT.fullmatch(revision):  # a commit never changes: no need to ask the Hub
@@ -283,15 +280,7 @@ def fetch_bundle(
         # Asking for the repo info first is what tells "the Hub is away" apart from "nothing needed downloading";
         # it also checks that the token may read the repo, for a commit that is cached as for one that is not.
         sha = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
-        if revision != sha:  # record where the branch pointed, for a start without the Hub (resolve_revision alone
-            # would hide an unreachable Hub behind its own cached answer, so it comes second)
-            api.resolve_revision(repo_id, repo_type=REPO_TYPE, revision=revision, cache_dir=library_cache)
-        folder = local_revision(root, library_cache, repo_id, sha)
-        if folder is None:
-            folder = assemble(
-                _download(api, repo_id, sha, library_cache), repo_id, sha, revision_folder(root, repo_id, sha)
-            )
-        return keep(folder, library_cache, repo_id)
+        return keep(_materialise(api, repo_id, revision, sha, root, library_cache), library_cache, repo_id)
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise CatalogueNotFound(
             f"The Hub at {api.endpoint} has no dataset {where} you can read ({type(err).__name__}). Check the "
@@ -324,6 +313,90 @@ def fetch_bundle(
         sha,
         folder,
     )
+    return folder
+
+
+def is_commit(revision: str) -> bool:
+    """Whether a revision is a full commit sha (pinned: it never moves), not a branch or tag."""
+    return bool(_COMMIT.fullmatch(revision))
+
+
+def cache_folders(cache_dir: str | Path | None = None, hub_cache: str | Path | None = None) -> tuple[Path, Path]:
+    """(where the revision folders are kept, huggingface_hub's cache), as fetch_bundle documents the defaults."""
+    root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "fashion-search"
+    if hub_cache is not None:
+        return root, Path(hub_cache)
+    return root, root / "hub" if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+
+
+def head_commit(spec: str, *, token: str | None = None, endpoint: str | None = None) -> str:
+    """The commit that `spec`'s branch (or the commit it pins) is at now: one request to the Hub, none for a commit.
+
+    Raises:
+        HubUnavailable: the Hub cannot be reached, or answers a server error.
+        CatalogueNotFound: the Hub says the repo or the branch does not exist (or the token gives no access).
+    """
+    repo_id, revision = parse_hub_spec(spec)
+    if revision is not None and _COMMIT.fullmatch(revision):
+        return revision
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        return api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise CatalogueNotFound(f"The Hub at {api.endpoint} has no dataset {spec} you can read.") from err
+    except _UNREACHABLE as err:
+        if isinstance(err, HfHubHTTPError) and err.response.status_code < 500:
+            raise CatalogueNotFound(f"The Hub at {api.endpoint} refused {spec}: {err}") from err
+        raise HubUnavailable(f"Cannot reach the Hub at {api.endpoint} ({type(err).__name__}: {err}).") from err
+
+
+def fetch_commit(
+    spec: str,
+    sha: str,
+    *,
+    cache_dir: str | Path | None = None,
+    hub_cache: str | Path | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """The folder of commit `sha` of `spec`'s repo (head_commit's answer): from the cache when complete there, else
+    downloaded (only the files the cache does not hold already) and checked as fetch_bundle does; the branch `spec`
+    names is recorded as pointing to it, for a start without the Hub. Old revisions are left for `release_commit`.
+
+    Raises:
+        HubUnavailable, CatalogueNotFound: as head_commit.
+        BundleError: the revision's files do not make a bundle.
+    """
+    repo_id, revision = parse_hub_spec(spec)
+    root, library_cache = cache_folders(cache_dir, hub_cache)
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        return _materialise(api, repo_id, revision, sha, root, library_cache)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise CatalogueNotFound(f"The Hub at {api.endpoint} has no dataset {repo_id}@{sha} you can read.") from err
+    except _UNREACHABLE as err:
+        if isinstance(err, HfHubHTTPError) and err.response.status_code < 500:
+            raise
+        raise HubUnavailable(f"Cannot reach the Hub at {api.endpoint} ({type(err).__name__}: {err}).") from err
+
+
+def release_commit(spec: str, sha: str, *, cache_dir: str | Path | None = None, hub_cache: str | Path | None = None):
+    """Delete commit `sha`'s folder and its files in huggingface_hub's cache (those no other revision holds): no
+    snapshot serves it any more."""
+    repo_id, _ = parse_hub_spec(spec)
+    root, library_cache = cache_folders(cache_dir, hub_cache)
+    forget(revision_folder(root, repo_id, sha), library_cache, repo_id)
+
+
+def _materialise(api: HfApi, repo_id: str, branch: str | None, sha: str, root: Path, library_cache: Path) -> Path:
+    if branch != sha:  # record where the branch pointed, for a start without the Hub (resolve_revision alone
+        # would hide an unreachable Hub behind its own cached answer, so it comes after the repo info)
+        api.resolve_revision(repo_id, repo_type=REPO_TYPE, revision=branch, cache_dir=library_cache)
+    folder = local_revision(root, library_cache, repo_id, sha)
+    if folder is None:
+        folder = assemble(
+            _download(api, repo_id, sha, library_cache), repo_id, sha, revision_folder(root, repo_id, sha)
+        )
     return folder
 
 

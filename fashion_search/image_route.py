@@ -2,7 +2,7 @@
 paths and photo files the gallery and the query photo show.
 
     gr.set_static_paths(images.static_paths)                 # a bundle folder: Gradio serves images/ in place
-    demo.launch(app_kwargs={"routes": routes(images)})        # a Hub revision: ROUTE serves its images from the shards
+    demo.launch(app_kwargs={"routes": routes(recommender.picture)})   # ROUTE serves the images of any live revision
     webapp.gallery_items(matches, images, root_url())         # in an event: file paths, or the route's full URLs
     photo_file(images, row, cache_dir)                        # a file for the query photo (an image input)
 
@@ -13,6 +13,7 @@ answered (proxies and GRADIO_ROOT_PATH included), the way Gradio makes its own f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -22,18 +23,19 @@ from starlette.routing import Route
 
 from fashion_search.images import ROUTE, CatalogueImages
 
+Picture = Callable[[str, str], "tuple[bytes, str] | None"]  # (revision, file name) -> (bytes, media type) or None
+
 API_PREFIX = "/gradio_api"  # where Gradio's routes are (gradio.route_utils.API_PREFIX)
 
 
-def routes(images: CatalogueImages) -> list[Route]:
-    """The file route for `images` (none for a bundle folder, which Gradio serves as static files).
+def routes(picture: Picture) -> list[Route]:
+    """The file route of the catalogue's images that have no file Gradio may serve (a Hub revision's, a followed
+    folder's): `picture(revision, name)` finds one in a revision still being served (Recommender.picture).
 
-    It answers only the catalogue's images, each at its one path (revision, row and file name must agree), with the
-    image's own bytes; anything else is a 404. gradio_client asks for a gallery's URL through Gradio's file route
+    It answers only the catalogue's images, each at its one path (revision and file name), with the image's own
+    bytes; anything else is a 404. gradio_client asks for a gallery's URL through Gradio's file route
     (`/gradio_api/file=<the URL>`), which fetches outside URLs itself: those of this route are answered here instead,
-    from the shards, without any fetch."""
-    if not images.served_by_route:
-        return []
+    without any fetch."""
 
     def serve(request: Request) -> Response:
         params = request.path_params
@@ -43,7 +45,7 @@ def routes(images: CatalogueImages) -> list[Route]:
                 return _not_found()
             name = unquote(name)
         try:
-            found = images.lookup(params["revision"], params["row"], name)
+            found = picture(params["revision"], name)
         except OSError:
             found = None
         if found is None:
@@ -57,7 +59,7 @@ def routes(images: CatalogueImages) -> list[Route]:
         }
         return Response(data, media_type=media_type, headers=headers)
 
-    path = ROUTE + "/{revision}/{row}/{name:path}"
+    path = ROUTE + "/{revision}/{name:path}"
     return [
         Route(path, serve, methods=["GET", "HEAD"]),
         Route(API_PREFIX + "/file={origin:path}" + path, serve, methods=["GET", "HEAD"]),
@@ -86,11 +88,10 @@ def root_url() -> str:
 
 def photo_file(images: CatalogueImages, row: int, cache_dir: str | Path) -> str:
     """A file holding exactly the image of `row`, for the query photo (an image input sends its file back): the
-    image's own file, or its bytes written once into Gradio's cache folder `cache_dir` (as an upload would be), in
-    the folder Gradio would copy it to, so it is not copied again."""
-    file = images.file(row)
-    if file is not None:
-        return str(file)
+    image's own file (Gradio serves it in place), or its bytes written once into Gradio's cache folder `cache_dir`
+    (as an upload would be), in the folder Gradio would copy it to, so it is not copied again."""
+    if not images.served_by_route:
+        return str(images.file(row))
     from gradio import processing_utils
 
     data = images.read(row)

@@ -3,14 +3,15 @@
     bundle, images = load_catalogue(folder)  # FolderImages for a bundle folder, ShardImages for a Hub revision
     images.read(row)                       # the image's bytes, exactly as in the catalogue
     images.file(row)                       # a file holding exactly them (a folder's own file), or None
-    images.route_path(row)                 # where the app's file route serves it ("/catalogue-images/..."), or None
+    images.route_path(row)                 # where the app's file route serves it ("/catalogue-images/<rev>/<name>")
     images.name_of_file(path)              # the file name whose file `path` is (its own, or a remembered copy), or None
-    images.lookup(revision, row, name)     # what that route serves: (bytes, type), or None for anything else
 
 A Hub revision is served from one copy of its files: the shards stay as huggingface_hub downloaded them, and
 `write_shard_index` records, once every image has been checked, where each image's bytes lie in them
 (SHARD_SPANS, one row per product) and which shard files those are (SHARD_LIST, written last: its presence says the
-revision was verified). Nothing is unpacked, so a million products make two small files, not a million.
+revision was verified). Nothing is unpacked, so a million products make two small files, not a million. A followed
+bundle folder (fashion_search.live) is read through a handle on the folder it was loaded from, so its pictures stay
+readable after precompute.py swaps a new bundle in; both are served by the app's file route, by revision and name.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from fashion_search.shards import SPAN_DTYPE
 
 SHARD_SPANS = "image-spans.npy"  # SPAN_DTYPE rows, in the order of filenames.json
 SHARD_LIST = "image-shards.json"  # {"format_version", "revision", "count", "shards": [{"path", "size"}]}
-ROUTE = "/catalogue-images"  # the app's file route: ROUTE/<revision>/<row>/<file name>
+ROUTE = "/catalogue-images"  # the app's file route: ROUTE/<revision>/<file name>
 _FORMAT_VERSION = 1
-_FILES_KEPT = 4096  # copies of images remembered by ShardImages.remember_file
+_FILES_KEPT = 4096  # copies of images remembered by remember_file
 # Served with their own type; anything else goes out as bytes to save, never to render (an SVG can hold a script).
 _RASTER_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff", "image/avif"}
 
@@ -41,10 +42,12 @@ class CatalogueImages:
     """The images of a loaded catalogue, by row (the order of filenames.json)."""
 
     static_paths: list[Path]  # folders Gradio may serve in place (gr.set_static_paths); [] when none
-    served_by_route = False  # True: the images have no files, the app's file route serves them (route_path)
+    served_by_route = False  # True: the app's file route serves them (route_path), by revision and name
+    revision = ""  # what the route's paths name: the Hub commit, or a followed folder's manifest digest
 
     def __init__(self, filenames: list[str]):
         self.filenames = filenames
+        self._files: OrderedDict[str, str] = OrderedDict()  # remember_file's
 
     def read(self, row: int) -> bytes:
         raise NotImplementedError
@@ -55,27 +58,32 @@ class CatalogueImages:
 
     def name_of_file(self, path: str | Path) -> str | None:
         """The catalogue file name whose file is at `path` (its own, or one remember_file was told of), else None."""
-        return None
+        return self._files.get(str(path))
 
     def remember_file(self, path: str | Path, row: int) -> None:
-        """`path` holds a copy of the image of `row`; name_of_file(path) will say so (for images without files)."""
+        """`path` holds a copy of the image of `row` (a query photo: image_route.photo_file); name_of_file(path) will
+        say so. The latest are kept."""
+        self._files[str(path)] = self.filenames[row]
+        self._files.move_to_end(str(path))
+        while len(self._files) > _FILES_KEPT:
+            self._files.popitem(last=False)
 
-    def route_path(self, row: int) -> str | None:
-        """The path (below the app's root URL) the file route serves the image at, when it needs the route."""
-        return None
-
-    def lookup(self, revision: str, row: str, name: str) -> tuple[bytes, str] | None:
-        """(bytes, media type) of the catalogue image the route path names; None for anything else."""
-        return None
+    def route_path(self, row: int) -> str:
+        """The path (below the app's root URL) the file route serves the image at: the revision and the file name,
+        so that it names the product whatever its row (served only while that revision is, fashion_search.webapp)."""
+        return f"{ROUTE}/{self.revision}/{quote(self.filenames[row], safe='/')}"
 
 
 class FolderImages(CatalogueImages):
-    """A bundle folder's images/: a file per product, served in place by Gradio."""
+    """A bundle folder's images/: a file per product, served in place by Gradio; or, for a followed folder
+    (`revision` given: its bundle was loaded through a handle on the folder), by the app's file route."""
 
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, revision: str = ""):
         super().__init__(bundle.filenames)
         self.images_dir = bundle.images_dir
-        self.static_paths = [bundle.images_dir]
+        self.revision = revision
+        self.served_by_route = bool(revision)
+        self.static_paths = [] if revision else [bundle.images_dir]
 
     def read(self, row: int) -> bytes:
         return self.file(row).read_bytes()
@@ -84,6 +92,8 @@ class FolderImages(CatalogueImages):
         return self.images_dir / self.filenames[row]
 
     def name_of_file(self, path: str | Path) -> str | None:
+        if self.served_by_route:
+            return super().name_of_file(path)
         try:
             return Path(path).resolve().relative_to(self.images_dir.resolve()).as_posix()
         except (TypeError, ValueError, OSError):
@@ -98,7 +108,6 @@ class ShardImages(CatalogueImages):
 
     def __init__(self, folder: Path, filenames: list[str]):
         super().__init__(filenames)
-        self._files: OrderedDict[str, str] = OrderedDict()  # remember_file's
         listing = read_shard_list(folder)
         self.revision = str(listing["revision"])
         self.shards = [Path(shard["path"]) for shard in listing["shards"]]
@@ -134,26 +143,6 @@ class ShardImages(CatalogueImages):
             raise OSError(f"{self.shards[shard]} ends before images/{self.filenames[row]}")
         return data
 
-    def route_path(self, row: int) -> str:
-        return f"{ROUTE}/{self.revision}/{row}/{quote(self.filenames[row], safe='/')}"
-
-    def remember_file(self, path: str | Path, row: int) -> None:
-        """`path` holds a copy of the image of `row` (a query photo: image_route.photo_file); the latest are kept."""
-        self._files[str(path)] = self.filenames[row]
-        self._files.move_to_end(str(path))
-        while len(self._files) > _FILES_KEPT:
-            self._files.popitem(last=False)
-
-    def name_of_file(self, path: str | Path) -> str | None:
-        return self._files.get(str(path))
-
-    def lookup(self, revision: str, row: str, name: str) -> tuple[bytes, str] | None:
-        if revision != self.revision or not row.isdecimal() or not int(row) < len(self.filenames):
-            return None
-        if self.filenames[int(row)] != name:
-            return None
-        return self.read(int(row)), media_type(name)
-
 
 def media_type(name: str) -> str:
     """The type a catalogue image is served with: its own for raster images, else bytes to download."""
@@ -161,22 +150,16 @@ def media_type(name: str) -> str:
     return guessed if guessed in _RASTER_TYPES else "application/octet-stream"
 
 
-def load_catalogue(folder: str | Path) -> tuple[Bundle, CatalogueImages]:
+def load_catalogue(folder: str | Path, revision: str = "") -> tuple[Bundle, CatalogueImages]:
     """A bundle folder or a fetched Hub revision, loaded and verified (load_bundle), and where its images come from.
 
     A Hub revision's images are not hashed again here: `fetch_bundle` checked each as it read the shards, and wrote
-    SHARD_LIST only then; that its shards are still there, with the same sizes, is checked instead.
+    SHARD_LIST only then; that its shards are still there, with the same sizes, is checked instead. A bundle folder
+    given a `revision` (followed, fashion_search.live) has its images served by the app's file route under it.
     """
     shards = is_shard_folder(Path(folder))
     bundle = load_bundle(folder, verify_images=not shards)
-    return bundle, ShardImages(bundle.root, bundle.filenames) if shards else FolderImages(bundle)
-
-
-def open_images(bundle: Bundle) -> CatalogueImages:
-    """The images of a loaded bundle: from its shards when it is a fetched Hub revision, else from its folder."""
-    if is_shard_folder(bundle.root):
-        return ShardImages(bundle.root, bundle.filenames)
-    return FolderImages(bundle)
+    return bundle, ShardImages(bundle.root, bundle.filenames) if shards else FolderImages(bundle, revision)
 
 
 def is_shard_folder(folder: Path) -> bool:

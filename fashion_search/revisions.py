@@ -184,6 +184,17 @@ def keep(folder: Path, library_cache: Path, repo_id: str) -> Path:
     return folder
 
 
+def forget(folder: Path, library_cache: Path, repo_id: str) -> None:
+    """Delete the revision folder `folder` and its commit's files in the library's cache (blobs another revision
+    still uses stay): a followed catalogue no longer serves it (fashion_search.live)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    owner, name = repo_id.split("/")
+    repo_cache = library_cache / f"{REPO_TYPE}s--{owner}--{name}"
+    if repo_cache.is_dir():
+        _forget(repo_cache, folder.name)
+    logger.info("Removed the catalogue revision %s: no longer served.", folder)
+
+
 def _prune_older_revisions(current: Path) -> set[str]:
     """Mark `current` as just used; delete all but the KEEP_REVISIONS most recently used revisions beside it.
 

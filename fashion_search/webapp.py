@@ -12,6 +12,7 @@ import logging
 import queue
 import re
 import threading
+import weakref
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from fashion_search import live
 from fashion_search.bundle import Bundle, BundleError
 from fashion_search.catalogue import CatalogueError
-from fashion_search.config import ConfigError, Settings, catalogue_folder, looks_like_hub_spec
-from fashion_search.images import CatalogueImages, FolderImages, load_catalogue
+from fashion_search.config import ConfigError, Settings, catalogue_folder
+from fashion_search.images import CatalogueImages, FolderImages, load_catalogue, media_type
 from fashion_search.imaging import IMAGE_SIZE, Box, ImageSource, load_input, parse_region
 from fashion_search.pipeline import PrecomputeError
 from fashion_search.search import DEFAULT_K, Match, NoMatch, Searcher, check_k
+from fashion_search.snapshot import CatalogueInfo, Snapshot, display_name, open_snapshot, snapshot_of
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +58,6 @@ class StartupError(RuntimeError):
 
 class QueryError(ValueError):
     """A request that cannot be answered (no picture, not a picture, no product matches); the message is for people."""
-
-
-@dataclass(frozen=True)
-class CatalogueInfo:
-    source: str  # "demo" or the FASHION_CATALOG value
-    name: str  # what the page calls it: the Hub repo, or the bundle folder's name (not the server's path)
-    count: int
-    weights: str  # the embedder fingerprint
-    random_weights: bool
-    precision: str = "float32"  # the model's arithmetic: "float32" (the reference design's) or "bfloat16"
 
 
 class Batcher:
@@ -112,10 +105,12 @@ class Batcher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+            del batch, results, _  # not kept while waiting for the next batch: a query holds its catalogue snapshot
 
 
 @dataclass(frozen=True)
 class _Query:
+    snapshot: Snapshot  # the revision it is answered from, whole
     vector: np.ndarray  # (2048,) float32, a unit vector
     k: int
     filters: tuple  # canonical: ((column, (value, ...)), ...), sorted, empty choices left out
@@ -136,11 +131,14 @@ def _canonical(filters: dict[str, list[str]] | None) -> tuple:
 
 
 class Recommender:
-    """A loaded catalogue and model, shared by every request; safe to call from many threads at once."""
+    """A model and the catalogue snapshot being served, shared by every request; safe to call from many threads.
+
+    A request reads `snapshot` once and passes it on (`snapshot=`) to the end: `swap` replaces it in one assignment,
+    requests in flight finish on the one they took, and its files go when the last of them lets go of it."""
 
     def __init__(
         self,
-        searcher: Searcher,
+        snapshot: Snapshot | Searcher,
         info: CatalogueInfo | None = None,
         max_batch_size: int = MAX_BATCH_SIZE,
         images: CatalogueImages | None = None,
@@ -148,18 +146,39 @@ class Recommender:
         # Pillow registers its file-format plugins on the first Image.open, and that is not thread-safe: two requests
         # decoding at once can see a half-registered plugin (KeyError: 'MPO'). Register them all now, in one thread.
         Image.init()
-        self.searcher = searcher
-        self.images = images or FolderImages(searcher.bundle)  # where each product's picture comes from
-        self.info = info  # what the page says about the catalogue; set by load_recommender
+        if isinstance(snapshot, Searcher):  # a searcher loaded by hand (tests, benchmarks)
+            snapshot = snapshot_of(snapshot, images or FolderImages(snapshot.bundle), info)
+        self.embedder = snapshot.searcher.embedder
+        self.snapshot = snapshot  # the one reference requests read
+        self._live: weakref.WeakValueDictionary[str, Snapshot] = weakref.WeakValueDictionary()  # revision -> snapshot
+        self._live[snapshot.revision] = snapshot
         self.embedding = Batcher(self._embed_batch, max_batch_size, name="embed-batcher")
         self.searching = Batcher(self._search_batch, max_batch_size, name="search-batcher")
-        self.filter_choices = searcher.filter_choices()  # {column: sorted values}, only columns the bundle has
-        self.filter_columns = {filter_parameter(column): column for column in self.filter_choices}  # API name -> column
-        self._rows = {name: row for row, name in enumerate(searcher.bundle.filenames)}
+        # The API's name of each filter column -> the column: the endpoints' parameters, fixed at start.
+        self.filter_columns = {filter_parameter(column): column for column in snapshot.filter_choices}
+
+    # What the current snapshot holds, for callers that read one thing once.
+    searcher = property(lambda self: self.snapshot.searcher)
+    images = property(lambda self: self.snapshot.images)
+    info = property(lambda self: self.snapshot.info)
+    filter_choices = property(lambda self: self.snapshot.filter_choices)
 
     @property
     def bundle(self) -> Bundle:
-        return self.searcher.bundle
+        return self.snapshot.bundle
+
+    def swap(self, snapshot: Snapshot) -> Snapshot:
+        """Serve `snapshot` from the next request on; the one it replaces is returned (and kept by its users)."""
+        self._live[snapshot.revision] = snapshot
+        old, self.snapshot = self.snapshot, snapshot
+        return old
+
+    def picture(self, revision: str, name: str) -> tuple[bytes, str] | None:
+        """(bytes, media type) of product `name`'s picture in `revision`, while a snapshot of it is still in use (the
+        file route: fashion_search.image_route); None for anything else."""
+        snapshot = self._live.get(revision)
+        row = snapshot.row_of(name) if snapshot is not None and snapshot.images.served_by_route else None
+        return None if row is None else (snapshot.images.read(row), media_type(name))
 
     def warm_up(self) -> None:
         """One query end to end (a white picture), so the first visitor does not pay for graph tracing."""
@@ -172,15 +191,17 @@ class Recommender:
         filters: dict[str, list[str]] | None = None,
         min_gap: float = 0.0,
         region: Box | str | None = None,
+        snapshot: Snapshot | None = None,
     ) -> list[Match]:
         """The k most similar products to `image` (or to its `region`: left, top, right, bottom in pixels) among
         those matching `filters`; with `min_gap` > 0, without products closer than that to a better result
-        (near-duplicate shots).
+        (near-duplicate shots). From `snapshot` (default: the one served now).
 
         Raises:
             QueryError: no image, an image that cannot be read, a region that is not a box within the picture, k or
                 min_gap out of range, or no product matching the filters.
         """
+        snapshot = snapshot or self.snapshot
         if image is None:
             raise QueryError(NO_IMAGE)
         if not 0 <= min_gap <= MAX_GAP:
@@ -191,54 +212,63 @@ class Recommender:
         except ValueError as exc:  # k out of range, an ImageError or a RegionError
             raise QueryError(str(exc)) from exc
         vector = self.embedding.submit(array)
-        return self.searching.submit(_Query(vector, k, _canonical(filters), min_gap))
+        return self.searching.submit(_Query(snapshot, vector, k, _canonical(filters), min_gap))
 
     def similar(
-        self, filename: str, k: int = DEFAULT_K, filters: dict[str, list[str]] | None = None
+        self,
+        filename: str,
+        k: int = DEFAULT_K,
+        filters: dict[str, list[str]] | None = None,
+        snapshot: Snapshot | None = None,
     ) -> tuple[Match, list[Match]]:
         """(the product, the k products most like it among those matching `filters`), from its stored vector.
 
         Raises:
-            QueryError: an unknown file name, k out of range, or no other product matching the filters.
+            QueryError: a file name not in the catalogue (now), k out of range, or no other product matching the
+                filters.
         """
-        row = self._rows.get(filename) if isinstance(filename, str) else None
+        snapshot = snapshot or self.snapshot
+        row = snapshot.row_of(filename)
         if row is None:
-            example = self.bundle.filenames[0]
+            example = snapshot.bundle.filenames[0]
             raise QueryError(
-                f"No product {filename!r} in this catalogue: give a product's filename as a result's listing shows "
-                f"it, e.g. {example!r}."
+                f"No product {filename!r} in this catalogue (revision {snapshot.revision[:12]}, "
+                f"{snapshot.info.count:,} products): it was removed, or the name is not one of its file names. Give a "
+                f"product's filename as a result's listing shows it, e.g. {example!r}."
             )
         try:
             check_k(k)
         except ValueError as exc:
             raise QueryError(str(exc)) from exc
         # One more than asked, as the product itself is usually its own nearest; the k nearest others stay exact.
-        found = self.searching.submit(_Query(self.bundle.embeddings[row], k + 1, _canonical(filters)))
-        others = [match for match in found if match.row != row][:k]
+        query = _Query(snapshot, snapshot.bundle.embeddings[row], k + 1, _canonical(filters))
+        others = [match for match in self.searching.submit(query) if match.row != row][:k]
         if not others:
             raise QueryError(NoMatch.MESSAGE)
-        product = self.searcher.match(row)
+        product = snapshot.searcher.match(row)
         return product, [dataclasses.replace(match, rank=rank) for rank, match in enumerate(others, 1)]
 
-    def product_at(self, path: str | Path | None) -> Match | None:
+    def product_at(self, path: str | Path | None, snapshot: Snapshot | None = None) -> Match | None:
         """The catalogue product whose picture is at `path` (a result clicked to become the query), else None."""
-        row = self._rows.get(self.images.name_of_file(path)) if path is not None else None
-        return None if row is None else self.searcher.match(row)
+        snapshot = snapshot or self.snapshot
+        row = snapshot.row_of(snapshot.images.name_of_file(path)) if path is not None else None
+        return None if row is None else snapshot.searcher.match(row)
 
     def _embed_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         """One forward pass: (n, 224, 224, 3) preprocessed pictures -> (n, 2048) unit vectors."""
-        return self.searcher.embedder.embed(np.stack(arrays))
+        return self.embedder.embed(np.stack(arrays))
 
     def _search_batch(self, queries: list[_Query]) -> list[list[Match] | QueryError]:
-        """One index search per (k, filters, min_gap) among the queries; an error stays in its group."""
+        """One index search per (snapshot, k, filters, min_gap) among the queries; an error stays in its group."""
         groups: dict[tuple, list[int]] = {}
         for position, query in enumerate(queries):
-            groups.setdefault((query.k, query.filters, query.min_gap), []).append(position)
+            groups.setdefault((query.snapshot, query.k, query.filters, query.min_gap), []).append(position)
         results: list = [None] * len(queries)
-        for (k, filters, min_gap), positions in groups.items():
+        for (snapshot, k, filters, min_gap), positions in groups.items():
             vectors = np.stack([queries[p].vector for p in positions])
             try:
-                found = self.searcher.matches(vectors, k, {column: list(values) for column, values in filters}, min_gap)
+                chosen = {column: list(values) for column, values in filters}
+                found = snapshot.searcher.matches(vectors, k, chosen, min_gap)
             except (NoMatch, ValueError) as exc:  # no product matches, or a column the catalogue does not have
                 found = [_query_error(exc) for _ in positions]  # one each: raising sets its traceback
             for position, matches in zip(positions, found):
@@ -248,6 +278,8 @@ class Recommender:
 
 def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender:
     """Load the model and the catalogue once; the demo catalogue is built (or reused from the cache) when none is set.
+    A catalogue that can change (a bundle folder, a Hub branch) is followed every `settings.refresh` seconds
+    (fashion_search.live) when that is above 0.
 
     Raises:
         StartupError: the weights, the catalogue or the Hub failed; the message says how to fix it.
@@ -255,12 +287,11 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
     from fashion_search.demo import demo_bundle
     from fashion_search.embedder import Embedder, PrecisionUnavailable, WeightsUnavailable  # TensorFlow loads here
 
+    source = None
     try:
         # A given catalogue is checked before the model is built, so a broken one is refused in seconds.
         # A Hub revision's pictures stay in its shards (images: where each product's picture comes from).
-        bundle, images = (
-            (None, None) if settings.catalogue is None else load_catalogue(catalogue_folder(settings.catalogue))
-        )
+        bundle, images, revision, source = _load_catalogue(settings) if settings.catalogue else (None,) * 4
         precision = settings.precision or (bundle.precision if bundle is not None else "float32")
         try:
             embedder = Embedder.load(settings.weights, precision=precision)
@@ -273,33 +304,40 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
             raise
         if bundle is None:
             bundle = demo_bundle(embedder, settings.cache_dir)
-        searcher = Searcher(embedder, bundle, settings.search)
+            images, revision = FolderImages(bundle), live.manifest_digest(bundle.root)
+        snapshot = open_snapshot(
+            embedder,
+            bundle,
+            images,
+            search=settings.search,
+            source=settings.catalogue or "demo",
+            name=display_name(settings.catalogue),
+            revision=revision,
+        )
     except (WeightsUnavailable, PrecisionUnavailable, BundleError, ConfigError, PrecomputeError, CatalogueError) as exc:
-        raise StartupError(str(exc)) from exc
+        raise StartupError(source.shown(str(exc)) if source else str(exc)) from exc
+    except live.SourceUnavailable as exc:
+        raise StartupError(f"The catalogue {settings.catalogue} cannot be read now: {exc}") from exc
     except OSError as exc:
         raise StartupError(f"Could not read or write {exc.filename or 'a file'}: {exc.strerror or exc}.") from exc
-    info = CatalogueInfo(
-        source=settings.catalogue or "demo",
-        name=_catalogue_name(settings.catalogue),
-        count=len(bundle.filenames),
-        weights=embedder.fingerprint,
-        random_weights=embedder.fingerprint.startswith("random"),
-        precision=embedder.precision,
-    )
-    recommender = Recommender(searcher, info, images=images)
+    recommender = Recommender(snapshot)
     if warm_up:
         recommender.warm_up()
+    if source is not None and source.follows and settings.refresh > 0:
+        recommender.follower = live.Follower(recommender, source, settings.refresh, settings.search).start()
     return recommender
 
 
-def _catalogue_name(catalogue: str | None) -> str:
-    if catalogue is None:
-        return "demo"
-    return (
-        catalogue
-        if looks_like_hub_spec(catalogue) and not Path(catalogue).expanduser().exists()
-        else Path(catalogue).name
-    )
+def _load_catalogue(settings: Settings) -> tuple[Bundle, CatalogueImages, str, live.Source | None]:
+    """(bundle, images, revision, the source to follow or None) of FASHION_CATALOG."""
+    if settings.refresh > 0 and Path(settings.catalogue).expanduser().is_dir():
+        source = live.FolderSource(settings.catalogue)
+        revision = source.head()
+        return (*source.load(revision), revision, source)
+    folder = catalogue_folder(settings.catalogue)  # a folder, or a Hub revision fetched or found in the cache
+    if folder == Path(settings.catalogue).expanduser():  # a folder, not followed: served in place, as it is
+        return (*load_catalogue(folder), live.manifest_digest(folder), None)
+    return (*load_catalogue(folder, folder.name), folder.name, live.HubSource(settings.catalogue))
 
 
 def describe_product(match: Match) -> tuple[str, str]:
@@ -325,9 +363,9 @@ def gallery_items(
 
 
 def _picture(images: CatalogueImages, row: int, root_url: str) -> str:
-    file = images.file(row)
-    return str(file) if file is not None else root_url + images.route_path(row)
+    return root_url + images.route_path(row) if images.served_by_route else str(images.file(row))
 
 
-def listing(matches: list[Match]) -> list[dict]:
-    return [match.listing() for match in matches]
+def listing(matches: list[Match], revision: str | None = None) -> list[dict]:
+    """The JSON the API returns: each match's listing and, when given, the revision it was answered from."""
+    return [{**match.listing(), **({"revision": revision} if revision is not None else {})} for match in matches]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -54,19 +55,30 @@ def listing_of(matches) -> list[dict]:
     return [match.listing() for match in matches]
 
 
+def revision_of(bundle_dir: Path) -> str:
+    """The revision the app names in its answers for a bundle folder: its manifest's digest."""
+    return hashlib.sha256((bundle_dir / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
 def assert_same_results(listing: list[dict], reference: list[dict]) -> None:
-    """Same products in the same order with the same metadata; distances equal to float32 noise."""
+    """Same products in the same order with the same metadata; distances equal to float32 noise. Each product names
+    the revision it came from, the same for all (the reference, made in this process, has no such field)."""
+    assert len({row["revision"] for row in listing}) == 1
     assert [row["filename"] for row in listing] == [row["filename"] for row in reference]
     assert [row["rank"] for row in listing] == list(range(1, len(reference) + 1))
     for got, want in zip(listing, reference):
         assert got["distance"] == pytest.approx(want["distance"], abs=1e-5)
-        assert {k: v for k, v in got.items() if k != "distance"} == {k: v for k, v in want.items() if k != "distance"}
+        left_out = ("distance", "revision")
+        assert {k: v for k, v in got.items() if k not in left_out} == {
+            k: v for k, v in want.items() if k not in left_out
+        }
 
 
 def test_readme_call_returns_five_catalogue_images_with_a_matching_listing(client, recommender, bundle_dir, queries):
     gallery, listing = client.predict(handle_file(str(queries[0])), api_name="/recommend")
 
     assert len(gallery) == 5 and len(listing) == 5
+    assert {row["revision"] for row in listing} == {revision_of(bundle_dir)}
     assert_same_results(listing, listing_of(recommender.recommend(queries[0])))
     for item, row in zip(gallery, listing):
         # The gallery shows the bundle's own image files, byte for byte, in the listing's order.
@@ -180,6 +192,7 @@ def test_gradios_own_refusals_of_an_option_name_the_parameter(client, queries):
     photo = handle_file(str(queries[0]))
     refused = [
         ({"top_k": "ten"}, "top_k must be a number from 1 to 20; got 'ten'."),
+        ({"top_k": 2.5}, "top_k must be a whole number from 1 to 20; got 2.5."),  # not silently 2
         ({"near_duplicate_distance": 0.9}, "near_duplicate_distance must be a number from 0 to 0.5; got 0.9."),
         (
             {"article_type": ["Tshirts", "Dress"]},
@@ -198,6 +211,8 @@ def test_gradios_own_refusals_of_an_option_name_the_parameter(client, queries):
     one = client.predict(photo, top_k=20, gender="Women", api_name="/recommend")[1]
     assert one == client.predict(photo, top_k=20, gender=["Women"], api_name="/recommend")[1]
     assert {row["gender"] for row in one} == {"Women"}
+    # A whole number sent as a float is that number: 5.0 is 5.
+    assert client.predict(photo, top_k=5.0, api_name="/recommend")[1] == client.predict(photo, api_name="/recommend")[1]
 
 
 @pytest.mark.parametrize("k", [1, 12, 20])
@@ -297,19 +312,26 @@ def test_concurrent_requests_each_get_their_own_answer_or_their_own_error(client
             assert_same_results(listing, listing_of(recommender.recommend(path, k=k)))
 
 
-def test_the_gallery_serves_the_bundle_images_in_place_without_copying_them(app_url, bundle_dir, queries):
+def test_the_gallery_shows_the_pictures_by_revision_and_name_from_the_followed_folder(app_url, bundle_dir, queries):
     gallery, listing = Client(app_url, verbose=False, download_files=False).predict(
         handle_file(str(queries[1])), api_name="/recommend"
     )
-    images = (bundle_dir / "images").resolve()
-    assert [Path(item["image"]["path"]) for item in gallery] == [images / row["filename"] for row in listing]
+    revision = revision_of(bundle_dir)
+    urls = [item["image"]["url"] for item in gallery]
+    assert urls == [f"{app_url}catalogue-images/{revision}/{row['filename']}" for row in listing]
+    for url, row in zip(urls, listing):
+        assert httpx.get(url, timeout=30).content == (bundle_dir / "images" / row["filename"]).read_bytes()
 
 
 def test_only_the_bundle_images_are_served(app_url, bundle_dir):
-    image = (bundle_dir / "images" / "1000.jpg").resolve()
-    served = httpx.get(f"{app_url}gradio_api/file={image}", timeout=30)
-    assert served.status_code == 200 and served.content == image.read_bytes()
-    for path in [bundle_dir / "embeddings.npy", bundle_dir / "manifest.json", Path(__file__).resolve()]:
+    revision = revision_of(bundle_dir)
+    served = httpx.get(f"{app_url}catalogue-images/{revision}/1000.jpg", timeout=30)
+    assert served.status_code == 200 and served.content == (bundle_dir / "images" / "1000.jpg").read_bytes()
+    for name in ["embeddings.npy", "manifest.json", "images/1000.jpg", "../manifest.json"]:
+        answer = httpx.get(f"{app_url}catalogue-images/{revision}/{name}", timeout=30, follow_redirects=True)
+        assert answer.status_code == 404, name
+    # Gradio's own file route serves none of the bundle's files, its pictures included.
+    for path in [bundle_dir / "images" / "1000.jpg", bundle_dir / "embeddings.npy", Path(__file__).resolve()]:
         refused = httpx.get(f"{app_url}gradio_api/file={path.resolve()}", timeout=30)
         assert refused.status_code in (403, 404), path
 
@@ -344,7 +366,9 @@ def test_the_page_names_the_catalogue_and_shows_no_random_weights_warning(app_ur
 
 def test_the_app_loaded_the_catalogue_and_weights_it_was_given(bundle_dir, weights_file):
     app, _ = launch_app(bundle_dir, weights_file)
-    assert app.recommender.bundle.root == bundle_dir
+    assert app.recommender.info.source == str(bundle_dir) and app.recommender.info.name == bundle_dir.name
+    assert app.recommender.snapshot.revision == revision_of(bundle_dir)
+    assert app.recommender.bundle.filenames == load_bundle(bundle_dir).filenames
     assert app.recommender.info.weights == load_bundle(bundle_dir).weights
     assert app.recommender.info.weights.startswith("sha256:")
 
@@ -369,12 +393,13 @@ def test_similar_takes_the_filters_as_recommend_does(client, recommender):
     assert {row["gender"] for row in listing} == {"Women"}
 
 
-def test_similar_refuses_an_unknown_product_naming_what_it_expects(client, recommender):
+def test_similar_refuses_an_unknown_product_naming_what_it_expects(client, recommender, bundle_dir):
     with pytest.raises(AppError) as caught:
         client.predict("no-such-product.jpg", 5, api_name="/similar")
     assert str(caught.value) == (
-        "No product 'no-such-product.jpg' in this catalogue: give a product's filename as a result's listing shows "
-        f"it, e.g. {recommender.bundle.filenames[0]!r}."
+        f"No product 'no-such-product.jpg' in this catalogue (revision {revision_of(bundle_dir)[:12]}, 20 products): "
+        "it was removed, or the name is not one of its file names. Give a product's filename as a result's listing "
+        f"shows it, e.g. {recommender.bundle.filenames[0]!r}."
     )
 
 

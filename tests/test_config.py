@@ -25,6 +25,25 @@ def test_defaults_without_flags_or_environment():
         cache_dir=Path.home() / ".cache" / "fashion-search",
         server_name=None,
         server_port=None,
+        refresh=60.0,
+    )
+
+
+def test_the_refresh_interval_follows_the_flag_then_the_environment():
+    assert config.resolve([], {"FASHION_REFRESH": "0"}).refresh == 0.0
+    assert config.resolve([], {"FASHION_REFRESH": " 2.5 "}).refresh == 2.5
+    assert config.resolve(["--refresh", "7"], {"FASHION_REFRESH": "0"}).refresh == 7.0
+
+
+@pytest.mark.parametrize(
+    "argv, env, given", [(["--refresh", "-1"], {}, "-1.0"), ([], {"FASHION_REFRESH": "often"}, "'often'")]
+)
+def test_a_refresh_that_is_not_a_number_of_seconds_is_refused(argv, env, given, capsys):
+    with pytest.raises(SystemExit):
+        config.resolve(argv, env)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"app.py: error: FASHION_REFRESH={given}: give a number of seconds (0: never look for a new revision)"
     )
 
 
@@ -133,6 +152,14 @@ def test_app_serves_a_hub_catalogue_with_a_weights_file_on_gradio_server_port(
     assert [row["distance"] for row in listing] == pytest.approx(distances, abs=1e-5)
 
 
+def test_the_weights_are_named_as_they_were_given():
+    """What the page's random-weights banner names: the flag, else the variable, as the user wrote them."""
+    env = {"FASHION_WEIGHTS": "random"}
+    assert config.resolve(["--weights", "random"], env).weights_given == "--weights random"
+    assert config.resolve([], env).weights_given == "FASHION_WEIGHTS=random"
+    assert config.resolve([], {}).weights_given == ""
+
+
 @pytest.fixture()
 def random_weights_bundle(tmp_path) -> Path:
     return build_random_weights_bundle(tmp_path / "random")
@@ -146,7 +173,7 @@ def test_flags_win_over_the_environment_and_random_weights_are_flagged_on_the_pa
     with AppProcess(args, env, tmp_path / "app.log") as app:
         url = app.wait_ready(port)
         page = str(httpx.get(url + "config", timeout=30).json())
-    assert "random model weights (FASHION_WEIGHTS=random): the results are not meaningful" in page
+    assert "random model weights (--weights random): the results are not meaningful" in page  # as given
     assert f"of the 6 products in the catalogue <b>{random_weights_bundle.name}</b>" in page
 
 

@@ -24,7 +24,7 @@ from test_shards import device, link, sparse_gnu
 from fashion_search import image_route, webapp
 from fashion_search.bundle import MANIFEST, BundleError
 from fashion_search.hub import CatalogueNotFound, HubUnavailable, fetch_bundle, parse_hub_spec, push_bundle
-from fashion_search.images import load_catalogue
+from fashion_search.images import load_catalogue, media_type
 from fashion_search.search import Match
 
 REPO = "fashion-team/catalogue"
@@ -649,12 +649,24 @@ def fetched(hub, bundle, tmp_path):
     return bundle, load_catalogue(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url))
 
 
+def picture_of(images):
+    """What Recommender.picture answers for a revision served alone: its pictures by revision and name."""
+    rows = {name: row for row, name in enumerate(images.filenames)}
+
+    def picture(revision: str, name: str):
+        if revision != images.revision or name not in rows:
+            return None
+        return images.read(rows[name]), media_type(name)
+
+    return picture
+
+
 def test_the_file_route_serves_each_catalogue_picture_byte_for_byte_and_nothing_else(fetched):
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
     local, (bundle, images) = fetched
-    client = TestClient(Starlette(routes=image_route.routes(images)))
+    client = TestClient(Starlette(routes=image_route.routes(picture_of(images))))
 
     for row, name in enumerate(bundle.filenames):
         url = "http://testserver" + images.route_path(row)
@@ -666,15 +678,15 @@ def test_the_file_route_serves_each_catalogue_picture_byte_for_byte_and_nothing_
     assert client.get(images.route_path(2)).headers["content-type"] == "image/png"  # shoes/9.png
     revision = images.revision
     refused = [
-        f"/catalogue-images/{revision}/0/{bundle.filenames[1]}",  # a row and another product's name
-        f"/catalogue-images/{revision}/3/x.jpg",  # no such row
-        f"/catalogue-images/{revision}/-1/{bundle.filenames[0]}",
-        f"/catalogue-images/{'0' * 40}/0/{bundle.filenames[0]}",  # another revision
-        f"/catalogue-images/{revision}/0/../../manifest.json",
-        f"/catalogue-images/{revision}/0/%2e%2e/image-shards.json",
+        f"/catalogue-images/{revision}/0/{bundle.filenames[1]}",  # a row number before the name: no such product
+        f"/catalogue-images/{revision}/x.jpg",  # no such product
+        f"/catalogue-images/{revision}/images/{bundle.filenames[0]}",
+        f"/catalogue-images/{'0' * 40}/{bundle.filenames[0]}",  # a revision not served
+        f"/catalogue-images/{revision}/../../manifest.json",
+        f"/catalogue-images/{revision}/%2e%2e/image-shards.json",
         "/catalogue-images/manifest.json",
-        f"/gradio_api/file=/catalogue-images/{revision}/0/{bundle.filenames[0]}",  # not a URL
-        f"/gradio_api/file=file%3A//x/catalogue-images/{revision}/0/{bundle.filenames[0]}",
+        f"/gradio_api/file=/catalogue-images/{revision}/{bundle.filenames[0]}",  # not a URL
+        f"/gradio_api/file=file%3A//x/catalogue-images/{revision}/{bundle.filenames[0]}",
     ]
     for path in refused:
         assert client.get(path).status_code == 404, path
@@ -685,19 +697,19 @@ def test_pictures_from_shards_go_to_the_gallery_as_urls_and_to_the_photo_as_a_fi
     assert images.static_paths == [] and images.file(0) is None
 
     items = webapp.gallery_items([Match(1, 2, bundle.filenames[2], 0.1, Path("unused"), {})], images, "http://x:1")
-    assert items[0][0] == f"http://x:1/catalogue-images/{images.revision}/2/shoes/9.png"
+    assert items[0][0] == f"http://x:1/catalogue-images/{images.revision}/shoes/9.png"
 
     photo = image_route.photo_file(images, 2, tmp_path / "gradio")
     assert Path(photo).read_bytes() == (local / "images" / "shoes/9.png").read_bytes()
     assert Path(photo).name == "9.png" and Path(photo).is_relative_to(tmp_path / "gradio")
     assert images.name_of_file(photo) == "shoes/9.png" and images.name_of_file(local / "images/1163.jpg") is None
-    assert images.route_path(1) == f"/catalogue-images/{images.revision}/1/a%20b%25%23%3F.jpg"
+    assert images.route_path(1) == f"/catalogue-images/{images.revision}/a%20b%25%23%3F.jpg"
     assert image_route.photo_file(images, 2, tmp_path / "gradio") == photo  # the same file, not a second one
 
 
 def test_a_bundle_folder_keeps_its_files_as_before(bundle):
     loaded, images = load_catalogue(bundle)
-    assert images.static_paths == [bundle / "images"] and image_route.routes(images) == []
+    assert images.static_paths == [bundle / "images"] and not images.served_by_route
     assert images.file(1) == bundle / "images" / loaded.filenames[1]
     assert image_route.photo_file(images, 1, "/nowhere") == str(bundle / "images" / loaded.filenames[1])
     assert images.name_of_file(bundle / "images" / "shoes" / "9.png") == "shoes/9.png"

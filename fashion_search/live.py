@@ -1,0 +1,302 @@
+"""A living catalogue: the source's head looked at every FASHION_REFRESH seconds, a new revision loaded, checked and
+warmed beside the one being served, then swapped in by one assignment; an old revision's files are released when
+the last request using it is done.
+
+    source = HubSource("OWNER/NAME")             # or FolderSource("bundles/shop")
+    revision = source.head()                     # one request to the Hub; a folder: its manifest's digest
+    bundle, images = source.load(revision)       # fetched (a Hub commit) and verified, as a start does
+    follower = Follower(recommender, source, every=60, search="auto").start()
+
+Sources are looked at, never written. A Hub branch (`OWNER/NAME`, `OWNER/NAME@<branch>`) moves when a push lands; a
+commit (`OWNER/NAME@<sha>`) never does. A bundle folder moves when precompute.py swaps a new bundle in (one rename);
+each revision of it is read through a handle on the folder it was loaded from, so that its pictures stay readable
+after the next swap (precompute.py keeps the previous folder aside until the build after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+
+from fashion_search.bundle import MANIFEST, Bundle, BundleError
+from fashion_search.images import CatalogueImages, load_catalogue
+
+log = logging.getLogger(__name__)
+
+
+# A replaced revision is kept this long at least, so that the pictures of the answers it gave just before the swap
+# can still be fetched (a browser and gradio_client ask for them after the answer); then it goes with its last user.
+RETIRED_SECONDS = 30.0
+
+
+class SourceUnavailable(RuntimeError):
+    """The head could not be read now (the Hub away, a folder between two renames): look again later."""
+
+
+class Source:
+    """Where the revisions of a catalogue come from."""
+
+    name: str  # the FASHION_CATALOG value
+    follows = True  # False: its head never moves (a pinned commit)
+
+    def head(self) -> str:
+        """The revision the source is at now. Raises SourceUnavailable."""
+        raise NotImplementedError
+
+    def load(self, revision: str) -> tuple[Bundle, CatalogueImages]:
+        """That revision, loaded and verified. Raises BundleError (refused), SourceUnavailable (try again later)."""
+        raise NotImplementedError
+
+    def release(self, revision: str) -> None:
+        """No snapshot serves `revision` any more: its files may go."""
+
+    def shown(self, message: str) -> str:
+        """A message about a loaded revision, with the paths a person knows."""
+        return message
+
+
+class HubSource(Source):
+    """A Hub dataset's branch (or a commit it pins), fetched into the one-copy cache (fashion_search.hub)."""
+
+    def __init__(
+        self,
+        spec: str,
+        cache_dir: str | Path | None = None,
+        hub_cache: str | Path | None = None,
+        endpoint: str | None = None,
+    ):
+        from fashion_search import hub  # huggingface_hub loads only for a Hub catalogue
+        from fashion_search.config import parse_hub_spec
+
+        self._hub = hub
+        self.name = spec
+        self._cache = {"cache_dir": cache_dir, "hub_cache": hub_cache}
+        self._endpoint = endpoint  # None: HF_ENDPOINT, as huggingface_hub reads it
+        _, revision = parse_hub_spec(spec)
+        self.follows = not (revision is not None and hub.is_commit(revision))
+
+    def head(self) -> str:
+        try:
+            return self._hub.head_commit(self.name, endpoint=self._endpoint)
+        except self._hub.HubUnavailable as exc:
+            raise SourceUnavailable(str(exc)) from exc
+
+    def first(self) -> tuple[Path, str]:
+        """(the folder, the commit) a start serves: fetch_bundle's, which falls back to the cache without the Hub."""
+        folder = self._hub.fetch_bundle(self.name, endpoint=self._endpoint, **self._cache)
+        return folder, folder.name
+
+    def load(self, revision: str) -> tuple[Bundle, CatalogueImages]:
+        try:
+            folder = self._hub.fetch_commit(self.name, revision, endpoint=self._endpoint, **self._cache)
+        except self._hub.HubUnavailable as exc:
+            raise SourceUnavailable(str(exc)) from exc
+        return load_catalogue(folder)
+
+    def release(self, revision: str) -> None:
+        self._hub.release_commit(self.name, revision, **self._cache)
+
+
+class FolderSource(Source):
+    """A bundle folder that precompute.py updates; its revision is its manifest's digest."""
+
+    def __init__(self, path: str | Path):
+        self.name = str(path)
+        self.path = Path(path).expanduser()
+        self._handles: dict[str, int] = {}  # revision -> an open handle on the folder it was loaded from
+        self._lock = threading.Lock()
+
+    def head(self) -> str:
+        try:
+            return manifest_digest(self.path)
+        except OSError as exc:  # e.g. between the two renames of a swap
+            raise SourceUnavailable(f"{self.path / MANIFEST} cannot be read now ({exc.strerror or exc}).") from exc
+
+    def load(self, revision: str) -> tuple[Bundle, CatalogueImages]:
+        try:
+            handle = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise SourceUnavailable(f"{self.path} cannot be opened now ({exc.strerror or exc}).") from exc
+        try:
+            root = _handle_path(handle, self.path)
+            if manifest_digest(root) != revision:  # swapped again since the head was read
+                raise SourceUnavailable(f"{self.path} changed while it was being loaded.")
+            try:
+                loaded = load_catalogue(root, revision)
+            except BundleError as exc:
+                raise type(exc)(str(exc).replace(str(root), str(self.path))) from exc
+        except BaseException:
+            os.close(handle)
+            raise
+        with self._lock:
+            if revision in self._handles:  # loaded again (e.g. back to an earlier bundle): one handle is enough
+                os.close(self._handles.pop(revision))
+            self._handles[revision] = handle
+        return loaded
+
+    def release(self, revision: str) -> None:
+        with self._lock:
+            handle = self._handles.pop(revision, None)
+        if handle is not None:
+            os.close(handle)
+
+    def shown(self, message: str) -> str:
+        with self._lock:
+            handles = list(self._handles.values())
+        for handle in handles:
+            message = message.replace(str(_handle_path(handle, self.path)), str(self.path))
+        return message
+
+
+def _handle_path(handle: int, path: Path) -> Path:
+    """A path to the folder open as `handle`, whatever it has been renamed to since (Linux); else the path itself."""
+    proc = Path(f"/proc/self/fd/{handle}")
+    return proc if proc.is_dir() else path
+
+
+def manifest_digest(folder: Path) -> str:
+    """A bundle folder's revision: the first 16 hex digits of its manifest's sha256 (the manifest hashes the rest)."""
+    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+class Follower:
+    """Looks at `source`'s head every `every` seconds and swaps a new revision into `recommender` once it is loaded,
+    checked and warmed; a revision that fails a check is refused with one log line, and the old one keeps serving."""
+
+    def __init__(self, recommender, source: Source, every: float, search: str = "auto", grace: float = RETIRED_SECONDS):
+        self.recommender = recommender
+        self.grace = grace  # seconds a replaced snapshot is kept at least
+        self.source = source
+        self.every = every
+        self.search = search
+        self.refused: dict[str, str] = {}  # revision -> why; not tried again (a later head is)
+        self._stop = threading.Event()
+        self._next_look = 0.0  # when the thread looks again
+        self._unavailable = False  # the last look failed: said once, not at every look
+        self._users: dict[str, int] = {}  # revision -> live snapshots of it (released at 0)
+        self._retired: list[tuple[float, object]] = []  # (until when, a replaced snapshot): RETIRED_SECONDS
+        self._lock = threading.Lock()
+        self._track(recommender.snapshot)
+
+    def start(self) -> Follower:
+        threading.Thread(target=self._run, name="catalogue-follower", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(self.every, max(self.grace, 1.0))):
+            self._retire()
+            if time.monotonic() < self._next_look:
+                continue
+            try:
+                self.check()
+            except Exception:  # never let the follower die: the app keeps serving what it has
+                log.exception("Catalogue %s: looking for a new revision failed", self.source.name)
+
+    def _retire(self) -> None:
+        """Let go of the replaced snapshots whose grace is over (each then goes when its last request is done)."""
+        now = time.monotonic()
+        self._retired = [(until, snapshot) for until, snapshot in self._retired if until > now]
+
+    def check(self) -> bool:
+        """One look at the head; True if a new revision is now served."""
+        self._next_look = time.monotonic() + self.every
+        self._retire()
+        current = self.recommender.snapshot.revision
+        try:
+            head = self.source.head()
+        except SourceUnavailable as exc:
+            if not self._unavailable:
+                log.warning(
+                    "Catalogue %s: cannot look for a new revision (%s); still serving %s.",
+                    self.source.name,
+                    exc,
+                    _short(current),
+                )
+            self._unavailable = True
+            return False
+        self._unavailable = False
+        if head == current or head in self.refused:
+            return False
+        return self._take(head, current)
+
+    def _take(self, revision: str, current: str) -> bool:
+        from fashion_search.approximate import IndexFileError
+        from fashion_search.snapshot import open_snapshot, warm
+
+        started = time.perf_counter()
+        old = self.recommender.snapshot
+        try:
+            bundle, images = self.source.load(revision)
+            snapshot = open_snapshot(
+                self.recommender.embedder,
+                bundle,
+                images,
+                search=self.search,
+                source=old.info.source,
+                name=old.info.name,
+                revision=revision,
+            )
+            warm(snapshot)
+        except SourceUnavailable as exc:
+            log.warning(
+                "Catalogue %s: revision %s not loaded yet (%s); still serving %s.",
+                self.source.name,
+                _short(revision),
+                exc,
+                _short(current),
+            )
+            return False
+        except (BundleError, IndexFileError, OSError, ValueError) as exc:
+            self.refused[revision] = self.source.shown(str(exc))
+            self.source.release(revision)
+            log.error(
+                "Catalogue %s: revision %s refused, still serving %s: %s",
+                self.source.name,
+                _short(revision),
+                _short(current),
+                self.refused[revision],
+            )
+            return False
+        self._track(snapshot)
+        self.recommender.swap(snapshot)
+        if self.grace > 0:
+            self._retired.append((time.monotonic() + self.grace, old))
+        log.info(
+            "Catalogue %s: serving revision %s (%s products; was %s, %s products), loaded in %.1f s.",
+            self.source.name,
+            _short(revision),
+            f"{snapshot.info.count:,}",
+            _short(current),
+            f"{old.info.count:,}",
+            time.perf_counter() - started,
+        )
+        return True
+
+    def _track(self, snapshot) -> None:
+        """Release the revision's files once no snapshot of it is left (the last request using it is done)."""
+        with self._lock:
+            self._users[snapshot.revision] = self._users.get(snapshot.revision, 0) + 1
+        weakref.finalize(snapshot, self._let_go, snapshot.revision)
+
+    def _let_go(self, revision: str) -> None:
+        with self._lock:
+            self._users[revision] -= 1
+            if self._users[revision]:
+                return
+            del self._users[revision]
+        try:
+            self.source.release(revision)
+        except Exception as exc:  # disk left behind is no reason to stop serving
+            log.warning("Catalogue %s: could not remove revision %s: %s", self.source.name, _short(revision), exc)
+
+
+def _short(revision: str) -> str:
+    return revision[:12]
