@@ -149,7 +149,10 @@ def test_labels_stay_clear_of_the_buttons_and_the_cards(page, app_url, catalogue
     print(f"screenshot: {screenshot}")
 
     photo_label = page.locator("#query > label[data-testid='block-label']").element_handle()
-    for button in page.locator("#query .icon-button").element_handles():
+    buttons = page.locator("#query .icon-button").element_handles()
+    assert buttons, "no buttons on the photo: nothing to keep its label clear of"
+    for button in buttons:
+        assert page.evaluate("(b) => b.getBoundingClientRect().width > 0", button)  # drawn, not hidden
         assert not page.evaluate(OVERLAPS, [photo_label, button])
     assert not page.evaluate(OVERLAPS, [photo_label, page.locator("#query img").element_handle()])
     gallery_label = page.locator("#products > label[data-testid='block-label']").element_handle()
