@@ -22,18 +22,24 @@ def list_images(images_dir: str | os.PathLike, exclude: list[Path] = ()) -> list
     Args:
         exclude: folders not to walk into (e.g. the bundle being written, when it lies inside the catalogue).
     """
+    return list_files(images_dir, exclude)[0]
+
+
+def list_files(images_dir: str | os.PathLike, exclude: list[Path] = ()) -> tuple[list[str], list[str]]:
+    """(the image files, the other files) under `images_dir`, as list_images lists them; an image by its extension."""
     root = Path(images_dir)
     if not root.is_dir():
         raise CatalogueError(f"{root} is not a folder of images. Pass the folder that holds the catalogue's pictures.")
     excluded = {Path(p).resolve() for p in exclude}
-    found = []
+    images, others = [], []
     for folder, subfolders, files in os.walk(root):
         here = Path(folder)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and (here / d).resolve() not in excluded)
         for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if not name.startswith("."):
+                found = images if Path(name).suffix.lower() in IMAGE_EXTENSIONS else others
                 found.append((here / name).relative_to(root).as_posix())
-    return sorted(found)
+    return sorted(images), sorted(others)
 
 
 def read_styles(csv_path: str | os.PathLike) -> dict[str, dict[str, str]]:

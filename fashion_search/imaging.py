@@ -32,7 +32,10 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 # The formats a photo comes in, their readers registered by the imports above (JPEG's also reads phones' MPO files).
 # Pillow's other readers stay shut: rarely exercised parsers are attack surface, and EPS would run Ghostscript.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-NOT_AN_IMAGE = "This file is not an image that can be read. Please upload a JPEG, PNG, WebP, GIF or BMP photo."
+NOT_AN_IMAGE_REASON = "This file is not an image that can be read."
+UPLOAD_ANOTHER = "Please upload a JPEG, PNG, WebP, GIF or BMP photo."  # advice for the app's users, not precompute's
+UPLOAD_SMALLER = "Please upload a smaller photo."
+NOT_AN_IMAGE = f"{NOT_AN_IMAGE_REASON} {UPLOAD_ANOTHER}"
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
 Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, as Pillow's crop takes it
@@ -40,7 +43,13 @@ REGION_FORMAT = "four numbers: left, top, right, bottom, in the picture's pixels
 
 
 class ImageError(ValueError):
-    """An upload or catalogue file that cannot be turned into a picture; the message says why, for a person."""
+    """An upload or catalogue file that cannot be turned into a picture; the message says why, for a person.
+
+    `reason` is the message without the advice to whoever uploads (precompute lists a catalogue's files with it)."""
+
+    def __init__(self, reason: str, advice: str = ""):
+        super().__init__(f"{reason} {advice}" if advice else reason)
+        self.reason = reason
 
 
 class RegionError(ValueError):
@@ -151,9 +160,9 @@ def _open(source: ImageSource) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageError(_bomb_message()) from exc
+        raise ImageError(_bomb_message(), UPLOAD_SMALLER) from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(NOT_AN_IMAGE) from exc
+        raise ImageError(NOT_AN_IMAGE_REASON, UPLOAD_ANOTHER) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"The image could not be decoded ({_describe(exc)}).") from exc
 
@@ -163,12 +172,12 @@ def _check_pixels(img: Image.Image) -> None:
     if width < 1 or height < 1:
         raise ImageError("The image has no pixels.")
     if width * height > MAX_PIXELS:
-        raise ImageError(_bomb_message(width, height))
+        raise ImageError(_bomb_message(width, height), UPLOAD_SMALLER)
 
 
 def _bomb_message(width: int | None = None, height: int | None = None) -> str:
     size = f" ({width}x{height} pixels)" if width else ""
-    return f"The image is too large{size}; the limit is {MAX_PIXELS:,} pixels. Please upload a smaller photo."
+    return f"The image is too large{size}; the limit is {MAX_PIXELS:,} pixels."
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -22,11 +22,11 @@ import os
 import shutil
 import stat
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from fashion_search import approximate
 from fashion_search.bundle import IMAGES, MANIFEST, Bundle, BundleError, load_bundle, write_bundle
-from fashion_search.catalogue import IMAGE_EXTENSIONS, list_images, metadata_for, read_styles
+from fashion_search.catalogue import IMAGE_EXTENSIONS, list_files, metadata_for, read_styles
 from fashion_search.files import (
     backup_path,
     link_or_copy,
@@ -66,6 +66,7 @@ class BuildSummary:
     resumed: int = 0  # images taken from chunks of an interrupted run
     reused: int = 0  # rows taken unchanged from the previous bundle
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    ignored: list[str] = field(default_factory=list)  # the files not named as pictures (notes.txt)
     seconds: float = 0.0
     index: str = ""  # what became of the approximate index: trained, updated (or nothing: an exact bundle)
 
@@ -74,10 +75,17 @@ class BuildSummary:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{self.count} images in {self.out_dir}: {self.embedded} embedded ({self.rate:.1f} images/s), "
             f"{self.resumed} resumed, {self.reused} reused, {len(self.skipped)} skipped, in {self.seconds:.1f} s"
-        ) + (f"; approximate index {self.index}" if self.index else "")
+        )
+        if self.index:
+            text += f"; approximate index {self.index}"
+        if self.ignored:  # e.g. "; other files ignored, not pictures by their names: 2 .csv, 1 .txt"
+            kinds = Counter(PurePosixPath(name).suffix.lower() or "without extension" for name in self.ignored)
+            counts = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+            text += f"; other files ignored, not pictures by their names: {counts}"
+        return text
 
 
 def build_bundle(
@@ -113,11 +121,11 @@ def build_bundle(
     try:
         restore_interrupted_swap(out)
         styles = read_styles(metadata) if metadata else None
-        files = list_images(images_dir, exclude=[out, work, backup_path(out)])
+        files, ignored = list_files(images_dir, exclude=[out, work, backup_path(out)])
         if not files:
             kinds = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
             raise PrecomputeError(f"No images ({kinds}) found under {images_dir}.")
-        summary = BuildSummary(out)
+        summary = BuildSummary(out, ignored=ignored)
         model = engine.describe()
         _prepare_work(work, model, batch_size)
         digests = _hash_sources(images_dir, files, quiet, summary)
@@ -189,8 +197,7 @@ def _hash_sources(images_dir: Path, files: list[str], quiet: bool, summary: Buil
                 continue
         except OSError as exc:
             reason = f"cannot read it ({exc.strerror or exc})"
-        log.warning("Skipped %s: %s", name, reason)
-        summary.skipped.append((name, reason))
+        summary.skipped.append((name, reason))  # listed once, by the caller (precompute.py prints the list)
     return digests
 
 
@@ -301,8 +308,7 @@ def _embed(engine, chunks: list[Chunk], quiet: bool, summary: BuildSummary) -> d
                 continue
             names, rows, skipped = _load_chunk(chunk.saved)
             summary.resumed += len(names)
-            _collect(vectors, names, rows, skipped, summary)
-            bar.update(len(chunk.names))
+            _collect(vectors, names, rows, skipped, summary, bar)
         if pending:
             for result in engine.embed_chunks(pending):
                 copies = dict(zip(result.chunk.names, result.chunk.copies))
@@ -310,16 +316,18 @@ def _embed(engine, chunks: list[Chunk], quiet: bool, summary: BuildSummary) -> d
                     write_atomic(copies[name], shown)
                 _save_chunk(result.chunk.saved, result.names, result.rows, result.skipped)
                 summary.embedded += len(result.names)
-                _collect(vectors, result.names, result.rows, result.skipped, summary)
-                bar.update(len(result.chunk.names))
+                _collect(vectors, result.names, result.rows, result.skipped, summary, bar)
     return vectors
 
 
-def _collect(vectors: dict, names: list[str], rows: np.ndarray, skipped: list, summary: BuildSummary) -> None:
+def _collect(vectors: dict, names: list[str], rows: np.ndarray, skipped: list, summary: BuildSummary, bar) -> None:
+    """Take a chunk's vectors; its skipped files leave the progress bar's total, which counts the images embedded."""
     vectors.update(zip(names, rows))
-    for name, reason in skipped:
-        log.warning("Skipped %s: %s", name, reason)
     summary.skipped += skipped
+    bar.total -= len(skipped)
+    if summary.skipped:  # those of the hashing step too, as the closing summary counts them
+        bar.set_postfix_str(f"{len(summary.skipped)} skipped", refresh=False)
+    bar.update(len(names))
 
 
 class LocalEngine:
@@ -357,7 +365,7 @@ def decode_image(source: Path) -> tuple[np.ndarray, bytes] | ImageError:
     except OSError as exc:
         return ImageError(f"cannot read it ({exc.strerror or exc})")
     except ImageError as exc:
-        return exc
+        return ImageError(exc.reason)  # without the advice to upload another photo: this is a catalogue's file
     if max(img.size) <= THUMBNAIL_SIZE:
         shown = data
     else:
