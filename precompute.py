@@ -137,7 +137,9 @@ def build(args: argparse.Namespace) -> int:
 
 
 def push(args: argparse.Namespace) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
+    import httpx2  # huggingface_hub's HTTP client: "the Hub cannot be reached" is its TransportError
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     from fashion_search.bundle import BundleError
     from fashion_search.hub import HubError, preload_front_matter, push_bundle
@@ -146,6 +148,13 @@ def push(args: argparse.Namespace) -> int:
         result = push_bundle(args.out, args.push_to_hub, private=args.private, license=args.license)
     except (BundleError, HubError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (httpx2.TransportError, OfflineModeIsEnabled) as exc:
+        print(
+            f"error: cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__}: {exc}). Check the network "
+            "and HF_ENDPOINT, then run the same command again: the push resumes where it stopped.",
+            file=sys.stderr,
+        )
         return 1
     except HfHubHTTPError as exc:
         print(f"error: the Hub refused the upload ({exc}). Check HF_TOKEN or `hf auth login`.", file=sys.stderr)
