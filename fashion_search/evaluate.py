@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_K = 5
 DEFAULT_BLOCK_SIZE = 1024
+RANDOM_WEIGHTS = "random weights: these figures mean nothing"  # said of a bundle made with --weights random
 _CHUNK_WIDTH = 64  # columns per chunk when bounding the k-th smallest score (see _top_k_block)
 
 
@@ -289,9 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except ValueError as e:
             parser.error(str(e))
+    weights = bundle.weights  # the fingerprint of the weights that made the vectors, from its manifest
+    random_weights = weights.startswith("random")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, "weights": weights}))
+        if random_weights:
+            print(RANDOM_WEIGHTS, file=sys.stderr)
     else:
+        print(f"weights: {weights}")
+        if random_weights:
+            print(RANDOM_WEIGHTS)
         print(format_table(result, missing=len(labels) - n, unshared=unshared))
     return 0
 

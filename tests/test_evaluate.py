@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fashion_search.evaluate import evaluate_leave_one_out, format_table, nearest_other_rows
+from fashion_search.evaluate import RANDOM_WEIGHTS, evaluate_leave_one_out, format_table, nearest_other_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -311,7 +311,7 @@ def test_table_has_aligned_columns_and_notes_what_was_left_out():
 # ---------------------------------------------------------------- the command line, on a real bundle
 
 
-def make_bundle(root: Path, x: np.ndarray, metadata: list[dict] | None) -> Path:
+def make_bundle(root: Path, x: np.ndarray, metadata: list[dict] | None, weights: str = "random:0") -> Path:
     from PIL import Image
 
     from fashion_search.bundle import write_bundle
@@ -324,7 +324,7 @@ def make_bundle(root: Path, x: np.ndarray, metadata: list[dict] | None) -> Path:
         root,
         embeddings=x,
         filenames=names,
-        model={"architecture": "test", "weights": "random:0"},
+        model={"architecture": "test", "weights": weights},
         preprocessing="test",
         metadata=metadata,
     )
@@ -363,8 +363,9 @@ def test_cli_json_equals_the_pure_function(labelled_bundle):
     done = run_cli(root, "--label", "articleType", "--k", "3", "--json")
     assert done.returncode == 0, done.stderr
     expected = evaluate_leave_one_out(x, [m["articleType"] for m in metadata], 3, label="articleType")
-    assert json.loads(done.stdout) == expected
+    assert json.loads(done.stdout) == {**expected, "weights": "random:0"}  # the bundle's weights fingerprint
     assert json.loads(done.stdout)["count"] == 39  # the one "Ties" product is not a query
+    assert done.stderr.splitlines() == ["random weights: these figures mean nothing"]  # stdout stays JSON
 
 
 def test_cli_table_leaves_out_missing_values(labelled_bundle):
@@ -373,8 +374,20 @@ def test_cli_table_leaves_out_missing_values(labelled_bundle):
     assert done.returncode == 0, done.stderr
     labels = [m.get("baseColour") or None for m in metadata]
     expected = evaluate_leave_one_out(x, labels, 5, label="baseColour")
-    assert done.stdout == format_table(expected, missing=2) + "\n"
+    assert done.stdout.splitlines()[:2] == ["weights: random:0", "random weights: these figures mean nothing"]
+    assert done.stdout == f"weights: random:0\n{RANDOM_WEIGHTS}\n" + format_table(expected, missing=2) + "\n"
     assert done.stdout.splitlines()[-1] == "not counted as queries: 2 without a value"
+
+
+def test_cli_names_the_weights_and_says_nothing_more_of_real_ones(tmp_path):
+    rng = np.random.default_rng(5)
+    metadata = [{"articleType": ["Tshirts", "Watches"][i % 2]} for i in range(12)]
+    root = make_bundle(tmp_path / "b", unit_rows(rng, 12, 2048), metadata, weights="imagenet")
+    done = run_cli(root, "--label", "articleType", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "weights: imagenet"
+    assert done.stdout.splitlines()[1].split() == ["articleType", "count", "P@5", "mAP@5"]
+    assert RANDOM_WEIGHTS not in done.stdout + done.stderr
 
 
 def test_cli_reads_numbers_as_labels(labelled_bundle):
