@@ -200,14 +200,14 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
         raise BundleMissingFile(
             f"No catalogue bundle at {root}: the folder does not exist. Build one with precompute.py."
         )
-    manifest = _read_manifest(root)
+    manifest = read_manifest(root)
     files: dict = manifest["files"]
     for required in (EMBEDDINGS, FILENAMES, SOURCES):
         if required not in files:
             raise BundleFormatError(
                 f"{root / MANIFEST} does not list {required}. Rebuild the bundle with precompute.py."
             )
-    filenames = _read_json_list(root, FILENAMES)
+    filenames = read_filenames(root)
     images = [name[len(IMAGES) + 1 :] for name in files if name.startswith(f"{IMAGES}/")]
     _check_paths(root, filenames + images, set(_plain_files(root / IMAGES)))
     for name in files:
@@ -237,7 +237,8 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
     return Bundle(root, embeddings, filenames, metadata, sources, manifest)
 
 
-def _read_manifest(root: Path) -> dict:
+def read_manifest(root: Path) -> dict:
+    """The manifest of the bundle at `root`, checked (format version, keys and types); a BundleError otherwise."""
     path = root / MANIFEST
     if not path.is_file():
         raise BundleMissingFile(f"{path} is missing: this is not a finished bundle. Build it with precompute.py.")
@@ -325,6 +326,11 @@ def _check_digest(path: Path, actual: str | None, digest: str) -> None:
             f"{path} does not match the manifest (sha256 {actual[:12]}…, expected {str(digest)[:12]}…): "
             "the file was changed or damaged. Rebuild or re-download the bundle."
         )
+
+
+def read_filenames(root: Path) -> list[str]:
+    """The bundle's file names (filenames.json), in row order; a BundleFormatError if not a list of strings."""
+    return _read_json_list(Path(root), FILENAMES)
 
 
 def _read_json_list(root: Path, name: str) -> list:

@@ -34,15 +34,17 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Make `target` a hard link to the file behind `source` (links followed), or a copy across file systems."""
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike, fallback=shutil.copyfile) -> None:
+    """Make `target` a hard link to the file behind `source` (links followed): one copy on disk. Across file systems,
+    `fallback(the file behind source, target)` instead: a copy, or e.g. os.symlink."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
+    real = os.path.realpath(source)
     try:
-        os.link(os.path.realpath(source), target)
+        os.link(real, target)
     except OSError:
-        shutil.copyfile(source, target)
+        fallback(real, target)
 
 
 def swap_in(new: Path, target: Path) -> None:

@@ -20,7 +20,15 @@ from pathlib import Path
 
 from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 
-from fashion_search.bundle import DATA_FILES, FILENAMES, IMAGES, MANIFEST, BundleError, BundleFormatError
+from fashion_search.bundle import (
+    DATA_FILES,
+    IMAGES,
+    MANIFEST,
+    BundleError,
+    BundleFormatError,
+    read_filenames,
+    read_manifest,
+)
 from fashion_search.files import link_or_copy
 from fashion_search.images import is_shard_folder, read_shard_list, write_shard_index
 from fashion_search.shards import SHARD_NAME, SHARDS, index_shards
@@ -103,7 +111,7 @@ def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
         staging.mkdir(parents=True)
         shutil.copytree(snapshot / IMAGES, staging / IMAGES, copy_function=link_or_copy)
     for name in [*data, MANIFEST]:
-        _link(snapshot / name, staging / name)
+        link_or_copy(snapshot / name, staging / name, fallback=os.symlink)
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete or damaged copy
     os.replace(staging, folder)
     logger.info("Catalogue %s@%s is in %s", repo_id, sha, folder)
@@ -121,28 +129,12 @@ def _forget(repo_cache: Path, sha: str) -> None:
         logger.warning("Could not remove the refused download of %s from %s: %s", sha, repo_cache, exc)
 
 
-def _link(source: Path, target: Path) -> None:
-    """`target` as a hard link to the file behind `source` (one copy on disk), a symbolic link across file systems."""
-    real = os.path.realpath(source)
-    try:
-        os.link(real, target)
-    except OSError:
-        os.symlink(real, target)
-
-
 def manifest_files(snapshot: Path, repo_id: str, sha: str) -> dict:
-    """The manifest's {file: sha256}; BundleFormatError for a revision without a readable one."""
+    """The manifest's {file: sha256}, read as load_bundle reads it; a BundleError naming the revision otherwise."""
     try:
-        files = json.loads((snapshot / MANIFEST).read_text(encoding="utf-8")).get("files")
-    except FileNotFoundError as err:
-        raise BundleFormatError(
-            f"{repo_id}@{sha} has no {MANIFEST}: it is not a catalogue pushed by precompute.py."
-        ) from err
-    except (OSError, ValueError, AttributeError) as err:
-        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} cannot be read ({err}).") from err
-    if not isinstance(files, dict):
-        raise BundleFormatError(f"The {MANIFEST} of {repo_id}@{sha} lists no files.")
-    return files
+        return read_manifest(snapshot)["files"]
+    except BundleError as err:
+        raise type(err)(f"{repo_id}@{sha} is not a catalogue pushed by precompute.py: {err}") from err
 
 
 def shard_paths(snapshot: Path, repo_id: str, sha: str) -> list[str]:
@@ -161,12 +153,9 @@ def shard_paths(snapshot: Path, repo_id: str, sha: str) -> list[str]:
 
 def _filenames(snapshot: Path, repo_id: str, sha: str) -> list[str]:
     try:
-        names = json.loads((snapshot / FILENAMES).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BundleFormatError(f"The {FILENAMES} of {repo_id}@{sha} cannot be read ({err}).") from err
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise BundleFormatError(f"The {FILENAMES} of {repo_id}@{sha} is not a list of file names.")
-    return names
+        return read_filenames(snapshot)
+    except BundleError as err:
+        raise type(err)(f"{repo_id}@{sha}: {err}") from err
 
 
 def keep(folder: Path, library_cache: Path, repo_id: str) -> Path:
