@@ -21,6 +21,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,14 +341,8 @@ def head_commit(spec: str, *, token: str | None = None, endpoint: str | None = N
     if revision is not None and _COMMIT.fullmatch(revision):
         return revision
     api = HfApi(endpoint=endpoint, token=token)
-    try:
+    with _asking(api, spec):
         return api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
-    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise CatalogueNotFound(f"The Hub at {api.endpoint} has no dataset {spec} you can read.") from err
-    except _UNREACHABLE as err:
-        if isinstance(err, HfHubHTTPError) and err.response.status_code < 500:
-            raise CatalogueNotFound(f"The Hub at {api.endpoint} refused {spec}: {err}") from err
-        raise HubUnavailable(f"Cannot reach the Hub at {api.endpoint} ({type(err).__name__}: {err}).") from err
 
 
 def fetch_commit(
@@ -370,13 +365,20 @@ def fetch_commit(
     repo_id, revision = parse_hub_spec(spec)
     root, library_cache = cache_folders(cache_dir, hub_cache)
     api = HfApi(endpoint=endpoint, token=token)
-    try:
+    with _asking(api, f"{repo_id}@{sha}"):
         return _materialise(api, repo_id, revision, sha, root, library_cache)
+
+
+@contextmanager
+def _asking(api: HfApi, where: str):
+    """The Hub's answers as HubErrors: CatalogueNotFound (it said no), HubUnavailable (it could not be asked)."""
+    try:
+        yield
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise CatalogueNotFound(f"The Hub at {api.endpoint} has no dataset {repo_id}@{sha} you can read.") from err
+        raise CatalogueNotFound(f"The Hub at {api.endpoint} has no dataset {where} you can read.") from err
     except _UNREACHABLE as err:
         if isinstance(err, HfHubHTTPError) and err.response.status_code < 500:
-            raise
+            raise CatalogueNotFound(f"The Hub at {api.endpoint} refused {where}: {err}") from err
         raise HubUnavailable(f"Cannot reach the Hub at {api.endpoint} ({type(err).__name__}: {err}).") from err
 
 

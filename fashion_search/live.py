@@ -83,7 +83,7 @@ class HubSource(Source):
     def head(self) -> str:
         try:
             return self._hub.head_commit(self.name, endpoint=self._endpoint)
-        except self._hub.HubUnavailable as exc:
+        except self._hub.HubError as exc:  # away, or (for now) no such branch or no access: look again later
             raise SourceUnavailable(str(exc)) from exc
 
     def first(self) -> tuple[Path, str]:
@@ -94,7 +94,7 @@ class HubSource(Source):
     def load(self, revision: str) -> tuple[Bundle, CatalogueImages]:
         try:
             folder = self._hub.fetch_commit(self.name, revision, endpoint=self._endpoint, **self._cache)
-        except self._hub.HubUnavailable as exc:
+        except self._hub.HubError as exc:
             raise SourceUnavailable(str(exc)) from exc
         return load_catalogue(folder)
 

@@ -13,7 +13,7 @@ import pytest
 from hub_standin import HubStandIn
 from PIL import Image
 
-from fashion_search import live, webapp
+from fashion_search import image_route, live, webapp
 from fashion_search.bundle import IMAGES, write_bundle
 from fashion_search.files import backup_path, swap_in
 from fashion_search.images import load_catalogue
@@ -151,6 +151,35 @@ def test_a_replaced_revision_keeps_serving_its_pictures_for_a_grace_period(follo
     assert recommender.picture(revision, "1000.jpg") is None
 
 
+def test_a_picture_url_of_a_revision_no_longer_served_leads_to_the_product_in_the_one_served_now(followed):
+    """The file route (fashion_search.image_route) redirects a revision gone to the same product's picture now, so an
+    answer's picture URL outlives its revision; a product gone with it is a 404, and a live revision is served as is."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.testclient import TestClient
+
+    folder, source, recommender, follower = followed
+    old = recommender.snapshot.revision
+    publish(folder, names(1010, 25))
+    assert follower.check()
+    gc.collect()
+    new = recommender.snapshot.revision
+    routes = image_route.routes(recommender.picture, recommender.picture_now)
+    client = TestClient(Starlette(routes=[*routes, Mount("/some/root", routes=routes)]))
+    for prefix in ("", "/some/root"):  # relative: right whatever the app's root path (behind a proxy)
+        moved = client.get(f"{prefix}/catalogue-images/{old}/1020.jpg", follow_redirects=False)
+        assert moved.status_code == 307 and moved.headers["cache-control"] == "no-cache"
+        assert moved.headers["location"] == f"../{new}/1020.jpg"
+    arrived = client.get(f"/catalogue-images/{old}/1020.jpg")
+    assert arrived.status_code == 200 and arrived.content == b"picture of 1020.jpg"
+    assert client.get(f"/catalogue-images/{old}/1000.jpg", follow_redirects=False).status_code == 404  # sold out
+    assert client.get(f"/catalogue-images/{new}/1000.jpg", follow_redirects=False).status_code == 404
+    assert client.get(f"/catalogue-images/{new}/1020.jpg", follow_redirects=False).status_code == 200
+    # gradio_client's form is served for a live revision only: it asks for the URLs of an answer just given
+    origin = f"/gradio_api/file=http%3A//x/catalogue-images/{old}/1020.jpg"
+    assert client.get(origin, follow_redirects=False).status_code == 404
+
+
 def test_a_damaged_new_build_is_refused_with_one_line_while_the_old_serves_and_a_later_one_is_taken(followed, caplog):
     folder, source, recommender, follower = followed
     before = recommender.snapshot
@@ -255,7 +284,7 @@ def hub(tmp_path, monkeypatch):
         yield standin
 
 
-def test_a_followed_hub_branch_takes_a_push_a_pinned_commit_stays_and_a_tampered_head_is_refused(hub, tmp_path):
+def test_a_followed_hub_branch_takes_a_push_a_pinned_commit_stays_and_a_tampered_head_is_refused(hub, tmp_path, caplog):
     from fashion_search.hub import push_bundle
 
     local = publish(tmp_path / "bundle", names(1000, 12))
@@ -294,6 +323,16 @@ def test_a_followed_hub_branch_takes_a_push_a_pinned_commit_stays_and_a_tampered
     )
     assert not follower.check()
     assert recommender.snapshot.revision == second.commit_sha and tampered.oid in follower.refused
+    assert recommender.similar("1005.jpg", 3)[0].filename == "1005.jpg"
+
+    # The Hub away: said once, the revision served stays, and the next look goes on.
+    hub.stop()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fashion_search.live"):
+        assert not follower.check() and not follower.check()
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "fashion_search.live"]
+    assert line.startswith(f"Catalogue {REPO}: cannot look for a new revision (Cannot reach the Hub at {hub.url}")
+    assert line.endswith(f"still serving {second.commit_sha[:12]}.")
     assert recommender.similar("1005.jpg", 3)[0].filename == "1005.jpg"
 
 
