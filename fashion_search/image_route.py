@@ -1,8 +1,8 @@
 """The app's side of fashion_search.images: the file route for images without a file of their own, and the URLs,
 paths and photo files the gallery and the query photo show.
 
-    gr.set_static_paths(images.static_paths)                 # a bundle folder: Gradio serves images/ in place
-    demo.launch(app_kwargs={"routes": routes(recommender.picture)})   # ROUTE serves the images of any live revision
+    gr.set_static_paths(images.static_paths)                 # [] but for FolderImages made without a revision
+    demo.launch(app_kwargs={"routes": routes(recommender.picture, recommender.picture_now)})  # ROUTE: by revision
     webapp.gallery_items(matches, images, root_url())         # in an event: file paths, or the route's full URLs
     photo_file(images, row, cache_dir)                        # a file for the query photo (an image input)
 
@@ -18,24 +18,26 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from fashion_search.images import ROUTE, CatalogueImages
 
 Picture = Callable[[str, str], "tuple[bytes, str] | None"]  # (revision, file name) -> (bytes, media type) or None
+PictureNow = Callable[[str], "str | None"]  # file name -> the route's path of its picture in the revision served now
 
 API_PREFIX = "/gradio_api"  # where Gradio's routes are (gradio.route_utils.API_PREFIX)
 
 
-def routes(picture: Picture) -> list[Route]:
-    """The file route of the catalogue's images that have no file Gradio may serve (a Hub revision's, a followed
-    folder's): `picture(revision, name)` finds one in a revision still being served (Recommender.picture).
+def routes(picture: Picture, now: PictureNow | None = None) -> list[Route]:
+    """The file route of the catalogue's images (a Hub revision's, a bundle folder's): `picture(revision, name)` finds
+    one in a revision still being served (Recommender.picture).
 
     It answers only the catalogue's images, each at its one path (revision and file name), with the image's own
     bytes; anything else is a 404. gradio_client asks for a gallery's URL through Gradio's file route
     (`/gradio_api/file=<the URL>`), which fetches outside URLs itself: those of this route are answered here instead,
-    without any fetch."""
+    without any fetch. Given `now` (Recommender.picture_now), the path of a revision no longer served redirects to the
+    product's picture in the revision served now, so that a URL given out (an MCP answer's) outlives its revision."""
 
     def serve(request: Request) -> Response:
         params = request.path_params
@@ -49,7 +51,12 @@ def routes(picture: Picture) -> list[Route]:
         except OSError:
             found = None
         if found is None:
-            return _not_found()
+            moved = now(name) if now is not None and "origin" not in params else None
+            if moved is None or moved.split("/")[2] == params["revision"]:
+                return _not_found()
+            # Relative to this path, whatever the app's root: up past the name's folders and the revision.
+            location = "../" * (name.count("/") + 1) + moved.removeprefix(ROUTE + "/")
+            return RedirectResponse(location, status_code=307, headers={"Cache-Control": "no-cache"})
         data, media_type = found
         disposition = "attachment" if media_type == "application/octet-stream" else "inline"
         headers = {

@@ -11,7 +11,8 @@ A Hub revision is served from one copy of its files: the shards stay as huggingf
 (SHARD_SPANS, one row per product) and which shard files those are (SHARD_LIST, written last: its presence says the
 revision was verified). Nothing is unpacked, so a million products make two small files, not a million. A followed
 bundle folder (fashion_search.live) is read through a handle on the folder it was loaded from, so its pictures stay
-readable after precompute.py swaps a new bundle in; both are served by the app's file route, by revision and name.
+readable after precompute.py swaps a new bundle in. The app serves every catalogue's pictures, the demo's included, by
+its file route, by revision and name.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class CatalogueImages:
 
 
 class FolderImages(CatalogueImages):
-    """A bundle folder's images/: a file per product, served in place by Gradio; or, for a followed folder
-    (`revision` given: its bundle was loaded through a handle on the folder), by the app's file route."""
+    """A bundle folder's images/: a file per product, served by the app's file route under `revision` (the app's: the
+    folder's manifest digest; a followed folder's bundle is loaded through a handle on the folder), or, made without
+    one, in place by Gradio."""
 
     def __init__(self, bundle: Bundle, revision: str = ""):
         super().__init__(bundle.filenames)

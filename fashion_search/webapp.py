@@ -180,6 +180,13 @@ class Recommender:
         row = snapshot.row_of(name) if snapshot is not None and snapshot.images.served_by_route else None
         return None if row is None else (snapshot.images.read(row), media_type(name))
 
+    def picture_now(self, name: str) -> str | None:
+        """The file route's path of product `name`'s picture in the revision served now, or None (no such product
+        now): where the route sends a request for a revision no longer served, so a picture's URL outlives it."""
+        snapshot = self.snapshot
+        row = snapshot.row_of(name) if snapshot.images.served_by_route else None
+        return None if row is None else snapshot.images.route_path(row)
+
     def warm_up(self) -> None:
         """One query end to end (a white picture), so the first visitor does not pay for graph tracing."""
         self.recommend(Image.new("RGB", (IMAGE_SIZE[1], IMAGE_SIZE[0]), "white"))
@@ -304,7 +311,8 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
             raise
         if bundle is None:
             bundle = demo_bundle(embedder, settings.cache_dir)
-            images, revision = FolderImages(bundle), live.manifest_digest(bundle.root)
+            revision = live.manifest_digest(bundle.root)
+            images = FolderImages(bundle, revision)  # served by the file route, by revision and name
         snapshot = open_snapshot(
             embedder,
             bundle,
@@ -336,7 +344,8 @@ def _load_catalogue(settings: Settings) -> tuple[Bundle, CatalogueImages, str, l
         return (*source.load(revision), revision, source)
     folder = catalogue_folder(settings.catalogue)  # a folder, or a Hub revision fetched or found in the cache
     if folder == Path(settings.catalogue).expanduser():  # a folder, not followed: served in place, as it is
-        return (*load_catalogue(folder), live.manifest_digest(folder), None)
+        revision = live.manifest_digest(folder)
+        return (*load_catalogue(folder, revision), revision, None)
     return (*load_catalogue(folder, folder.name), folder.name, live.HubSource(settings.catalogue))
 
 
