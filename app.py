@@ -11,7 +11,7 @@ From Python:
     from gradio_client import Client, handle_file
     gallery, listing = Client("http://127.0.0.1:7860/").predict(handle_file("photo.jpg"), api_name="/recommend")
 
-As an MCP server (tools `recommend` and `similar`): http://127.0.0.1:7860/gradio_api/mcp/
+As an MCP server (tools `recommend`, `similar` and `facets`): http://127.0.0.1:7860/gradio_api/mcp
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from fashion_search import config, image_route, webapp
+from fashion_search import assistant, config, image_route, webapp
 from fashion_search import demo as demo_assets
 from fashion_search.imaging import ImageError, open_image
 from fashion_search.search import DEFAULT_K, MAX_K
@@ -412,8 +412,8 @@ except webapp.StartupError as exc:
     if __name__ != "__main__":
         raise
     sys.exit(f"error: {exc}")
-# The gallery's files are served in place (not copied into Gradio's cache per answer), and no other file of the bundle;
-# a Hub revision's pictures, which stay in its shards, by the file route of launch_options (fashion_search.image_route).
+# The gallery's pictures are served by the file route of launch_options (fashion_search.image_route), by revision and
+# name, not copied into Gradio's cache per answer, and no other file of the bundle (static paths: none).
 gr.set_static_paths(recommender.images.static_paths)
 demo = build_demo(recommender)
 
@@ -425,9 +425,13 @@ def launch_options() -> dict:
         "state_session_capacity": webapp.SESSION_CAPACITY,
         "css": CSS,
         "js": REGION_JS,
-        # The file route of the pictures of a Hub revision or a followed folder: before Gradio's own routes.
-        "app_kwargs": {"routes": image_route.routes(recommender.picture)},
-        # Also an MCP server: the tools recommend and similar at /gradio_api/mcp/ (the gradio[mcp] extra).
+        # The file route of the catalogue's pictures, before Gradio's own routes.
+        # The MCP tools' answers and facets (fashion_search.assistant), in place of Gradio's, from the start.
+        "app_kwargs": {
+            "routes": image_route.routes(recommender.picture, recommender.picture_now),
+            "lifespan": assistant.lifespan(recommender),
+        },
+        # Also an MCP server: the tools recommend, similar and facets at /gradio_api/mcp (the gradio[mcp] extra).
         "mcp_server": True,
         # System fonts: the page asks no third party for anything.
         "theme": gr.themes.Default(primary_hue="neutral", font=["ui-sans-serif", "system-ui", "sans-serif"]),

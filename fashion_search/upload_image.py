@@ -21,6 +21,7 @@ NOT_A_FILE = (
     'The photo must be sent as a file, not as its name: from Python, handle_file("photo.jpg") or handle_file(URL) '
     "(from gradio_client import handle_file)."
 )
+GIVE_A_PUBLIC_URL = "Give the URL of a picture on a public web server."
 
 
 class ImageData(data_classes.ImageData):
@@ -51,26 +52,34 @@ class UploadedImage(gr.Image):
             raise gr.Error(NOT_AN_IMAGE) from exc
 
     async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None) -> str | None:
-        """Gradio's download of a photo given by URL (an API or MCP client's), which its guard refuses for a private
-        or loopback address; a refusal or failure gets a message for people and one log line, not a traceback."""
-        try:
+        """Gradio's download of a photo given by URL (an API client's), which its guard refuses for a private or
+        loopback address; a refusal or failure gets a message for people and one log line, not a traceback."""
+        if not is_http_url_like(str(url_or_file_path)):
             return await super().async_move_resource_to_block_cache(url_or_file_path)
-        except Exception as exc:
-            if not is_http_url_like(str(url_or_file_path)):
-                raise
-            message = photo_url_refused(str(url_or_file_path), exc)
-            log.warning("%s", message)
-            raise gr.Error(message, print_exception=False) from None
+        return await fetch_photo(self, str(url_or_file_path))
 
 
-def photo_url_refused(url: str, cause: Exception) -> str:
+async def fetch_photo(block: gr.Image, url: str, advice: str = GIVE_A_PUBLIC_URL) -> str:
+    """The photo at `url` downloaded into `block`'s cache folder by Gradio, behind its guard against private and
+    loopback addresses; a file path. A refusal or failure: a gr.Error saying why, then `advice`, and one log line.
+
+    (fashion_search.assistant sends its own advice: the other forms an MCP tool takes a photo in.)"""
+    try:
+        return await gr.Image.async_move_resource_to_block_cache(block, url)
+    except Exception as exc:
+        message = photo_url_refused(url, exc, advice)
+        log.warning("%s", message)
+        raise gr.Error(message, print_exception=False) from None
+
+
+def photo_url_refused(url: str, cause: Exception, advice: str = GIVE_A_PUBLIC_URL) -> str:
     """Why the photo at `url` was not fetched, for the caller (on one line): `cause` is what the download raised."""
     if refused_by_guard(cause):
         reason = "its address is not public, and this app fetches photos only from public addresses"
     else:
         reason = str(cause) or type(cause).__name__
     shown = url if len(url) <= 200 else url[:200] + "…"
-    message = f"Could not fetch the photo at {shown}: {reason}. Give the URL of a picture on a public web server."
+    message = f"Could not fetch the photo at {shown}: {reason}. {advice}"
     return "".join(c if c.isprintable() else " " for c in message)
 
 
