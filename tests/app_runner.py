@@ -178,6 +178,7 @@ class DemoApp:
     url: str
     log: Path  # the app's output, start-up included
     outside: RecordingServer  # the app's proxy: whatever it fetches beyond 127.0.0.1 is asked of it (and refused)
+    cache: Path  # its FASHION_CACHE, where it built the demo catalogue's bundle (demo-<key>/)
 
 
 @functools.cache
@@ -200,7 +201,7 @@ def demo_app() -> DemoApp:
     atexit.register(outside.close)
     atexit.register(app.stop)
     url = app.wait_ready(port)
-    return DemoApp(url, app.log, outside)
+    return DemoApp(url, app.log, outside, Path(env["FASHION_CACHE"]))
 
 
 def printed_endpoints(client, capsys) -> dict[str, list[str]]:
