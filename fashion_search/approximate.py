@@ -13,11 +13,18 @@ listed in the manifest with its sha256 like every other bundle file:
     ivf_codes.npy         (n, d') float32: the rows' reduced vectors in list order (list 0's rows, then list 1's, ...)
 
 A search ranks the lists by their centroid's distance to the query and scores the reduced vectors of the nearest
-lists until it has seen PROBE_LISTS lists' worth of eligible rows (an exact filter only narrows which rows count,
-and no eligible row's vectors are copied but those scored). The RERANK nearest by reduced distance are then scored
-with their float32 vectors, and the FINAL nearest of those are ranked by their euclidean distance accumulated in
-float64, as the reference design's scikit-learn call computes it. The distances returned are exact; only a product
-the scan did not reach can be missed (recall: benchmarks/RESULTS.md, figure 8).
+lists until it has seen its depth's lists' worth of eligible rows (an exact filter only narrows which rows count,
+and no eligible row's vectors are copied but those scored). The depth's candidates, the nearest by reduced distance,
+are then scored with their float32 vectors, and the FINAL nearest of those are ranked by their euclidean distance
+accumulated in float64, as the reference design's scikit-learn call computes it. The distances returned are exact;
+only a product the scan or the cut to candidates lost can be missed.
+
+How deep to search depends on the catalogue: the flatter its neighbourhoods, the more candidates the reduced
+distances need to keep its true nearest. So `tune` measures recall@5 and @20 against the exact search on query
+vectors like users' photos (precompute: altered copies of the catalogue's own pictures, or the owner's photos) and
+sets the depth that scores the fewest rows while meeting RECALL_TARGET on tuning queries, then measures it on other,
+held-out queries, unfiltered and with a filter keeping FILTER_SHARE of the rows. Depth and figures go into ivf.json
+under "search"; an index made before (none there) searches at PROBE_LISTS and RERANK.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 from sklearn.metrics.pairwise import euclidean_distances
 
 from fashion_search.bundle import INDEX_FILES, BundleError
-from fashion_search.index import Neighbour, limited_threads
+from fashion_search.index import Neighbour, NeighbourIndex, limited_threads
 
 KIND = "ivf-pca-1"
 INFO, MEAN, COMPONENTS, CENTROIDS, LISTS, CODES = INDEX_FILES
@@ -42,9 +49,16 @@ TRAIN_PER_LIST = 40  # k-means sample: rows per list (faiss warns below 39)
 TRAIN_ITERATIONS = 16
 FAR_QUANTILE = 0.9  # a new row farther from every centroid than this share of the rows trained on is unlike them
 PCA_SAMPLE = 32768  # rows the PCA is fitted on
-PROBE_LISTS = 96  # lists' worth of eligible rows scanned per query
-RERANK = 1024  # candidates by reduced distance whose float32 distance is computed (at least 8 k)
+PROBE_LISTS = 96  # an index without a measured depth (made before tune existed): lists' worth of rows scanned,
+RERANK = 1024  # and candidates by reduced distance whose float32 distance is computed (at least 8 k)
 FINAL = 64  # of those, the nearest whose distance is computed as the reference design does (at least 4 k)
+RECALL_TARGET = {5: 0.995, 20: 0.985}  # recall@k the depth is tuned to meet on the tuning queries
+RECALL_PROMISE = {5: 0.99, 20: 0.98}  # and what held-out queries must show
+MAX_CANDIDATES = 16384  # deeper than this, or more than MAX_LIST_SHARE of the lists: the index is not worth it
+MAX_LIST_SHARE = 0.25
+FILTER_SHARE = 0.1  # the filter recall is measured with: a seeded random tenth of the rows
+CANDIDATE_STEPS = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384)
+LIST_STEPS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 RETRAIN_GROWTH = 0.5  # re-training is due once rows added since training exceed this share of the rows trained on
 CHECK_ROWS = 256  # rows whose reduced vector and list are checked against the embeddings at load
 NEAR_LISTS = 16  # a checked row's list must be among its 16 nearest
@@ -52,6 +66,35 @@ NEAR_LISTS = 16  # a checked row's list must be among its 16 nearest
 
 class IndexFileError(BundleError):
     """An index file that cannot be served; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Depth:
+    """How deep a search goes: rows scanned by their reduced vectors, and of those the candidates re-ranked."""
+
+    lists: int  # lists' worth of eligible rows scanned (whole lists, nearest first)
+    candidates: int  # the nearest of them by reduced distance, scored with their float32 vectors
+
+
+DEFAULT_DEPTH = Depth(PROBE_LISTS, RERANK)
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Query vectors for measuring recall: like users' photos, each made from a catalogue product or not."""
+
+    vectors: np.ndarray  # (m, d) float32 unit rows
+    sources: np.ndarray  # (m,) int64: the catalogue row each was made from, left out of its neighbours; -1: none
+    kind: str = "query vectors"  # what they are, for ivf.json
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def split(self, held_out: int) -> tuple[Queries, Queries]:
+        """(the first len - held_out, the last held_out): tuning and held-out queries."""
+        cut = len(self) - held_out
+        first = Queries(self.vectors[:cut], self.sources[:cut], self.kind)
+        return first, Queries(self.vectors[cut:], self.sources[cut:], self.kind)
 
 
 @dataclass(frozen=True)
@@ -131,6 +174,152 @@ def update(previous: IvfIndexData, embeddings: np.ndarray, old_rows: np.ndarray)
     return _finish(info, previous.mean, previous.components, centroids, assigned, codes)
 
 
+def depth_of(info: dict) -> Depth:
+    """The depth ivf.json records (measured at build), or DEFAULT_DEPTH for an index made before it did."""
+    search = info.get("search")
+    return Depth(search["lists"], search["candidates"]) if search else DEFAULT_DEPTH
+
+
+def tune(data: IvfIndexData, embeddings: np.ndarray, tuning: Queries, held_out: Queries, seed: int = 0) -> IvfIndexData:
+    """`data` with the search depth that scores the fewest rows while meeting RECALL_TARGET on `tuning`, and the
+    recall measured at it on `held_out`, unfiltered and with a filter keeping FILTER_SHARE of the rows (`filter_rows`
+    with `seed`), recorded in info["search"]. Depths are tried within MAX_CANDIDATES candidates and MAX_LIST_SHARE of
+    the lists; when none meets the target, the one nearest it is recorded with "target_met" false (the caller warns).
+
+    Rows scored: those scanned by their reduced vectors plus the candidates scored by their full vectors
+    (`search_counted` counts both), each query's mean. A count, not a time: the depth a build chooses does not
+    depend on the machine's speed.
+    """
+    index = ApproximateIndex(embeddings, data)
+    truths = _exact_neighbours(embeddings, tuning)
+    options = []  # (cost, shortfall from the target, depth) of each depth tried
+    for lists, scanned, ranks, fill in _ranked_scans(index, tuning, truths):
+        best = min((cost for cost, shortfall, _ in options if shortfall <= 0), default=math.inf)
+        if scanned + CANDIDATE_STEPS[0] > best:
+            break  # scanning more lists costs more than a depth that meets the target already
+        for candidates in (c for c in CANDIDATE_STEPS if c <= min(fill, MAX_CANDIDATES)):
+            shortfall = max(RECALL_TARGET[k] - _share_found(ranks, k, candidates) for k in RECALL_TARGET)
+            options.append((scanned + candidates, shortfall, Depth(lists, candidates)))
+    meeting = [depth for cost, shortfall, depth in sorted(options, key=lambda o: o[0]) if shortfall <= 0]
+    nearest = min(options, key=lambda o: (o[1], o[0]))[2]
+    # The ranks predict each depth's recall; what is recorded is the real search's, at the depth chosen.
+    for depth in meeting[:3]:
+        tuned = measure(index, tuning, depth=depth, truths=truths)
+        if _meets(tuned, RECALL_TARGET):
+            break
+    else:
+        depth = nearest
+        tuned = measure(index, tuning, depth=depth, truths=truths)
+    met = _meets(tuned, RECALL_TARGET)
+    rows = filter_rows(len(embeddings), seed)
+    held = measure(index, held_out, depth=depth)
+    filtered = measure(index, held_out, rows, depth=depth) if len(rows) else None
+    kept = _meets(held, RECALL_PROMISE) and _meets(filtered or held, RECALL_PROMISE)
+    search = {
+        "lists": depth.lists,
+        "candidates": depth.candidates,
+        "queries": tuning.kind,
+        "tuning": {"queries": len(tuning), **tuned},
+        "held_out": {"queries": len(held_out), **held},
+        "held_out_filtered": {"share": FILTER_SHARE, "seed": seed, **filtered} if filtered else None,
+        "target": {f"recall@{k}": value for k, value in RECALL_TARGET.items()},
+        "target_met": met,
+        "promise": {f"recall@{k}": value for k, value in RECALL_PROMISE.items()},
+        "promise_kept": kept,
+    }
+    info = {**data.info, "search": search}
+    return IvfIndexData(info, data.mean, data.components, data.centroids, data.lists, data.codes)
+
+
+def measure(
+    index: ApproximateIndex,
+    queries: Queries,
+    rows: np.ndarray | None = None,
+    depth: Depth | None = None,
+    truths: list[np.ndarray] | None = None,
+) -> dict:
+    """{"recall@5", "recall@20": the share of the exact search's 5 and 20 nearest rows (each query's source left
+    out) that `index` finds at `depth` among `rows` (None: all), "rows_scored": the mean rows it scored per query
+    by their reduced and by their full vectors}; `truths`: the exact neighbours, when already known."""
+    truths = _exact_neighbours(index.embeddings, queries, rows) if truths is None else truths
+    found, scored = index.search_counted(queries.vectors, max(RECALL_TARGET) + 1, rows, depth)
+    figures = {}
+    for k in RECALL_TARGET:
+        shares = []
+        for result, truth, source in zip(found, truths, queries.sources):
+            expected = truth[:k]
+            if len(expected):
+                got = [n.row for n in result if n.row != source][:k]
+                shares.append(len(set(got) & set(expected.tolist())) / len(expected))
+        figures[f"recall@{k}"] = round(float(np.mean(shares)), 4) if shares else 1.0
+    figures["rows_scored"] = [round(float(value), 1) for value in scored.mean(axis=0)] if len(scored) else [0, 0]
+    return figures
+
+
+def filter_rows(n: int, seed: int = 0) -> np.ndarray:
+    """The rows of the filter recall is measured with: each row kept with probability FILTER_SHARE (seeded)."""
+    return np.flatnonzero(np.random.default_rng(seed).random(n) < FILTER_SHARE)
+
+
+def describe(index: ApproximateIndex) -> str:
+    """One phrase for the app's log and the page: the index's depth and the recall measured at build."""
+    depth = f"{index.depth.candidates:,} candidates from {index.depth.lists:,} lists' worth of rows"
+    search = index.data.info.get("search")
+    if not search:
+        return f"approximate index, recall not measured (made before precompute measured it), {depth}"
+    held = search["held_out"]
+    text = (
+        f"approximate index, recall@5 {held['recall@5']:.3f} / @20 {held['recall@20']:.3f} measured at build on "
+        f"{held['queries']:,} held-out queries, {depth}"
+    )
+    if not (search["target_met"] and search["promise_kept"]):
+        text += "; below its recall target: consider --search exact"
+    return text
+
+
+def _ranked_scans(index: ApproximateIndex, queries: Queries, truths: list[np.ndarray]):
+    """For each list depth in LIST_STEPS within MAX_LIST_SHARE of the lists, shallowest first: (lists, mean rows
+    scanned, each query's true neighbours' ranks by reduced distance in its scan (a huge number where not scanned),
+    the most candidates the scan can fill)."""
+    cap = max(1, int(MAX_LIST_SHARE * len(index.data.centroids)))
+    reduced = (queries.vectors - index.data.mean) @ index.data.components.T
+    wanted = max(CANDIDATE_STEPS[0], 8 * (max(RECALL_TARGET) + 1))  # what a search for the 20 (and a source) scans
+    for lists in sorted({step for step in LIST_STEPS if step < cap} | {cap}):
+        depth = Depth(lists, wanted)
+        ranks, scanned = [], []
+        for vector, truth in zip(reduced, truths):
+            positions, scores, probed = index._scan(vector, None, depth, wanted)
+            scanned.append(len(positions))
+            mine = index.position[truth]
+            truth_scores = index.code_norms[mine] - 2 * (np.asarray(index.data.codes[mine]) @ vector)
+            rank = np.searchsorted(np.sort(scores), truth_scores).astype(np.int64)
+            rank[~np.isin(index.data.lists[truth], probed)] = np.iinfo(np.int64).max
+            ranks.append(rank)
+        yield lists, float(np.mean(scanned)), ranks, max(index.probe_rows(depth), wanted)
+
+
+def _meets(figures: dict, bounds: dict) -> bool:
+    return all(figures[f"recall@{k}"] >= bound for k, bound in bounds.items())
+
+
+def _share_found(ranks: list[np.ndarray], k: int, candidates: int) -> float:
+    shares = [np.mean(rank[:k] < candidates) for rank in ranks if len(rank)]
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def _exact_neighbours(embeddings: np.ndarray, queries: Queries, rows: np.ndarray | None = None) -> list[np.ndarray]:
+    """For each query, the rows of its max(RECALL_TARGET) nearest among `rows` by the exact search, its source left
+    out; searched in blocks (the exact search scores every row for every query of a block)."""
+    k = max(RECALL_TARGET)
+    exact = NeighbourIndex(embeddings)
+    truths = []
+    for start in range(0, len(queries), 32):
+        block = slice(start, start + 32)
+        for found, source in zip(exact.search(queries.vectors[block], k + 1, rows), queries.sources[block]):
+            truths.append(np.array([n.row for n in found if n.row != source][:k], dtype=np.int64))
+    return truths
+
+
 def write(root: Path, data: IvfIndexData) -> list[str]:
     """Write the index files into the bundle folder `root`; returns their names (for the manifest)."""
     arrays = {
@@ -182,10 +371,14 @@ class ApproximateIndex:
         self.sizes = sizes
         self.code_norms = np.einsum("ij,ij->i", data.codes, data.codes)  # in list order
         self.centroid_norms = np.einsum("ij,ij->i", data.centroids, data.centroids)
-        self.probe_rows = PROBE_LISTS * len(embeddings) / max(1, len(data.centroids))
+        self.depth = depth_of(data.info)
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    def probe_rows(self, depth: Depth) -> float:
+        """The eligible rows a search at `depth` scans: its lists' worth, at the mean list's size."""
+        return depth.lists * len(self) / max(1, len(self.data.centroids))
 
     def check_agreement(self, root: Path) -> None:
         """A sample of rows: each reduced vector is its embedding's, and each row's list is among its NEAR_LISTS
@@ -205,31 +398,49 @@ class ApproximateIndex:
         if np.any(mine > near + 1e-3):
             raise IndexFileError(f"{root / LISTS} puts rows in lists whose centroid is far from them. {_REBUILD}")
 
-    def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> list[list[Neighbour]]:
+    def search(
+        self, queries: np.ndarray, k: int, rows: np.ndarray | None = None, depth: Depth | None = None
+    ) -> list[list[Neighbour]]:
         """The k nearest catalogue rows for each query, nearest first (as `NeighbourIndex.search`).
 
         Args:
             queries: (m, d) or (d,) float32 unit vectors.
             k: how many neighbours; fewer come back when fewer rows are eligible.
             rows: if given, only these catalogue rows are eligible (an exact filter: no other row is returned).
+            depth: how deep to search; None: the index's own (measured at build, or DEFAULT_DEPTH).
         """
+        return self.search_counted(queries, k, rows, depth)[0]
+
+    def search_counted(
+        self, queries: np.ndarray, k: int, rows: np.ndarray | None = None, depth: Depth | None = None
+    ) -> tuple[list[list[Neighbour]], np.ndarray]:
+        """`search`'s results, and (m, 2) int64: for each query the rows it scored by their reduced vectors, and
+        those it scored by their full vectors (what a search costs)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        scored = np.zeros((len(queries), 2), dtype=np.int64)
         if rows is not None and len(rows) == 0:
-            return [[] for _ in queries]
+            return [[] for _ in queries], scored
         eligible = None if rows is None else _Eligible(self, np.asarray(rows, dtype=np.int64))
+        depth = depth or self.depth
+        results = []
         with limited_threads():
-            return [self._search_one(query, k, eligible) for query in queries]
+            for i, query in enumerate(queries):
+                found, scored[i] = self._search_one(query, k, eligible, depth)
+                results.append(found)
+        return results, scored
 
-    def _search_one(self, query: np.ndarray, k: int, eligible: _Eligible | None) -> list[Neighbour]:
-        reduced = (query - self.data.mean) @ self.data.components.T
-        depth = max(RERANK, 8 * k)
-        # The nearest lists, until they hold PROBE_LISTS lists' worth of eligible rows (and at least `depth`).
+    def _scan(
+        self, reduced: np.ndarray, eligible: _Eligible | None, depth: Depth, wanted: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions in list order of the eligible rows scanned, their reduced scores (squared distance less the
+        query's norm), the lists probed): the nearest lists until they hold depth's lists' worth of eligible rows
+        (and at least `wanted`)."""
         nearest_lists = np.argsort(self.centroid_norms - 2 * (self.data.centroids @ reduced))
         counts = self.sizes if eligible is None else eligible.counts
-        enough = int(np.searchsorted(np.cumsum(counts[nearest_lists]), max(self.probe_rows, depth)))
-        probed = nearest_lists[: max(enough + 1, PROBE_LISTS)]
+        enough = int(np.searchsorted(np.cumsum(counts[nearest_lists]), max(self.probe_rows(depth), wanted)))
+        probed = nearest_lists[: max(enough + 1, depth.lists)]
         if eligible is None:  # whole lists: contiguous slices of the codes, scored in place
             positions = _ranges(self.offsets[probed], self.offsets[probed + 1])
             codes = [self.data.codes[self.offsets[i] : self.offsets[i + 1]] @ reduced for i in probed]
@@ -237,9 +448,19 @@ class ApproximateIndex:
         else:  # only the eligible rows of those lists
             positions = eligible.positions[_ranges(eligible.bounds[probed], eligible.bounds[probed + 1])]
             scores = self.code_norms[positions] - 2 * (self.data.codes[positions] @ reduced)
-        if len(positions) > depth:
-            positions = positions[np.argpartition(scores, depth - 1)[:depth]]
+        return positions, scores, probed
+
+    def _search_one(
+        self, query: np.ndarray, k: int, eligible: _Eligible | None, depth: Depth
+    ) -> tuple[list[Neighbour], tuple[int, int]]:
+        reduced = (query - self.data.mean) @ self.data.components.T
+        cut = max(depth.candidates, 8 * k)
+        positions, scores, _ = self._scan(reduced, eligible, depth, cut)
+        scanned = len(positions)
+        if len(positions) > cut:
+            positions = positions[np.argpartition(scores, cut - 1)[:cut]]
         candidates = np.sort(self.order[positions])
+        reranked = len(candidates)
         final = max(FINAL, 4 * k)
         if len(candidates) > final:  # the float32 vectors' distances, then only the nearest few in float64
             vectors = self.embeddings[candidates]
@@ -248,7 +469,8 @@ class ApproximateIndex:
         # Exact: float32 vectors, float64 accumulation (scikit-learn's upcast), ties to the lower row as a stable sort.
         distances = euclidean_distances(self.embeddings[candidates], query[None, :]).ravel()
         best = np.argsort(distances, kind="stable")[:k]
-        return [Neighbour(rank + 1, int(candidates[i]), float(distances[i])) for rank, i in enumerate(best)]
+        found = [Neighbour(rank + 1, int(candidates[i]), float(distances[i])) for rank, i in enumerate(best)]
+        return found, (scanned, reranked)
 
 
 class _Eligible:
@@ -307,6 +529,7 @@ def _finish(info, mean, components, centroids, assigned, codes) -> IvfIndexData:
     return IvfIndexData(info, mean, components, centroids, assigned.astype(np.int32), codes[order])
 
 
+_DEPTH_KEYS = ("lists", "candidates")
 _REBUILD = "Rebuild the index with precompute.py --index approximate, or serve the catalogue with --search exact."
 
 
@@ -322,6 +545,11 @@ def _read_info(path: Path) -> dict:
             raise IndexFileError(f"{path} has no valid {key!r}. {_REBUILD}")
     if type(info.get("far")) not in (int, float) or not math.isfinite(info["far"]):
         raise IndexFileError(f"{path} has no valid 'far'. {_REBUILD}")
+    search = info.get("search")  # absent from an index made before the depth was measured: DEFAULT_DEPTH
+    if search is not None and not (
+        isinstance(search, dict) and all(type(search.get(key)) is int and search[key] >= 1 for key in _DEPTH_KEYS)
+    ):
+        raise IndexFileError(f"{path} has no valid search depth ('lists', 'candidates' under 'search'). {_REBUILD}")
     return info
 
 

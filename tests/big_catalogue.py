@@ -133,6 +133,22 @@ def grown_vectors(base: np.ndarray, n: int, seed: int = 0, out: np.ndarray | Non
     return out
 
 
+def near_copies(products: np.ndarray, n: int, noise: float, seed: int = 0) -> np.ndarray:
+    """(n, d) float32 unit rows, each a copy of one of `products` (chosen at random) with `noise` per dimension: flat
+    neighbourhoods, like a catalogue of many shots of few products. A query made the same way finds its nearest among
+    thousands of rows nearly as near, told apart by the noise, which the index's reduced vectors mostly leave out."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, products.shape[1]), dtype=np.float32)
+    for start in range(0, n, 16384):
+        m = min(16384, n - start)
+        block = (
+            products[rng.integers(0, len(products), m)]
+            + rng.standard_normal((m, products.shape[1]), np.float32) * noise
+        )
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
 def describe_neighbourhoods(vectors: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray, seed: int = 0) -> dict:
     """Median distance of a query to its exact 1st and k-th neighbour, and to a random row: real data has a gap."""
     rng = np.random.default_rng(seed)

@@ -1,5 +1,5 @@
-"""The approximate index at 100k rows: recall and exact distances against the exact search, filters, the files it
-travels in, and every way those files can be wrong."""
+"""The approximate index at 100k rows: its depth tuned to a recall target, recall and exact distances against the
+exact search, filters, the rows it scores, the files it travels in, and every way those files can be wrong."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from big_catalogue import describe_neighbourhoods, grown_vectors, structured_base
+from big_catalogue import describe_neighbourhoods, grown_vectors, near_copies, structured_base
 from sklearn.neighbors import NearestNeighbors
 
 from fashion_search import approximate
-from fashion_search.approximate import ApproximateIndex, IndexFileError
+from fashion_search.approximate import DEFAULT_DEPTH, ApproximateIndex, Depth, IndexFileError, Queries
 from fashion_search.bundle import INDEX_FILES, BundleFormatError, BundleHashMismatch, load_bundle, write_bundle
 from fashion_search.index import NeighbourIndex
 from fashion_search.search import open_index
@@ -20,20 +20,31 @@ from fashion_search.search import open_index
 pytestmark = pytest.mark.slow  # trains an index over 100k rows
 
 ROWS = 100_000
-QUERIES = 60
+QUERIES = 200  # the tests' queries
+TUNING = 400  # the tuning queries, and half as many held out at build (as precompute)
+HELD_OUT = 200
 
 
 @pytest.fixture(scope="module")
-def vectors() -> tuple[np.ndarray, np.ndarray]:
-    """(catalogue rows grown from a structured base, held-out queries: base-like vectors no row was grown from)."""
-    base = structured_base(2_000 + QUERIES, seed=1)
-    return grown_vectors(base[:-QUERIES], ROWS, seed=2), base[-QUERIES:]
+def catalogue() -> tuple[np.ndarray, Queries, Queries, np.ndarray]:
+    """(catalogue rows grown from a structured base; the build's tuning and held-out queries; the tests' queries):
+    base-like vectors no row was grown from, three samples apart."""
+    base = structured_base(2_000 + TUNING + HELD_OUT + QUERIES, seed=1)
+    tuning, held_out = (Queries(part, np.full(len(part), -1)) for part in np.split(base[2_000:-QUERIES], [TUNING]))
+    return grown_vectors(base[:2_000], ROWS, seed=2), tuning, held_out, base[-QUERIES:]
 
 
 @pytest.fixture(scope="module")
-def index(vectors) -> ApproximateIndex:
-    embeddings, _ = vectors
-    return ApproximateIndex(embeddings, approximate.train(embeddings))
+def vectors(catalogue) -> tuple[np.ndarray, np.ndarray]:
+    embeddings, _, _, queries = catalogue
+    return embeddings, queries
+
+
+@pytest.fixture(scope="module")
+def index(catalogue) -> ApproximateIndex:
+    """Trained and tuned, as precompute.py --index approximate makes it."""
+    embeddings, tuning, held_out, _ = catalogue
+    return ApproximateIndex(embeddings, approximate.tune(approximate.train(embeddings), embeddings, tuning, held_out))
 
 
 def recall(found: list, expected: list, k: int) -> float:
@@ -47,10 +58,18 @@ def test_the_vectors_have_neighbourhoods(vectors):
     assert gaps["20th"] < 0.8 * gaps["random row"], gaps  # else recall would measure noise
 
 
-@pytest.mark.parametrize("share", [None, 0.4, 0.05, 0.002])
+def filter_of(share: float | None) -> np.ndarray | None:
+    return None if share is None else np.flatnonzero(np.random.default_rng(3).random(ROWS) < share)
+
+
+@pytest.mark.parametrize("share", [None, 0.4, 0.1, 0.05, 0.002])
 def test_recall_against_the_exact_search_filtered_or_not(vectors, index, share):
+    """At the tuned depth; 40 % and 10 % leave several times more eligible rows than the depth scans, so the lists
+    a filtered search chooses decide what it finds."""
     embeddings, queries = vectors
-    rows = None if share is None else np.flatnonzero(np.random.default_rng(3).random(ROWS) < share)
+    rows = filter_of(share)
+    if share in (0.4, 0.1):
+        assert len(rows) > 2 * index.probe_rows(index.depth)
     exact = NeighbourIndex(embeddings).search(queries, 20, rows)
     found = index.search(queries, 20, rows)
     assert recall(found, exact, 5) >= 0.99 and recall(found, exact, 20) >= 0.98
@@ -59,21 +78,147 @@ def test_recall_against_the_exact_search_filtered_or_not(vectors, index, share):
         assert all(len(result) == min(20, len(rows)) for result in found)
 
 
+@pytest.mark.parametrize("share", [None, 0.4, 0.1, 0.002])
+@pytest.mark.parametrize("depth", ["tuned", Depth(24, 1024)])
+def test_a_search_scores_its_depths_worth_of_eligible_rows_and_no_more(vectors, index, share, depth):
+    """Its depth's lists' worth of eligible rows (at the mean list's size; the lists nearest a query run larger),
+    whatever the filter, and at most its candidates by their full vectors; at 24 lists (of 1,265) and 1,024
+    candidates, under 5 % of the rows. An index that scans every list fails, and so does a filtered search that
+    counts rows it cannot return. (The depth tuned here scans about 10 %: this catalogue needs 96 lists.)"""
+    _, queries = vectors
+    rows, depth = filter_of(share), index.depth if depth == "tuned" else depth
+    _, scored = index.search_counted(queries, 20, rows, depth)
+    scanned, full = scored[:, 0], scored[:, 1]
+    allowed = index.probe_rows(depth)
+    assert scanned.min() >= min(allowed, ROWS if rows is None else len(rows))
+    assert scanned.max() <= 2 * allowed
+    assert full.max() <= depth.candidates
+    if depth == Depth(24, 1024):
+        assert (scanned + full).max() < 0.05 * ROWS
+
+
 def test_distances_are_the_reference_calls(vectors, index):
-    """For every row returned, the distance the reference design's scikit-learn call gives that row."""
+    """For every row returned, the distance the reference design's scikit-learn call gives that row, for a float32
+    query as the app's: the same computation to the last bit, which a float32 shortcut (~1e-6 off) would break."""
     embeddings, queries = vectors
-    found = index.search(queries[:10], 20)
-    for query, result in zip(queries[:10], found):
+    queries = queries[:10].astype(np.float32)
+    found = index.search(queries, 20)
+    reference = NearestNeighbors(algorithm="brute", metric="euclidean").fit(embeddings)
+    for query, result in zip(queries, found):
         rows = np.array([n.row for n in result])
-        reference = NearestNeighbors(algorithm="brute", metric="euclidean").fit(embeddings)
         distances, neighbours = reference.kneighbors(query[None], 20)
         by_row = dict(zip(neighbours[0].tolist(), distances[0].tolist()))
-        exact = np.linalg.norm(embeddings[rows].astype(np.float64) - query.astype(np.float64), axis=1)
-        np.testing.assert_allclose([n.distance for n in result], exact, atol=1e-6)
+        # the call on the rows returned alone gives the distances of those the top 20 does not hold
+        few = NearestNeighbors(algorithm="brute", metric="euclidean").fit(embeddings[rows])
+        few_distances, few_rows = few.kneighbors(query[None], len(rows))
+        by_row = {**dict(zip(rows[few_rows[0]].tolist(), few_distances[0].tolist())), **by_row}
+        np.testing.assert_allclose([n.distance for n in result], [by_row[n.row] for n in result], rtol=0, atol=1e-12)
         assert [n.distance for n in result] == sorted(n.distance for n in result)
-        for n in result:
-            if n.row in by_row:
-                assert n.distance == pytest.approx(by_row[n.row], abs=1e-6)
+        # and the true distance within the float32 rounding of the call's result (~2e-8 here)
+        exact = np.linalg.norm(embeddings[rows].astype(np.float64) - query.astype(np.float64), axis=1)
+        np.testing.assert_allclose([n.distance for n in result], exact, rtol=0, atol=1e-7)
+
+
+def test_the_recorded_recall_is_a_fresh_measurements(catalogue, index, tmp_path):
+    """What ivf.json records (through write and load) is what measuring the index again gives, query for query."""
+    embeddings, tuning, held_out, _ = catalogue
+    approximate.write(tmp_path, index.data)
+    search = json.loads((tmp_path / "ivf.json").read_text())["search"]
+    assert search["target_met"] and search["promise_kept"] and search["queries"] == "query vectors"
+    assert Depth(search["lists"], search["candidates"]) == index.depth
+    assert search["tuning"] == {"queries": TUNING, **approximate.measure(index, tuning)}
+    assert search["held_out"] == {"queries": HELD_OUT, **approximate.measure(index, held_out)}
+    rows = approximate.filter_rows(ROWS, search["held_out_filtered"]["seed"])
+    assert abs(len(rows) / ROWS - 0.1) < 0.01
+    assert search["held_out_filtered"] == {"share": 0.1, "seed": 0, **approximate.measure(index, held_out, rows)}
+    assert search["held_out"]["recall@5"] >= 0.99 and search["held_out"]["recall@20"] >= 0.98
+
+
+def test_describe_names_the_depth_and_the_recall_measured_at_build(index):
+    search = index.data.info["search"]
+    held = search["held_out"]
+    assert approximate.describe(index) == (
+        f"approximate index, recall@5 {held['recall@5']:.3f} / @20 {held['recall@20']:.3f} measured at build on "
+        f"{HELD_OUT} held-out queries, {index.depth.candidates:,} candidates from {index.depth.lists} lists' worth of "
+        "rows"
+    )
+    short = {**index.data.info, "search": {**search, "target_met": False}}
+    below = ApproximateIndex(index.embeddings, approximate.IvfIndexData(short, *astuple_of(index.data)))
+    assert approximate.describe(below).endswith("; below its recall target: consider --search exact")
+
+
+def astuple_of(data: approximate.IvfIndexData) -> tuple:
+    return data.mean, data.components, data.centroids, data.lists, data.codes
+
+
+def test_an_index_made_before_its_depth_was_measured_loads_and_searches_at_the_fixed_depth(tmp_path):
+    """ivf.json without "search", as precompute wrote it before: loaded, searched at 96 lists' worth of rows and
+    1,024 candidates as then, and described as not measured."""
+    root, embeddings = small_bundle(tmp_path / "b")
+    assert "search" not in json.loads((root / "ivf.json").read_text())
+    index = open_index(load_bundle(root))
+    assert index.depth == DEFAULT_DEPTH == Depth(96, 1024)
+    queries = embeddings[:8] + 0.01
+    found, scored = index.search_counted(queries, 20)
+    assert found == index.search(queries, 20, depth=Depth(96, 1024))
+    assert scored[:, 0].min() >= 96 * len(embeddings) / index.data.info["lists"] and scored[:, 1].max() == 1024
+    assert approximate.describe(index) == (
+        "approximate index, recall not measured (made before precompute measured it), 1,024 candidates from 96 "
+        "lists' worth of rows"
+    )
+
+
+FLAT_ROWS = 50_000
+FLAT_PRODUCTS = 25  # 2,000 noisy copies of each
+FLAT_NOISE = 0.002  # per dimension: between two copies about 0.13, between two products about 0.35
+
+
+@pytest.fixture(scope="module")
+def flat() -> tuple[np.ndarray, approximate.IvfIndexData, list[Queries]]:
+    """A catalogue with flat neighbourhoods, its index trained, and three samples of queries made like its rows:
+    tuning, held out at build, and the tests' own."""
+    products = structured_base(FLAT_PRODUCTS, seed=11)
+    rows = near_copies(products, FLAT_ROWS, FLAT_NOISE, seed=12)
+    samples = [Queries(near_copies(products, 100, FLAT_NOISE, seed), np.full(100, -1)) for seed in (13, 14, 15)]
+    return rows, approximate.train(rows), samples
+
+
+def test_on_flat_neighbourhoods_the_fixed_depth_misses_the_target_and_the_tuned_one_meets_it(flat):
+    """Issue 29: the fixed depth's 1,024 candidates lose true neighbours among thousands nearly as near; the depth
+    tuned on one sample keeps the promise on queries outside both the tuning and the held-out sample, filtered too."""
+    rows, data, (tuning, held_out, other) = flat
+    exact = NeighbourIndex(rows).search(other.vectors, 20)
+    gaps = describe_neighbourhoods(rows, other.vectors, np.array([[n.row for n in found] for found in exact]))
+    assert gaps["20th"] < 1.05 * gaps["nearest"] and gaps["20th"] < 0.8 * gaps["random row"], gaps  # flat, but near
+    fixed = ApproximateIndex(rows, data)
+    assert fixed.depth == DEFAULT_DEPTH
+    before = approximate.measure(fixed, other)
+    assert before["recall@5"] < 0.99, before
+    tuned = ApproximateIndex(rows, approximate.tune(data, rows, tuning, held_out))
+    search = tuned.data.info["search"]
+    assert search["target_met"] and search["promise_kept"] and tuned.depth.candidates > DEFAULT_DEPTH.candidates
+    for filtered in (None, approximate.filter_rows(FLAT_ROWS, seed=5)):
+        after = approximate.measure(tuned, other, filtered)
+        assert after["recall@5"] >= 0.99 and after["recall@20"] >= 0.98, after
+
+
+def test_when_no_depth_within_the_limits_meets_the_target_it_says_so(flat, monkeypatch):
+    """Limits too tight for this catalogue: the index is recorded with the depth nearest the target, marked below
+    it, and precompute's message says so plainly and names the ways out."""
+    from fashion_search.pipeline import _tuning_warnings
+
+    rows, data, (tuning, held_out, _) = flat
+    monkeypatch.setattr(approximate, "MAX_CANDIDATES", 512)
+    short = ApproximateIndex(rows, approximate.tune(data, rows, tuning, held_out))
+    search = short.data.info["search"]
+    assert not search["target_met"] and short.depth.candidates == 512
+    assert search["tuning"]["recall@5"] < 0.995 and search["held_out"] == approximate.measure(short, held_out) | {
+        "queries": 100
+    }
+    warning = _tuning_warnings(search)[0]
+    assert warning.startswith("BELOW TARGET: no search depth within 512 candidates and a quarter of the lists")
+    assert "Build with --index exact" in warning and "--retrain-index" in warning
+    assert approximate.describe(short).endswith("; below its recall target: consider --search exact")
 
 
 def test_search_interface_is_the_exact_index(vectors, index):
@@ -193,6 +338,13 @@ TAMPERINGS = {
         "ivf.json is not an index of kind 'ivf-pca-1'",
     ),
     "not JSON": ("ivf.json", lambda r: (r / "ivf.json").write_text("[1"), "ivf.json could not be read as JSON"),
+    "a depth that is not a number": (
+        "ivf.json",
+        lambda r: (r / "ivf.json").write_text(
+            json.dumps({**json.loads((r / "ivf.json").read_text()), "search": {"lists": "all", "candidates": 1024}})
+        ),
+        r"ivf.json has no valid search depth \('lists', 'candidates' under 'search'\)",
+    ),
 }
 
 
