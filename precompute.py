@@ -2,7 +2,8 @@
 
 Usage:
     python precompute.py IMAGES_DIR --out BUNDLE_DIR [--weights imagenet|random|PATH] [--metadata styles.csv]
-                         [--batch-size N] [--precision float32|bfloat16] [--index exact|approximate] [--quiet]
+                         [--batch-size N] [--precision float32|bfloat16] [--quiet]
+                         [--index exact|approximate [--retrain-index] [--tuning-photos DIR]]
                          [--engine local|ray [--ray-address ADDRESS] [--ray-actors N] [--ray-actor-cpus N]]
                          [--push-to-hub OWNER/NAME [--private] [--license ID]]
     python precompute.py --out BUNDLE_DIR --push-to-hub OWNER/NAME     # push an existing bundle, no rebuild
@@ -52,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         "--retrain-index",
         action="store_true",
         help="with --index approximate: train the index afresh (precompute says when this is due)",
+    )
+    parser.add_argument(
+        "--tuning-photos",
+        metavar="DIR",
+        help="with --index approximate: photos like those shoppers send (at least 30) to tune the index's search "
+        "depth and measure its recall on; default: altered copies of 600 of the catalogue's own pictures",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -123,6 +130,7 @@ def build(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             index=args.index,
             retrain_index=args.retrain_index,
+            tuning_photos=args.tuning_photos,
         )
     except (WeightsUnavailable, PrecisionUnavailable, PrecomputeError, CatalogueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

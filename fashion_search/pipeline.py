@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 from tqdm import tqdm
 
 from fashion_search import approximate
@@ -48,6 +48,10 @@ from fashion_search.imaging import PREPROCESSING_ID, ImageError, image_to_input,
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = ("exact", "approximate")  # precompute.py --index
+TUNING_QUERIES = 600  # altered copies of catalogue pictures the index's depth is measured on: a minute's forward passes
+HELD_OUT_SHARE = 1 / 3  # of them, those held out of the tuning, on which recall is reported
+MIN_TUNING_PHOTOS = 30  # --tuning-photos: fewer cannot measure recall to a hundredth
+TUNING_SEED = 0
 THUMBNAIL_SIZE = 256  # longest side of the images a bundle carries for the gallery
 _STATE = "state.json"
 _CHUNKS = "chunks"
@@ -68,7 +72,7 @@ class BuildSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     ignored: list[str] = field(default_factory=list)  # the files not named as pictures (notes.txt)
     seconds: float = 0.0
-    index: str = ""  # what became of the approximate index: trained, updated (or nothing: an exact bundle)
+    index: str = ""  # what became of the approximate index: trained, updated, its depth (nothing: an exact bundle)
 
     @property
     def rate(self) -> float:
@@ -99,6 +103,7 @@ def build_bundle(
     workers: int = 2,
     index: str = "exact",
     retrain_index: bool = False,
+    tuning_photos: str | os.PathLike | None = None,
 ) -> BuildSummary:
     """Embed every image under `images_dir` into the bundle `out_dir` (created, or updated in place).
 
@@ -107,13 +112,16 @@ def build_bundle(
             the model elsewhere (`ray_engine.RayEngine`): anything with `describe()` and `embed_chunks(chunks)`.
         index: "exact" (no index: the app searches every row) or "approximate" (an inverted-file index for large
             catalogues, fashion_search.approximate): trained on the first build, then carried over to new rows
-            without training unless `retrain_index`.
+            without training unless `retrain_index`; either way its search depth is then tuned and its recall
+            measured on altered copies of a sample of the catalogue's pictures, or on `tuning_photos` (a folder).
     """
     engine = embedder if hasattr(embedder, "embed_chunks") else LocalEngine(embedder, workers)
     if batch_size < 1:
         raise PrecomputeError(f"--batch-size must be at least 1, got {batch_size}.")
     if index not in INDEX_KINDS:
         raise PrecomputeError(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index!r}.")
+    if tuning_photos is not None and index != "approximate":
+        raise PrecomputeError("--tuning-photos measures the approximate index: add --index approximate.")
     started = time.perf_counter()
     images_dir, out = Path(images_dir), Path(out_dir)
     work = out.with_name(f".{out.name}.partial")
@@ -142,7 +150,9 @@ def build_bundle(
         index_files = ()
         if index == "approximate":
             old_rows = np.array([reused.get(name, -1) for name in names], dtype=np.int64)
-            index_files = _write_index(staging, embeddings, previous, old_rows, retrain_index, summary)
+            data = _index_data(embeddings, previous, old_rows, retrain_index, summary)
+            queries = _tuning_queries(engine, images_dir, names, work, tuning_photos, quiet)
+            index_files = _write_tuned_index(staging, data, embeddings, queries, summary)
         write_bundle(
             staging,
             embeddings=embeddings,
@@ -223,15 +233,10 @@ def _reuse_previous(
     return previous, reused
 
 
-def _write_index(
-    staging: Path,
-    embeddings: np.ndarray,
-    previous: Bundle | None,
-    old_rows: np.ndarray,
-    retrain: bool,
-    summary: BuildSummary,
-) -> tuple[str, ...]:
-    """Write the approximate index into staging: the previous bundle's carried over to the new rows, or a new one."""
+def _index_data(
+    embeddings: np.ndarray, previous: Bundle | None, old_rows: np.ndarray, retrain: bool, summary: BuildSummary
+) -> approximate.IvfIndexData:
+    """The approximate index: the previous bundle's carried over to the new rows, or a new one."""
     carried = None
     if previous is not None and previous.has_index and not retrain:
         try:
@@ -255,7 +260,127 @@ def _write_index(
                 added,
             )
     summary.index += f", in {time.perf_counter() - started:.1f} s"
+    return data
+
+
+def _write_tuned_index(
+    staging: Path,
+    data: approximate.IvfIndexData,
+    embeddings: np.ndarray,
+    queries: approximate.Queries,
+    summary: BuildSummary,
+) -> tuple[str, ...]:
+    """Tune the index's search depth on `queries` (a part held out to report recall on) and write it into staging;
+    an index below its recall target is written, and said so plainly, never silently."""
+    started = time.perf_counter()
+    tuning, held_out = queries.split(max(1, round(HELD_OUT_SHARE * len(queries))) if len(queries) > 1 else 0)
+    data = approximate.tune(data, embeddings, tuning, held_out or tuning, seed=TUNING_SEED)
+    search = data.info["search"]
+    summary.index += f"; {_describe_tuning(search)}, measured in {time.perf_counter() - started:.1f} s"
+    for warning in _tuning_warnings(search):
+        log.warning("%s", warning)
+        summary.index += f"; {warning}"
     return tuple(approximate.write(staging, data))
+
+
+def _describe_tuning(search: dict) -> str:
+    held, filtered = search["held_out"], search["held_out_filtered"]
+    text = (
+        f"search depth {search['candidates']:,} candidates from {search['lists']:,} lists' worth of rows "
+        f"({held['rows_scored'][0]:,.0f} rows scanned a query), recall@5 {held['recall@5']:.3f} / @20 "
+        f"{held['recall@20']:.3f} on {held['queries']} held-out queries ({search['queries']})"
+    )
+    if filtered:
+        text += f", {filtered['recall@5']:.3f} / {filtered['recall@20']:.3f} with a {filtered['share']:.0%} filter"
+    return text
+
+
+def _tuning_warnings(search: dict) -> list[str]:
+    """What precompute says plainly when the index falls short of its target (tuning) or promise (held out)."""
+    warnings = []
+    if not search["target_met"]:
+        tuned = search["tuning"]
+        warnings.append(
+            f"BELOW TARGET: no search depth within {approximate.MAX_CANDIDATES:,} candidates and a quarter of the "
+            f"lists reaches recall@5 {approximate.RECALL_TARGET[5]} and @20 {approximate.RECALL_TARGET[20]} on this "
+            f"catalogue (the deepest tried: {tuned['recall@5']:.3f} / {tuned['recall@20']:.3f}); its neighbourhoods "
+            "are too flat for the index. Build with --index exact (the app then compares every product), or train "
+            "the index afresh with --retrain-index"
+        )
+    if not search["promise_kept"]:
+        figures = [search["held_out"], search["held_out_filtered"] or search["held_out"]]
+        shown = " and ".join(f"{f['recall@5']:.3f} / {f['recall@20']:.3f}" for f in figures)
+        warnings.append(
+            f"BELOW PROMISE: recall@5 / @20 on held-out queries {shown} (unfiltered and filtered), under "
+            f"{approximate.RECALL_PROMISE[5]} / {approximate.RECALL_PROMISE[20]}. Consider --index exact, or "
+            "--retrain-index"
+        )
+    return warnings
+
+
+def _tuning_queries(
+    engine, images_dir: Path, names: list[str], work: Path, photos: str | os.PathLike | None, quiet: bool
+) -> approximate.Queries:
+    """Queries like users' photos to measure the index on: the owner's `photos`, or altered copies (cropped,
+    maybe mirrored, recoloured and rescaled, seeded) of up to TUNING_QUERIES of the catalogue's pictures, each
+    with its product as its source (left out of its exact neighbours). Embedded by `engine`, as the catalogue."""
+    folder = work / "tuning"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(TUNING_SEED)
+    if photos is not None:
+        files = [Path(photos) / name for name in list_files(photos)[0]]
+        if len(files) < MIN_TUNING_PHOTOS:
+            raise PrecomputeError(
+                f"--tuning-photos {photos} holds {len(files)} pictures; measuring recall needs at least "
+                f"{MIN_TUNING_PHOTOS}. Add photos, or leave the flag out to use altered copies of the catalogue's."
+            )
+        sources = {}  # none: the owner's photos are not the catalogue's
+        paths = [files[i] for i in rng.permutation(len(files))]  # the held-out part: a random third
+        kind = f"{len(files)} of the owner's photos"
+    else:
+        rows = rng.permutation(len(names))[:TUNING_QUERIES]
+        sources, paths = {}, []
+        for i, row in enumerate(rows.tolist()):
+            try:
+                picture = alter_picture(open_image((images_dir / names[row]).read_bytes()), rng)
+            except (OSError, ImageError):
+                continue  # embedded a moment ago, gone or changed since: one query fewer
+            paths.append(folder / f"{i:04d}.jpg")
+            picture.save(paths[-1], quality=90)
+            sources[paths[-1].name] = row
+        kind = "altered copies of catalogue pictures"
+    chunks = [
+        Chunk([path.name for path in paths[start : start + 32]], paths[start : start + 32], [], folder / "x.npz")
+        for start in range(0, len(paths), 32)
+    ]
+    vectors, made = [], []
+    with tqdm(total=len(paths), desc="tuning queries", unit="img", disable=quiet) as bar:
+        for result in engine.embed_chunks(chunks):
+            for name, reason in result.skipped:
+                log.warning("Skipped the tuning photo %s: %s", name, reason)
+            vectors.append(result.rows.reshape(len(result.names), -1))
+            made += [sources.get(name, -1) for name in result.names]
+            bar.update(len(result.chunk.names))
+    shutil.rmtree(folder, ignore_errors=True)
+    vectors = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
+    return approximate.Queries(vectors.astype(np.float32), np.array(made, dtype=np.int64), kind)
+
+
+def alter_picture(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A copy of a catalogue picture as a shopper's photo of the product might differ from it: cropped to 75-95 % of
+    each side, mirrored half the time, brightness, contrast and colour within 15 %, and rescaled by 0.7-1.3."""
+    width, height = img.size
+    keep = rng.uniform(0.75, 0.95, 2)
+    crop_w, crop_h = max(1, round(width * keep[0])), max(1, round(height * keep[1]))
+    left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+    img = img.convert("RGB").crop((left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.5:
+        img = ImageOps.mirror(img)
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        img = enhancer(img).enhance(float(rng.uniform(0.85, 1.15)))
+    scale = float(rng.uniform(0.7, 1.3))
+    return img.resize((max(1, round(crop_w * scale)), max(1, round(crop_h * scale))), Image.Resampling.BILINEAR)
 
 
 @dataclass(frozen=True)

@@ -235,9 +235,17 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path, embedder):
         build_bundle(images, blocker / "out", embedder, quiet=True)
 
 
+def tuned_search(out: Path) -> dict:
+    """What ivf.json records of the index's depth and recall, after a check of its shape."""
+    search = json.loads((out / "ivf.json").read_text())["search"]
+    assert search["lists"] >= 1 and search["candidates"] >= 1 and search["target_met"] and search["promise_kept"]
+    return search
+
+
 def test_an_approximate_index_is_added_carried_over_and_retrained(tmp_path, weights_file):
     """The command on an unchanged exact bundle embeds nothing and adds the index; new images join it without
-    training until re-training is due; --retrain-index trains afresh; --index exact drops it."""
+    training until re-training is due; --retrain-index trains afresh; --index exact drops it. Each time its depth
+    is tuned on altered copies of the catalogue's pictures, a third held out, and the summary says what it measured."""
     images, out = tmp_path / "images", tmp_path / "out"
     names = make_catalogue(images, 12, seed=11)
     common = ("--out", out, "--weights", weights_file, "--batch-size", 4, "--quiet")
@@ -249,6 +257,16 @@ def test_an_approximate_index_is_added_carried_over_and_retrained(tmp_path, weig
     assert added.returncode == 0, added.stderr
     assert "0 embedded" in added.stdout
     assert "approximate index trained: 12 lists over 12 rows" in added.stdout  # 4 sqrt(12) lists, at most one a row
+    search = tuned_search(out)
+    assert search["queries"] == "altered copies of catalogue pictures"
+    assert (search["tuning"]["queries"], search["held_out"]["queries"]) == (8, 4)  # one a picture: 12 at most
+    held, filtered = search["held_out"], search["held_out_filtered"]
+    assert (
+        f"search depth {search['candidates']:,} candidates from {search['lists']} lists' worth of rows "
+        f"({held['rows_scored'][0]:,.0f} rows scanned a query), recall@5 {held['recall@5']:.3f} / @20 "
+        f"{held['recall@20']:.3f} on 4 held-out queries (altered copies of catalogue pictures)"
+    ) in added.stdout
+    assert filtered is None or "with a 10% filter" in added.stdout
     indexed = load_bundle(out)
     assert indexed.has_index and indexed.filenames == exact.filenames
     np.testing.assert_array_equal(indexed.embeddings, exact.embeddings)
@@ -264,6 +282,8 @@ def test_an_approximate_index_is_added_carried_over_and_retrained(tmp_path, weig
         grown.stdout
     )
     assert "re-training is due" not in grown.stdout
+    search = tuned_search(out)  # measured again, on the catalogue as it is now
+    assert search["tuning"]["queries"] + search["held_out"]["queries"] == 16
     after = load_bundle(out)
     np.testing.assert_array_equal(np.load(out / "ivf_centroids.npy")[: len(centroids)], centroids)  # lists kept
     assert {name: list_ for name, list_ in zip(after.filenames, np.load(out / "ivf_lists.npy")) if name in lists} == (
@@ -280,3 +300,26 @@ def test_an_approximate_index_is_added_carried_over_and_retrained(tmp_path, weig
     assert dropped.returncode == 0 and "approximate index" not in dropped.stdout
     assert not load_bundle(out).has_index and not list(out.glob("ivf*"))
     assert names[0] in load_bundle(out).filenames
+
+
+def test_the_index_is_measured_on_the_owners_photos_when_given(tmp_path, weights_file):
+    """--tuning-photos: the owner's pictures replace the altered copies (30 at least, said plainly), and only with
+    --index approximate."""
+    images, photos, out = tmp_path / "images", tmp_path / "photos", tmp_path / "out"
+    make_catalogue(images, 6, seed=13)
+    make_catalogue(photos, 29, seed=14)
+    common = ("--out", out, "--weights", weights_file, "--quiet")
+    exact = precompute(images, *common, "--tuning-photos", photos)
+    assert exact.returncode == 1 and "--tuning-photos measures the approximate index: add --index approximate." in (
+        exact.stderr
+    )
+    few = precompute(images, *common, "--index", "approximate", "--tuning-photos", photos)
+    message = f"--tuning-photos {photos} holds 29 pictures; measuring recall needs at least 30"
+    assert few.returncode == 1 and message in few.stderr
+    make_catalogue(tmp_path / "more", 31, seed=15)
+    shutil.copy(tmp_path / "more" / "1030.jpg", photos / "extra.jpg")
+    given = precompute(images, *common, "--index", "approximate", "--tuning-photos", photos)
+    assert given.returncode == 0, given.stderr
+    search = tuned_search(out)
+    assert search["queries"] == "30 of the owner's photos" and "(30 of the owner's photos)" in given.stdout
+    assert (search["tuning"]["queries"], search["held_out"]["queries"]) == (20, 10)
