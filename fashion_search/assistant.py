@@ -48,7 +48,7 @@ THUMBNAIL_SIZE = 256  # the largest side of a product's thumbnail in an answer, 
 PHOTO_FORMS = (
     "a public http(s) URL of a JPEG, PNG, WebP, GIF or BMP picture; a data: URL (data:image/jpeg;base64,...); the URL "
     "upload_file_to_gradio returns for this app (.../gradio_api/file=...); or the picture_url of a product in an "
-    "answer of this app (.../catalogue-images/...)"
+    "answer of this app (.../gradio_api/catalogue-images/...)"
 )
 SEND_A_PHOTO = f"Send the photo as {PHOTO_FORMS}."
 INSTRUCTIONS = (

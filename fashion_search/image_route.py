@@ -52,7 +52,7 @@ def routes(picture: Picture, now: PictureNow | None = None) -> list[Route]:
             found = None
         if found is None:
             moved = now(name) if now is not None and "origin" not in params else None
-            if moved is None or moved.split("/")[2] == params["revision"]:
+            if moved is None or moved.removeprefix(ROUTE + "/").split("/")[0] == params["revision"]:
                 return _not_found()
             # Relative to this path, whatever the app's root: up past the name's folders and the revision.
             location = "../" * (name.count("/") + 1) + moved.removeprefix(ROUTE + "/")

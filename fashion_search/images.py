@@ -3,7 +3,7 @@
     bundle, images = load_catalogue(folder)  # FolderImages for a bundle folder, ShardImages for a Hub revision
     images.read(row)                       # the image's bytes, exactly as in the catalogue
     images.file(row)                       # a file holding exactly them (a folder's own file), or None
-    images.route_path(row)                 # where the app's file route serves it ("/catalogue-images/<rev>/<name>")
+    images.route_path(row)                 # where the app's file route serves it (ROUTE/<revision>/<name>)
     images.name_of_file(path)              # the file name whose file `path` is (its own, or a remembered copy), or None
 
 A Hub revision is served from one copy of its files: the shards stay as huggingface_hub downloaded them, and
@@ -32,7 +32,9 @@ from fashion_search.shards import SPAN_DTYPE
 
 SHARD_SPANS = "image-spans.npy"  # SPAN_DTYPE rows, in the order of filenames.json
 SHARD_LIST = "image-shards.json"  # {"format_version", "revision", "count", "shards": [{"path", "size"}]}
-ROUTE = "/catalogue-images"  # the app's file route: ROUTE/<revision>/<file name>
+# The app's file route: ROUTE/<revision>/<file name>. Under Gradio's API prefix: with server-side rendering (on for a
+# Space) Gradio's Node server answers every other path with its page, and sends only these on to the app.
+ROUTE = "/gradio_api/catalogue-images"
 _FORMAT_VERSION = 1
 _FILES_KEPT = 4096  # copies of images remembered by remember_file
 # Served with their own type; anything else goes out as bytes to save, never to render (an SVG can hold a script).

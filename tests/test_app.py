@@ -318,17 +318,17 @@ def test_the_gallery_shows_the_pictures_by_revision_and_name_from_the_followed_f
     )
     revision = revision_of(bundle_dir)
     urls = [item["image"]["url"] for item in gallery]
-    assert urls == [f"{app_url}catalogue-images/{revision}/{row['filename']}" for row in listing]
+    assert urls == [f"{app_url}gradio_api/catalogue-images/{revision}/{row['filename']}" for row in listing]
     for url, row in zip(urls, listing):
         assert httpx.get(url, timeout=30).content == (bundle_dir / "images" / row["filename"]).read_bytes()
 
 
 def test_only_the_bundle_images_are_served(app_url, bundle_dir):
     revision = revision_of(bundle_dir)
-    served = httpx.get(f"{app_url}catalogue-images/{revision}/1000.jpg", timeout=30)
+    served = httpx.get(f"{app_url}gradio_api/catalogue-images/{revision}/1000.jpg", timeout=30)
     assert served.status_code == 200 and served.content == (bundle_dir / "images" / "1000.jpg").read_bytes()
     for name in ["embeddings.npy", "manifest.json", "images/1000.jpg", "../manifest.json"]:
-        answer = httpx.get(f"{app_url}catalogue-images/{revision}/{name}", timeout=30, follow_redirects=True)
+        answer = httpx.get(f"{app_url}gradio_api/catalogue-images/{revision}/{name}", timeout=30, follow_redirects=True)
         assert answer.status_code == 404, name
     # Gradio's own file route serves none of the bundle's files, its pictures included.
     for path in [bundle_dir / "images" / "1000.jpg", bundle_dir / "embeddings.npy", Path(__file__).resolve()]:
@@ -359,6 +359,7 @@ def test_the_page_names_the_catalogue_and_shows_no_random_weights_warning(app_ur
     config = httpx.get(f"{app_url}config", timeout=30).json()
     page = str(config)
     assert f"of the 20 products in the catalogue <b>{bundle_dir.name}</b>" in page
+    assert f"Revision <code>{revision_of(bundle_dir)[:12]}</code>, live since " in page  # the folder is followed
     assert "not meaningful" not in page
     assert "The model runs in" not in page  # float32, the default, needs no word
     assert str(bundle_dir.parent) not in page  # the server's folders stay private

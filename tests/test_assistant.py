@@ -70,7 +70,7 @@ def test_a_catalogue_picture_url_is_read_from_the_revision_it_names_or_the_one_s
     folder, source, recommender = followed
     helper_ = helper(recommender, tmp_path)
     old = recommender.snapshot.revision
-    url = f"https://anywhere.example/catalogue-images/{old}/1005.jpg"
+    url = f"https://anywhere.example/gradio_api/catalogue-images/{old}/1005.jpg"
     assert helper_.own_photo(url) == b"picture of 1005.jpg"
     # gradio_client's form of it, through Gradio's file route
     assert helper_.own_photo(f"http://127.0.0.1:1/gradio_api/file={quote(url)}") == b"picture of 1005.jpg"
@@ -79,8 +79,8 @@ def test_a_catalogue_picture_url_is_read_from_the_revision_it_names_or_the_one_s
     live.Follower(recommender, source, every=3600, grace=0).check()
     assert recommender.snapshot.revision != old
     assert helper_.own_photo(url) == b"picture of 1005.jpg"  # from the revision served now
-    assert helper_.own_photo(f"https://a/catalogue-images/{old}/1001.jpg") is None
-    assert helper_.own_photo(f"https://a/catalogue-images/{old}/nothing.jpg") is None
+    assert helper_.own_photo(f"https://a/gradio_api/catalogue-images/{old}/1001.jpg") is None
+    assert helper_.own_photo(f"https://a/gradio_api/catalogue-images/{old}/nothing.jpg") is None
 
 
 def test_a_data_url_gives_its_bytes_and_a_broken_or_too_big_one_a_message_naming_the_forms(followed, tmp_path):
@@ -146,7 +146,7 @@ def test_an_answer_is_json_with_a_line_and_thumbnails_and_no_server_path(tmp_pat
         "details": "Tops · Navy · Women",
         "distance": 0.0,
         "filename": "big.jpg",
-        "picture_url": "https://shop.example/catalogue-images/rev1/big.jpg",
+        "picture_url": "https://shop.example/gradio_api/catalogue-images/rev1/big.jpg",
         "revision": "rev1",
         "productDisplayName": "Navy Top",
         "articleType": "Tops",

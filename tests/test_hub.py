@@ -678,15 +678,15 @@ def test_the_file_route_serves_each_catalogue_picture_byte_for_byte_and_nothing_
     assert client.get(images.route_path(2)).headers["content-type"] == "image/png"  # shoes/9.png
     revision = images.revision
     refused = [
-        f"/catalogue-images/{revision}/0/{bundle.filenames[1]}",  # a row number before the name: no such product
-        f"/catalogue-images/{revision}/x.jpg",  # no such product
-        f"/catalogue-images/{revision}/images/{bundle.filenames[0]}",
-        f"/catalogue-images/{'0' * 40}/{bundle.filenames[0]}",  # a revision not served
-        f"/catalogue-images/{revision}/../../manifest.json",
-        f"/catalogue-images/{revision}/%2e%2e/image-shards.json",
-        "/catalogue-images/manifest.json",
-        f"/gradio_api/file=/catalogue-images/{revision}/{bundle.filenames[0]}",  # not a URL
-        f"/gradio_api/file=file%3A//x/catalogue-images/{revision}/{bundle.filenames[0]}",
+        f"/gradio_api/catalogue-images/{revision}/0/{bundle.filenames[1]}",  # a row number before the name
+        f"/gradio_api/catalogue-images/{revision}/x.jpg",  # no such product
+        f"/gradio_api/catalogue-images/{revision}/images/{bundle.filenames[0]}",
+        f"/gradio_api/catalogue-images/{'0' * 40}/{bundle.filenames[0]}",  # a revision not served
+        f"/gradio_api/catalogue-images/{revision}/../../manifest.json",
+        f"/gradio_api/catalogue-images/{revision}/%2e%2e/image-shards.json",
+        "/gradio_api/catalogue-images/manifest.json",
+        f"/gradio_api/file=/gradio_api/catalogue-images/{revision}/{bundle.filenames[0]}",  # not a URL
+        f"/gradio_api/file=file%3A//x/gradio_api/catalogue-images/{revision}/{bundle.filenames[0]}",
     ]
     for path in refused:
         assert client.get(path).status_code == 404, path
@@ -697,13 +697,13 @@ def test_pictures_from_shards_go_to_the_gallery_as_urls_and_to_the_photo_as_a_fi
     assert images.static_paths == [] and images.file(0) is None
 
     items = webapp.gallery_items([Match(1, 2, bundle.filenames[2], 0.1, Path("unused"), {})], images, "http://x:1")
-    assert items[0][0] == f"http://x:1/catalogue-images/{images.revision}/shoes/9.png"
+    assert items[0][0] == f"http://x:1/gradio_api/catalogue-images/{images.revision}/shoes/9.png"
 
     photo = image_route.photo_file(images, 2, tmp_path / "gradio")
     assert Path(photo).read_bytes() == (local / "images" / "shoes/9.png").read_bytes()
     assert Path(photo).name == "9.png" and Path(photo).is_relative_to(tmp_path / "gradio")
     assert images.name_of_file(photo) == "shoes/9.png" and images.name_of_file(local / "images/1163.jpg") is None
-    assert images.route_path(1) == f"/catalogue-images/{images.revision}/a%20b%25%23%3F.jpg"
+    assert images.route_path(1) == f"/gradio_api/catalogue-images/{images.revision}/a%20b%25%23%3F.jpg"
     assert image_route.photo_file(images, 2, tmp_path / "gradio") == photo  # the same file, not a second one
 
 
@@ -766,7 +766,7 @@ def test_in_a_browser_the_pictures_of_a_hub_revision_come_from_its_shards_byte_f
         photo = page.eval_on_selector("#query img", "img => img.complete && img.naturalWidth > 0")
         browser.close()
 
-    prefix = f"{url}catalogue-images/{result.commit_sha}/"
+    prefix = f"{url}gradio_api/catalogue-images/{result.commit_sha}/"
     assert len(pictures) == 5 and all(src.startswith(prefix) for src, _ in pictures)
     for src, data in pictures:
         name = unquote(src[len(prefix) :].split("/", 1)[1])

@@ -167,16 +167,18 @@ def test_a_picture_url_of_a_revision_no_longer_served_leads_to_the_product_in_th
     routes = image_route.routes(recommender.picture, recommender.picture_now)
     client = TestClient(Starlette(routes=[*routes, Mount("/some/root", routes=routes)]))
     for prefix in ("", "/some/root"):  # relative: right whatever the app's root path (behind a proxy)
-        moved = client.get(f"{prefix}/catalogue-images/{old}/1020.jpg", follow_redirects=False)
+        moved = client.get(f"{prefix}/gradio_api/catalogue-images/{old}/1020.jpg", follow_redirects=False)
         assert moved.status_code == 307 and moved.headers["cache-control"] == "no-cache"
         assert moved.headers["location"] == f"../{new}/1020.jpg"
-    arrived = client.get(f"/catalogue-images/{old}/1020.jpg")
+    arrived = client.get(f"/gradio_api/catalogue-images/{old}/1020.jpg")
     assert arrived.status_code == 200 and arrived.content == b"picture of 1020.jpg"
-    assert client.get(f"/catalogue-images/{old}/1000.jpg", follow_redirects=False).status_code == 404  # sold out
-    assert client.get(f"/catalogue-images/{new}/1000.jpg", follow_redirects=False).status_code == 404
-    assert client.get(f"/catalogue-images/{new}/1020.jpg", follow_redirects=False).status_code == 200
+    assert (
+        client.get(f"/gradio_api/catalogue-images/{old}/1000.jpg", follow_redirects=False).status_code == 404
+    )  # sold out
+    assert client.get(f"/gradio_api/catalogue-images/{new}/1000.jpg", follow_redirects=False).status_code == 404
+    assert client.get(f"/gradio_api/catalogue-images/{new}/1020.jpg", follow_redirects=False).status_code == 200
     # gradio_client's form is served for a live revision only: it asks for the URLs of an answer just given
-    origin = f"/gradio_api/file=http%3A//x/catalogue-images/{old}/1020.jpg"
+    origin = f"/gradio_api/file=http%3A//x/gradio_api/catalogue-images/{old}/1020.jpg"
     assert client.get(origin, follow_redirects=False).status_code == 404
 
 

@@ -195,7 +195,7 @@ def test_answers_are_json_equal_to_gradio_clients_with_a_line_thumbnails_and_pic
     }
     for product in answer["products"]:
         assert product["name"] == product["productDisplayName"] and product["details"] == product["articleType"]
-        assert product["picture_url"] == f"{demo.url}catalogue-images/{revision}/{product['filename']}"
+        assert product["picture_url"] == f"{demo.url}gradio_api/catalogue-images/{revision}/{product['filename']}"
         opened = httpx.get(product["picture_url"], timeout=30)
         assert opened.status_code == 200 and opened.headers["content-type"] == "image/png"
         assert opened.content == (PICTURES / product["filename"]).read_bytes()
@@ -220,7 +220,10 @@ def test_answers_are_json_equal_to_gradio_clients_with_a_line_thumbnails_and_pic
         demo.url, lambda session: session.call_tool("similar", {"filename": "10000.png", "top_k": 1}), headers=proxied
     )
     (product,) = answer_of(proxied_answer)["products"]
-    assert product["picture_url"] == f"https://shop.example.org/catalogue-images/{revision}/{product['filename']}"
+    assert (
+        product["picture_url"]
+        == f"https://shop.example.org/gradio_api/catalogue-images/{revision}/{product['filename']}"
+    )
 
 
 def test_facets_list_each_filter_and_its_values_and_a_filter_by_facet_gives_only_those(demo, client, photo):
