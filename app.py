@@ -58,10 +58,26 @@ CSS = """
 #query .image-frame img.upscaled {image-rendering: pixelated;}
 #products .grid-wrap {padding-top: 2.4rem;}
 #options .label-wrap {gap: .75rem; text-align: left;}
+/* A phone: the examples right under the photo, then the options and buttons, then the results. */
+@media (max-width: 640px) {
+  .row:has(> .column #query), .row:has(> .column #query) > .column:has(#query), .column:has(> #query) {
+    display: contents;
+  }
+  #query {order: 1;}
+  .block:has(> .gallery > .gallery-item) {order: 2;}
+  #options {order: 3;}
+  .column:has(> .column > #query) > .row {order: 4;}
+  .row:has(> .column #query) > .column:has(#products) {order: 5;}
+  .row:has(> .column #query) ~ .block:not(:has(.gallery-item)) {order: 6;}
+}
 .random-weights {background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: .6rem .9rem;
                  color: #7a4100; font-weight: 600;}
 """
 
+# Gradio scopes `css` to the page's blocks; its footer's "Use via API or MCP", which it hides on a phone, is shown here.
+HEAD = (
+    "<style>@media (max-width: 640px) {footer .show-api, footer .show-api-divider {display: flex !important;}}</style>"
+)
 
 FILTER_LABELS = {
     "gender": "Gender",
@@ -128,12 +144,31 @@ Returns:
 """
 
 
+class KeepPage(Exception):
+    """A request from the page was refused and its message shown: the page keeps what it shows (answer)."""
+
+
 def answer(call):
-    """`call()`'s result; a QueryError becomes the message the page and the API show (no traceback in the log)."""
+    """`call()`'s result; a QueryError becomes the message the page and the API show (no traceback in the log).
+
+    An API or MCP caller gets it as an error. On the page it shows once, as a notice, and KeepPage is raised so the
+    handler leaves the results and their labels as they were (a Gradio error would blank them and mark them "Error")."""
     try:
         return call()
     except webapp.QueryError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+        if not asked_by_the_page():
+            raise gr.Error(str(exc), print_exception=False) from None
+        gr.Warning(str(exc), title="Cannot search")
+        raise KeepPage from None
+
+
+def asked_by_the_page() -> bool:
+    """Whether the event being answered was sent by this app's page: Gradio's front end marks its calls with the
+    header x-gradio-user: app (gradio_client and Gradio's JS client send "api", its MCP server "mcp")."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    return (getattr(request, "headers", None) or {}).get("x-gradio-user") == "app"
 
 
 def api_signature(fn, documentation: str, leading: list[str], filters: dict[str, str], trailing: dict) -> None:
@@ -227,8 +262,14 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         gap, region = (*extra, *(0.0, "")[len(extra) :])
         chosen = {recommender.filter_columns[name]: values for name, values in zip(filter_names, filters)}
         snapshot = recommender.snapshot  # read once: the whole answer comes from this revision
-        matches = answer(lambda: recommender.recommend(image, int(top_k), chosen, float(gap or 0), region, snapshot))
-        return served(matches, snapshot)
+
+        def search():
+            return recommender.recommend(image, int(top_k), chosen, float(gap or 0), region, snapshot)
+
+        try:
+            return served(answer(search), snapshot)
+        except KeepPage:
+            return gr.skip(), gr.skip()
 
     trailing = {"near_duplicate_distance": 0.0, "region": ""}
     api_signature(recommend, RECOMMEND_DOC, ["image"], recommender.filter_columns, trailing)
@@ -299,6 +340,19 @@ def build_demo(recommender: webapp.Recommender) -> gr.Interface:
         concurrency_limit=webapp.MAX_BATCH_SIZE,  # concurrent requests share forward passes and searches
     )
     add_more_like_this(demo, recommender, photo, gallery, results, top_k, filters)
+
+    def search_example(image: str | None, top_k: float, *options):
+        """An example clicked: its photo searched at once, whole (a box drawn on the last photo does not apply)."""
+        return recommend(image, top_k, *options, "")
+
+    with demo:  # not cached: cached results would ignore the options, and go stale when the catalogue changes
+        demo.examples_handler.load_input_event.then(
+            search_example,
+            [photo, top_k, *filters.values(), near_duplicates],
+            [gallery, results],
+            api_visibility="private",
+            concurrency_limit=webapp.MAX_BATCH_SIZE,
+        )
 
     def check_upload(image: str | None):
         """A file dropped on the photo that is not a picture is refused at once, with the message the API gives."""
@@ -373,7 +427,10 @@ def add_more_like_this(demo, recommender, photo, gallery, results, top_k, filter
         filename = listing[event.index]["filename"]
         wanted = {columns[name]: values for name, values in zip(filters, chosen)}
         snapshot = recommender.snapshot
-        product, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted, snapshot))
+        try:
+            product, matches = answer(lambda: recommender.similar(filename, int(top_k), wanted, snapshot))
+        except KeepPage:
+            return gr.skip(), gr.skip(), gr.skip()
         pictures, listing = served(matches, snapshot)
         # The new results start with none selected (Gradio would keep the clicked position highlighted).
         return (
@@ -425,6 +482,7 @@ def launch_options() -> dict:
         "state_session_capacity": webapp.SESSION_CAPACITY,
         "css": CSS,
         "js": REGION_JS,
+        "head": HEAD,
         # The file route of the catalogue's pictures, before Gradio's own routes.
         # The MCP tools' answers and facets (fashion_search.assistant), in place of Gradio's, from the start.
         "app_kwargs": {

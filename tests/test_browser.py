@@ -380,3 +380,65 @@ def test_a_space_like_run_with_ssr_and_random_weights(page, tmp_path):
         page.screenshot(path=str(screenshot), full_page=True)
         print(f"screenshot: {screenshot}")
     assert "with SSR" in (tmp_path / "app.log").read_text()
+
+
+# ---------------------------------------------------------------- a first visit
+
+
+SHOWN_FILES = "() => [...document.querySelectorAll('#products img')].map(img => decodeURIComponent(img.src))"
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_click_on_an_example_shows_its_results_without_submit(page, app_url, tmp_path, width):
+    page.set_viewport_size({"width": width, "height": 844})
+    page.goto(app_url)
+    page.locator("button.gallery-item").first.click()
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)  # no Submit: the example's search ran on its own
+    expect(page.locator("#products .caption-label")).to_have_count(5)
+    screenshot = tmp_path / f"example-{width}.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_an_error_keeps_the_results_and_their_labels_and_says_so_once(page, app_url, catalogue, tmp_path, width):
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(app_url)
+    upload_and_submit(page, catalogue / "images" / "1002.jpg")
+    page.wait_for_function(ALL_IMAGES_LOADED, arg=5)
+    before = page.evaluate(SHOWN_FILES)
+
+    page.get_by_text("Options: number of results, filters, region").click()
+    page.locator("#region textarea, #region input").first.fill("1000, 1000, 2000, 2000")
+    page.get_by_role("button", name="Submit").click()
+    notice = page.get_by_text("The region (1000, 1000, 2000, 2000) is outside the picture")
+    notice.wait_for()
+    expect(notice).to_have_count(1)
+    # The event is over (its status no longer shown on the gallery), and the gallery is as it was.
+    page.wait_for_function("() => document.querySelector('#products > .wrap').classList.contains('hide')")
+    assert page.evaluate(SHOWN_FILES) == before
+    expect(page.locator("#products .caption-label")).to_have_count(5)
+    expect(page.get_by_text("Similar products", exact=True)).to_be_visible()
+    expect(page.get_by_text("Results", exact=True)).to_be_visible()
+    expect(page.locator("#products .error, .block .error")).to_have_count(0)  # no red "Error" badge on the outputs
+    screenshot = tmp_path / f"error-{width}.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"screenshot: {screenshot}")
+
+
+def test_on_a_phone_the_examples_come_right_under_the_photo_and_the_api_link_shows(page, app_url, tmp_path):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(app_url)
+    page.locator("button.gallery-item").first.wait_for()
+    tops = page.evaluate(
+        """() => Object.fromEntries(Object.entries({
+            photo: '#query', examples: 'button.gallery-item', options: '#options', results: '#products',
+        }).map(([name, selector]) => [name, document.querySelector(selector).getBoundingClientRect().top]))"""
+    )
+    assert tops["photo"] < tops["examples"] < tops["options"] < tops["results"], tops
+    photo_bottom = page.locator("#query").bounding_box()
+    assert tops["examples"] - (photo_bottom["y"] + photo_bottom["height"]) < 80, tops  # right under the photo
+    expect(page.get_by_role("button", name="Use via API or MCP")).to_be_visible()
+    screenshot = tmp_path / "phone-first-screen.png"
+    page.screenshot(path=str(screenshot))
+    print(f"screenshot: {screenshot}")
