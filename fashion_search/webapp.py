@@ -328,6 +328,8 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
         raise StartupError(f"The catalogue {settings.catalogue} cannot be read now: {exc}") from exc
     except OSError as exc:
         raise StartupError(f"Could not read or write {exc.filename or 'a file'}: {exc.strerror or exc}.") from exc
+    if snapshot.info.search:  # how far the approximate index can be trusted, measured when it was built
+        log.info("Catalogue %s is searched with an %s.", snapshot.info.name, snapshot.info.search)
     recommender = Recommender(snapshot)
     if warm_up:
         recommender.warm_up()

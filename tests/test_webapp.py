@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from conftest import embed_files
 from PIL import Image
 
-from fashion_search import webapp
+from fashion_search import approximate, webapp
 from fashion_search.bundle import load_bundle
 from fashion_search.config import Settings
 from fashion_search.search import Match
@@ -344,7 +345,7 @@ def test_a_catalogue_with_an_approximate_index_is_searched_with_it_unless_told_e
 
 @pytest.mark.parametrize("search", ["exact", None])
 def test_fashion_search_in_the_environment_chooses_the_search_the_app_makes(
-    indexed_catalogue, weights_file, tmp_path, search
+    indexed_catalogue, weights_file, tmp_path, search, caplog
 ):
     """As app.py starts: the settings resolved from the environment, then load_recommender. Unset: the index."""
     from fashion_search import config
@@ -352,5 +353,11 @@ def test_fashion_search_in_the_environment_chooses_the_search_the_app_makes(
     env = {"FASHION_CATALOG": str(indexed_catalogue.root), "FASHION_WEIGHTS": str(weights_file)}
     env |= {"FASHION_CACHE": str(tmp_path), "FASHION_REFRESH": "0"}  # 0: no follower left looking at the folder
     env |= {"FASHION_SEARCH": search} if search else {}
-    recommender = webapp.load_recommender(config.resolve([], env), warm_up=False)
+    with caplog.at_level(logging.INFO, logger="fashion_search.webapp"):
+        recommender = webapp.load_recommender(config.resolve([], env), warm_up=False)
     assert_answers(recommender, indexed_catalogue.by_reference if search else indexed_catalogue.by_index)
+    # The start says, in one line, how the index is searched and how well it did when it was built.
+    said = [record.getMessage() for record in caplog.records if "searched with an approximate" in record.getMessage()]
+    index = recommender.searcher.index
+    name = indexed_catalogue.root.name
+    assert said == ([] if search else [f"Catalogue {name} is searched with an {approximate.describe(index)}."])
