@@ -380,8 +380,10 @@ def test_a_manifest_with_part_of_an_index_is_refused(tmp_path):
         load_bundle(root)
 
 
-def test_update_keeps_the_lists_and_places_new_rows_without_training(vectors, index):
-    embeddings, queries = vectors
+def test_update_keeps_the_lists_and_places_new_rows_without_training(catalogue, index):
+    """New products join the lists without training; measured again as precompute does after an update, the depth
+    keeps the promise on the changed catalogue."""
+    embeddings, tuning, held_out, queries = catalogue
     old = index.data
     kept = np.arange(0, ROWS, 2)  # every other row stays (in a new order), 10k new rows arrive
     new_rows = grown_vectors(structured_base(500, seed=7), 10_000, seed=8)
@@ -393,7 +395,8 @@ def test_update_keeps_the_lists_and_places_new_rows_without_training(vectors, in
     assert len(old.centroids) < len(data.centroids) <= len(old.centroids) + 10_000 / (ROWS / len(old.centroids))
     np.testing.assert_array_equal(data.lists[: len(kept)], old.lists[kept[::-1]])
     assert data.info["added_since_training"] == 10_000 and not data.retraining_due
-    updated = ApproximateIndex(changed, data)
+    updated = ApproximateIndex(changed, approximate.tune(data, changed, tuning, held_out))
+    assert updated.data.info["search"]["promise_kept"]
     updated.check_agreement(Path("."))
     exact = NeighbourIndex(changed).search(queries, 20)
     found = updated.search(queries, 20)
