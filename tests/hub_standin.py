@@ -122,6 +122,7 @@ class HubStandIn:
         self.outage: int | None = None  # set to e.g. 503 to answer every request with that status
         self.commit_log: list[dict] = []  # per commit received: repo, number of operations, added and deleted paths
         self.uploads: list[tuple[str, int]] = []  # (path or "lfs:<sha256>", bytes) of every file content received
+        self.downloads: list[tuple[str, int]] = []  # (path, bytes) of every file content sent (a GET of a file)
         # Called with the commit's number (1, 2, ...) before a commit is applied, e.g. to kill a pushing process.
         self.before_commit = None
         self._lock = threading.RLock()
@@ -568,6 +569,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Repo-Commit", commit.sha)
         self.end_headers()
         if method == "GET":  # in blocks, from disk
+            with self.hub._lock:
+                self.hub.downloads.append((path, blob.stat().st_size))
             with open(blob, "rb") as source:
                 while block := source.read(BLOCK):
                     self.wfile.write(block)
