@@ -5,20 +5,24 @@
     print(preload_front_matter(result))                         # the Space README's preload_from_hub entry
     root = fetch_bundle("OWNER/NAME@<commit sha>")            # its folder: images.load_catalogue(root), one copy
 
-On the Hub a bundle is a dataset in a bounded number of files, whatever the number of products:
-    README.md          the dataset card (licence, tags, size, `configs` naming the shards), written by the push
-    manifest.json, embeddings.npy, filenames.json, sources.json, metadata.jsonl     the bundle's data files
-    shards.json        the shards this revision's images are in
-    shards/<id>.tar    the images, as WebDataset shards (fashion_search.shards): 44k products in about a dozen
+On the Hub a catalogue is a dataset of pieces (fashion_search.pieces), a bounded number of files whatever the number
+of products, and a change sends and downloads only its new pieces:
+    README.md            the dataset card (licence, tags, size, `configs` naming the pieces' images), by the push
+    catalogue.json       the head: the revision's pieces and the products removed from them
+    pieces/<id>/...      images.tar (WebDataset), vectors.npy, rows.json, and the index's rows
+    index/<key>/...      the approximate index's shared files
+Revisions pushed by earlier versions (shards.json and shards/<id>.tar beside the bundle's data files, or one file per
+image) are fetched as they are.
 
 The Hub endpoint is the library's: HF_ENDPOINT (read when huggingface_hub is imported) unless `endpoint=` is given.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -30,6 +34,7 @@ from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
     HfApi,
+    RepoFile,
     constants,
     snapshot_download,
 )
@@ -42,6 +47,7 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 
+from fashion_search import approximate, pieces
 from fashion_search.bundle import (
     DATA_FILES,
     IMAGES,
@@ -50,6 +56,7 @@ from fashion_search.bundle import (
     load_bundle,
 )
 from fashion_search.config import parse_hub_spec
+from fashion_search.files import sha256_file
 from fashion_search.revisions import (
     REPO_TYPE,
     SHARD_INDEX,
@@ -61,13 +68,12 @@ from fashion_search.revisions import (
     revision_folder,
     shard_paths,
 )
-from fashion_search.shards import SHARDS, Shard, plan_shards, write_shard
 
 logger = logging.getLogger(__name__)
 
 CARD = "README.md"
 MAX_COMMIT_FILES = 100  # the Hub's limit on the files of one commit made over HTTP
-SHARDS_PER_COMMIT = 10  # each commit of shards is a point a killed push resumes from
+PIECES_PER_COMMIT = 10  # each commit of pieces (5 files or fewer each) is a point a killed push resumes from
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # What "the Hub could not be asked" looks like: no connection or a timeout, offline mode (HF_HUB_OFFLINE=1), a 5xx,
 # or a download that lost the Hub half-way (LocalEntryNotFoundError, RevisionResolutionError).
@@ -111,10 +117,12 @@ def push_bundle(
 ) -> PushResult:
     """Upload a bundle to the dataset repo `repo_id` (created if missing) and return the commit to pin.
 
-    The images travel as shards: first the shards the repo does not have yet, SHARDS_PER_COMMIT to a commit (a push
-    that is killed and run again sends none of those twice), then one commit with the data files, the shard list
-    and the dataset card that also removes the shards and files no longer used. Every commit holds at most
-    MAX_COMMIT_FILES files. An unchanged bundle makes no commit.
+    The catalogue travels as pieces (fashion_search.pieces): the products the repo's head holds unchanged stay where
+    they are, sold-out ones are recorded in the head, new and changed ones go into new pieces, sent PIECES_PER_COMMIT
+    to a commit (a push that is killed and run again sends none of those twice); then one commit with the head, the
+    dataset card and the index's shared files, which also deletes the files neither it nor the head before names.
+    Every commit holds at most MAX_COMMIT_FILES files. An unchanged bundle makes no commit. A repo in an earlier
+    layout (shards, or one file per image) gets all its products as new pieces, once.
 
     Args:
         license: the dataset card's licence, a Hub licence id ("mit", "cc-by-4.0", ..., "other", "unknown").
@@ -132,7 +140,7 @@ def push_bundle(
     if not (bundle_dir / MANIFEST).is_file():
         raise ValueError(f"{bundle_dir} has no {MANIFEST}: it is not a finished bundle. Build it with precompute.py.")
     bundle = load_bundle(bundle_dir)
-    plan = plan_shards(bundle)
+    index = approximate.load(bundle.root, bundle.embeddings) if bundle.has_index else None
 
     api = HfApi(endpoint=endpoint, token=token)
     api.create_repo(parsed_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
@@ -143,59 +151,129 @@ def push_bundle(
             "Make it private in the repo settings on the Hub if it should be.",
             parsed_id,
         )
-    remote = {entry.path for entry in api.list_repo_tree(parsed_id, repo_type=REPO_TYPE, revision=before.sha)}
-    on_hub = set()
-    if SHARDS in remote:
-        on_hub = {
-            entry.path for entry in api.list_repo_tree(parsed_id, SHARDS, repo_type=REPO_TYPE, revision=before.sha)
-        }
+    tree = {
+        entry.path
+        for entry in api.list_repo_tree(parsed_id, repo_type=REPO_TYPE, revision=before.sha, recursive=True)
+        if isinstance(entry, RepoFile)
+    }
     head = before.sha
-    missing = [shard for shard in plan if shard.path not in on_hub]
-    with tempfile.TemporaryDirectory(prefix=".shards-", dir=bundle_dir.parent) as tmp:
-        for start in range(0, len(missing), SHARDS_PER_COMMIT):
-            group = missing[start : start + SHARDS_PER_COMMIT]
-            tars = [write_shard(shard, bundle.images_dir, Path(tmp) / f"{n}.tar") for n, shard in enumerate(group)]
-            adds = [CommitOperationAdd(shard.path, tar) for shard, tar in zip(group, tars)]
-            message = f"Add image shards {start + 1}-{start + len(group)} of {len(missing)} from {bundle_dir.name}"
-            head = _commit(api, parsed_id, adds, message, head)
-            logger.info("Sent %d of %d new image shards to %s", start + len(group), len(missing), parsed_id)
-            for tar in tars:  # the next group's disk space
-                tar.unlink()
-
-    data = [MANIFEST, *(name for name in DATA_FILES if name in bundle.manifest["files"])]
-    adds = [CommitOperationAdd(name, bundle_dir / name) for name in data] + [
-        CommitOperationAdd(SHARD_INDEX, _shard_index(plan)),
-        CommitOperationAdd(CARD, dataset_card(bundle, parsed_id, plan, license).encode()),
+    with tempfile.TemporaryDirectory(prefix=".push-", dir=bundle_dir.parent) as tmp:
+        previous, remote = _remote_head(api, parsed_id, before.sha, tree, bundle, Path(tmp) / "cache")
+        plan = pieces.plan_push(bundle, previous, remote, index.data if index else None)
+        if previous is None and tree - {CARD, ".gitattributes"}:
+            logger.info("%s is in an earlier layout: this push sends the whole catalogue once, as pieces.", parsed_id)
+        kept, head = _send_index_rows(api, parsed_id, bundle_dir, plan, index, tree, Path(tmp), head)
+        new, head = _send_pieces(api, parsed_id, bundle, bundle_dir, plan, index, tree, Path(tmp), head)
+    shared = pieces.index_files(index.data, bundle.root) if index else {}
+    files = bundle.manifest["files"]
+    after = pieces.new_head(bundle, kept + new, {path: files[local.name] for path, local in shared.items()})
+    needed = [pieces.HEAD, *after.files()]  # what fetch_bundle downloads
+    if previous is not None and (after.pieces, after.index) == (previous.pieces, previous.index):
+        logger.info("Unchanged: %s at commit %s", parsed_id, head)
+        return PushResult(head, f"{parsed_id}@{head}", head != before.sha, preload_entry(parsed_id, head, needed))
+    adds = [
+        CommitOperationAdd(pieces.HEAD, after.to_bytes()),
+        CommitOperationAdd(CARD, dataset_card(bundle, parsed_id, len(after.pieces), license).encode()),
+        *(CommitOperationAdd(path, local) for path, local in shared.items() if path not in tree),
     ]
-    stale = sorted(on_hub - {shard.path for shard in plan}) + sorted(remote & (set(DATA_FILES) - set(data)))
+    # Deleted: what neither this head nor the one before names (an app reading the revision before keeps its files
+    # for one more push). Over a repo of an earlier layout, its files are the ones "the head before" names.
+    named = set(after.files()) | (set(previous.files()) if previous is not None else tree)
+    stale = sorted(tree - named - {pieces.HEAD, CARD, ".gitattributes"})
     deletions = [CommitOperationDelete(path) for path in stale]
-    if IMAGES in remote:  # a repo pushed by an earlier version, one file per image
-        deletions.append(CommitOperationDelete(f"{IMAGES}/", is_folder=True))
     room = MAX_COMMIT_FILES - len(adds)
-    head = _commit(api, parsed_id, adds + deletions[:room], f"Upload catalogue bundle from {bundle_dir.name}", head)
+    message = f"Update catalogue from {bundle_dir.name}: {len(new)} new pieces, {after.count:,} products"
+    head = _commit(api, parsed_id, adds + deletions[:room], message, head)
     for start in range(room, len(deletions), MAX_COMMIT_FILES):
-        head = _commit(api, parsed_id, deletions[start : start + MAX_COMMIT_FILES], "Remove unused image shards", head)
-    created = head != before.sha
-    logger.info("%s %s at commit %s", "Pushed" if created else "Unchanged:", parsed_id, head)
-    needed = [MANIFEST, *data[1:], SHARD_INDEX, *(shard.path for shard in plan)]  # what fetch_bundle downloads
+        head = _commit(api, parsed_id, deletions[start : start + MAX_COMMIT_FILES], "Remove unused pieces", head)
+    logger.info("Pushed %s at commit %s", parsed_id, head)
     return PushResult(
         commit_sha=head,
         catalogue_value=f"{parsed_id}@{head}",
-        created_commit=created,
+        created_commit=True,
         preload_entry=preload_entry(parsed_id, head, needed),
     )
 
 
-def dataset_card(bundle: Bundle, repo_id: str, plan: list[Shard], license: str) -> str:
-    """The repo's README.md: front matter for the Hub (licence, tags, size, the shards as the data) and a short text."""
+def _remote_head(
+    api: HfApi, repo_id: str, sha: str, tree: set[str], bundle: Bundle, cache: Path
+) -> tuple[pieces.Head | None, dict[str, pieces.PieceRows]]:
+    """The repo's head at `sha` (None: no pieces there yet) and, when the bundle can join it, its pieces' rows."""
+    if pieces.HEAD not in tree:
+        return None, {}
+
+    def download(path: str) -> Path:
+        return Path(api.hf_hub_download(repo_id, path, repo_type=REPO_TYPE, revision=sha, cache_dir=cache))
+
+    where = f"{repo_id}@{sha}"
+    head = pieces.read_head(download(pieces.HEAD), where)
+    if not head.compatible(bundle):
+        logger.info("%s was made with another model: every product is sent again.", where)
+        return head, {}
+    rows = {piece.id: pieces.read_rows(download(piece.path(pieces.ROWS)), piece.rows, where) for piece in head.pieces}
+    return head, rows
+
+
+def _send_pieces(
+    api: HfApi,
+    repo_id: str,
+    bundle: Bundle,
+    bundle_dir: Path,
+    plan: pieces.Plan,
+    index,
+    tree: set[str],
+    tmp: Path,
+    head: str,
+) -> tuple[list[pieces.Piece], str]:
+    """Write and commit the plan's new pieces, PIECES_PER_COMMIT at a time (those already on the Hub: not again)."""
+    made = []
+    for start in range(0, len(plan.new), PIECES_PER_COMMIT):
+        group, adds = plan.new[start : start + PIECES_PER_COMMIT], []
+        for number, rows in enumerate(group):
+            piece, local = pieces.write_piece(bundle, rows, index, tmp / f"piece-{number}")
+            made.append(piece)
+            adds += [CommitOperationAdd(path, file) for path, file in local.items() if path not in tree]
+        if adds:
+            message = f"Add pieces {start + 1}-{start + len(group)} of {len(plan.new)} from {bundle_dir.name}"
+            head = _commit(api, repo_id, adds, message, head)
+        logger.info("Sent %d of %d new pieces to %s", start + len(group), len(plan.new), repo_id)
+        for number in range(len(group)):  # the next group's disk space
+            shutil.rmtree(tmp / f"piece-{number}")
+    return made, head
+
+
+def _send_index_rows(
+    api: HfApi, repo_id: str, bundle_dir: Path, plan: pieces.Plan, index, tree: set[str], tmp: Path, head: str
+) -> tuple[list[pieces.Piece], str]:
+    """The kept pieces, with index rows made anew and committed when the index was trained again (or added or
+    dropped): their images and vectors are not sent again."""
+    if not plan.reindex:
+        return plan.kept, head
+    kept, adds = [], []
+    for piece, rows in zip(plan.kept, plan.kept_rows):
+        files = {path: digest for path, digest in piece.files.items() if path not in (piece.index_files or ())}
+        if index is not None:
+            local = pieces.index_rows(piece, index, rows, tmp / f"index-{piece.id}")
+            files |= {path: sha256_file(file) for path, file in local.items()}
+            adds += [CommitOperationAdd(path, file) for path, file in local.items() if path not in tree]
+        kept.append(dataclasses.replace(piece, files=files))
+    if plan.kept:
+        logger.info("The index was trained again: sending the index rows of %d pieces.", len(plan.kept))
+    for start in range(0, len(adds), MAX_COMMIT_FILES):
+        head = _commit(api, repo_id, adds[start : start + MAX_COMMIT_FILES], "Add index rows", head)
+    return kept, head
+
+
+def dataset_card(bundle: Bundle, repo_id: str, piece_count: int, license: str) -> str:
+    """The repo's README.md: front matter for the Hub (licence, tags, size, the pieces as the data) and a short text."""
     count = len(bundle.filenames)
     return CARD_TEMPLATE.format(
         license=license,
         size=_size_category(count),
-        shards=SHARDS,
+        pieces=pieces.PIECES,
         repo_id=repo_id,
         count=count,
-        shard_count=len(plan),
+        piece_count=piece_count,
         weights=bundle.weights,
         precision=bundle.precision,
         dim=bundle.manifest["dim"],
@@ -219,7 +297,7 @@ configs:
 - config_name: default
   data_files:
   - split: train
-    path: {shards}/*.tar
+    path: {pieces}/*/images.tar
 ---
 
 # Fashion visual search catalogue
@@ -230,11 +308,14 @@ visual search app: upload a photo of a product, see the most similar products of
 To serve it, set this in the app's (or the Space's) variables, pinned to a commit of this repo, e.g. the one
 `precompute.py` printed: `FASHION_CATALOG={repo_id}@<commit sha>` (or `FASHION_CATALOG={repo_id}` to follow `main`).
 
+- **Pieces**: {piece_count} in `{pieces}/`, each a WebDataset shard of product images (`images.tar`: per product an
+  image and a JSON with its `filename` and metadata; `load_dataset("{repo_id}", split="train")` reads them), their
+  embeddings (`vectors.npy`) and their file names, hashes and metadata (`rows.json`). `catalogue.json` names this
+  revision's pieces with the sha256 of each file, and the products removed from them since (sold out): a shard can
+  still hold a product the catalogue no longer has.
 - **Embeddings**: ResNet50 (`include_top=False`, 224×224×3) with global max pooling, weights `{weights}`, computed in
-  {precision}; {dim}-d unit vectors in `embeddings.npy`, one row per file name of `filenames.json`.
-- **Images**: {shard_count} WebDataset shards in `{shards}/` (`shards.json` lists this revision's), each product an
-  image and a JSON with its `filename` and metadata: `load_dataset("{repo_id}", split="train")` reads them.
-- **Metadata**: `metadata.jsonl`, {metadata}. `manifest.json` holds the sha256 of every file, images included.
+  {precision}; {dim}-d unit vectors.
+- **Metadata**: {metadata}.
 """
 
 
@@ -422,11 +503,6 @@ def _commit(api: HfApi, repo_id: str, operations: list, message: str, head: str)
     return api.create_commit(repo_id, operations, repo_type=REPO_TYPE, commit_message=message, parent_commit=head).oid
 
 
-def _shard_index(plan: list[Shard]) -> bytes:
-    shards = [{"path": shard.path, "count": len(shard.filenames)} for shard in plan]
-    return json.dumps({"format_version": 1, "shards": shards}, indent=1).encode()
-
-
 def _size_category(count: int) -> str:
     """The Hub's size_categories value for `count` rows."""
     labels = ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B"]
@@ -452,7 +528,10 @@ def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path) -> Path:
             )
         )
 
-    index = snapshot([MANIFEST, SHARD_INDEX])
+    index = snapshot([pieces.HEAD, MANIFEST, SHARD_INDEX])
+    if (index / pieces.HEAD).is_file():
+        head = pieces.read_head(index / pieces.HEAD, f"{repo_id}@{sha}")
+        return snapshot([pieces.HEAD, *head.files()])
     files = manifest_files(index, repo_id, sha)
     data = [name for name in DATA_FILES if name in files]
     # pushed by an earlier version without shards.json: one file per image

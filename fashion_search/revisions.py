@@ -16,10 +16,12 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 
+from fashion_search import pieces
 from fashion_search.bundle import (
     DATA_FILES,
     IMAGES,
@@ -40,6 +42,7 @@ SHARD_INDEX = "shards.json"  # the revision's list of shards
 # Revisions of one catalogue kept in the cache: the one just fetched and the one used before it (a process that is
 # still serving it, during a restart, keeps its images). Older ones are deleted after each fetch from the Hub.
 KEEP_REVISIONS = 2
+RECENT_CHECK_SECONDS = 600
 
 
 def revision_folder(root: Path, repo_id: str, sha: str) -> Path:
@@ -80,6 +83,13 @@ def _cached_snapshot(library_cache: Path, repo_id: str, sha: str) -> Path | None
         found = try_to_load_from_cache(repo_id, name, cache_dir=library_cache, revision=sha, repo_type=REPO_TYPE)
         return Path(found) if isinstance(found, str) else None
 
+    head = cached(pieces.HEAD)
+    if head is not None:
+        try:
+            needed = list(pieces.read_head(head, f"{repo_id}@{sha}").files())
+        except BundleError:
+            return None
+        return head.parent if all(cached(name) is not None for name in needed) else None
     manifest, index = cached(MANIFEST), cached(SHARD_INDEX)
     if manifest is None or index is None:  # (a revision of one file per image is always asked of the Hub)
         return None
@@ -93,11 +103,23 @@ def _cached_snapshot(library_cache: Path, repo_id: str, sha: str) -> Path | None
 
 def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
     """Make `folder` the revision in `snapshot`: links to its data files and, once every image has been checked in
-    its shards, where each lies (a revision of one file per image: links to them in images/). Returns `folder`."""
-    files = manifest_files(snapshot, repo_id, sha)
-    data = [name for name in DATA_FILES if name in files]
+    its shards, where each lies (a revision of one file per image: links to them in images/; a revision in pieces:
+    its data files put together from the pieces', fashion_search.pieces.assemble). Returns `folder`."""
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
+    if (snapshot / pieces.HEAD).is_file():
+        where = f"{repo_id}@{sha}"
+        try:
+            head = pieces.read_head(snapshot / pieces.HEAD, where)
+            tars, spans = pieces.assemble(snapshot, head, staging, piece_checks(folder), where)
+        except BundleError:
+            shutil.rmtree(staging, ignore_errors=True)
+            _forget(snapshot.parent.parent, sha)  # so that the next start downloads it anew
+            raise
+        write_shard_index(staging, sha, tars, spans)
+        return _swap_in(staging, folder, repo_id, sha)
+    files = manifest_files(snapshot, repo_id, sha)
+    data = [name for name in DATA_FILES if name in files]
     if (snapshot / SHARD_INDEX).is_file():
         shards = [snapshot / path for path in shard_paths(snapshot, repo_id, sha)]
         try:
@@ -112,10 +134,35 @@ def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
         shutil.copytree(snapshot / IMAGES, staging / IMAGES, copy_function=link_or_copy)
     for name in [*data, MANIFEST]:
         link_or_copy(snapshot / name, staging / name, fallback=os.symlink)
+    return _swap_in(staging, folder, repo_id, sha)
+
+
+def _swap_in(staging: Path, folder: Path, repo_id: str, sha: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete or damaged copy
     os.replace(staging, folder)
     logger.info("Catalogue %s@%s is in %s", repo_id, sha, folder)
     return folder
+
+
+def piece_checks(folder: Path) -> Path:
+    """Where the pieces of the catalogue whose revision folder is `folder` are remembered as checked."""
+    return folder.parent.parent.parent / "pieces" / folder.parent.name
+
+
+def _prune_piece_checks(catalogue: Path) -> None:
+    """Forget the checks of pieces that no revision folder of the catalogue (`bundles/<repo>/`) names any more."""
+    checks = piece_checks(catalogue / "x")
+    if not checks.is_dir():
+        return
+    named = set()
+    for folder in catalogue.iterdir():
+        try:
+            named.update(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("pieces", []))
+        except (OSError, ValueError, AttributeError):
+            continue
+    for check in checks.iterdir():  # (not one checked in the last minutes: a revision being put together uses it)
+        if check.name not in named and time.time() - check.stat().st_mtime > RECENT_CHECK_SECONDS:
+            shutil.rmtree(check, ignore_errors=True)
 
 
 def _forget(repo_cache: Path, sha: str) -> None:
@@ -177,6 +224,7 @@ def forget(folder: Path, library_cache: Path, repo_id: str) -> None:
     """Delete the revision folder `folder` and its commit's files in the library's cache (blobs another revision
     still uses stay): a followed catalogue no longer serves it (fashion_search.live)."""
     shutil.rmtree(folder, ignore_errors=True)
+    _prune_piece_checks(folder.parent)
     owner, name = repo_id.split("/")
     repo_cache = library_cache / f"{REPO_TYPE}s--{owner}--{name}"
     if repo_cache.is_dir():
@@ -196,4 +244,5 @@ def _prune_older_revisions(current: Path) -> set[str]:
         logger.info(
             "Removed the cached catalogue revision %s (kept the %d most recently used).", folder, KEEP_REVISIONS
         )
+    _prune_piece_checks(current.parent)
     return {current.name, *(folder.name for folder in others[: KEEP_REVISIONS - 1])}

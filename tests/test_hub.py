@@ -18,11 +18,12 @@ import yaml
 from conftest import CHROMIUM, NEEDS_CHROMIUM, make_bundle
 from hub_standin import HubStandIn
 from huggingface_hub import HfApi, snapshot_download
+from legacy_layout import push_shards_layout
 from PIL import Image
 from test_shards import device, link, sparse_gnu
 
-from fashion_search import image_route, webapp
-from fashion_search.bundle import MANIFEST, BundleError
+from fashion_search import image_route, pieces, webapp
+from fashion_search.bundle import BundleError
 from fashion_search.hub import CatalogueNotFound, HubUnavailable, fetch_bundle, parse_hub_spec, push_bundle
 from fashion_search.images import load_catalogue, media_type
 from fashion_search.search import Match
@@ -42,12 +43,17 @@ def image_bytes(seed: int, size: int = 700) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
-def served(root: Path) -> dict[str, bytes]:
-    """What the app serves from a bundle folder, local or fetched: bundle file -> bytes, each image's as the app reads
-    it (from images/ or from the shards)."""
+def served(root: Path) -> dict[str, tuple]:
+    """What the app serves from a bundle folder, local or fetched: per product (file name), its picture's bytes as the
+    app reads them (from images/ or from the pieces), its vector's bytes, its metadata and its source's digest; and
+    the model the catalogue was made with."""
     bundle, images = load_catalogue(root)
-    files = {name: (root / name).read_bytes() for name in [MANIFEST, *bundle.manifest["files"]] if "/" not in name}
-    return files | {f"images/{name}": images.read(row) for row, name in enumerate(bundle.filenames)}
+    metadata = bundle.metadata or [None] * len(bundle.filenames)
+    products = {
+        name: (images.read(row), bundle.embeddings[row].tobytes(), metadata[row], bundle.sources[row])
+        for row, name in enumerate(bundle.filenames)
+    }
+    return products | {"model": (bundle.manifest["model"], bundle.manifest["preprocessing"])}
 
 
 @pytest.fixture
@@ -108,31 +114,23 @@ def test_push_creates_the_dataset_repo_and_returns_the_commit_to_pin(hub, bundle
     assert result.catalogue_value == f"{REPO}@{result.commit_sha}"
     assert hub.repo(REPO).repo_type == "dataset" and hub.repo(REPO).private is False
     remote = hub.files(REPO, result.commit_sha)
-    shards = json.loads(remote["shards.json"])["shards"]
-    assert [shard["count"] for shard in shards] == [3]
+    head = pieces.parse_head(remote[pieces.HEAD], REPO)
+    (piece,) = head.pieces
+    assert (piece.rows, piece.removed, head.count) == (3, (), 3)
     assert sorted(remote) == sorted(
-        [
-            ".gitattributes",
-            "README.md",
-            "shards.json",
-            shards[0]["path"],
-            "manifest.json",
-            "embeddings.npy",
-            "filenames.json",
-            "sources.json",
-            "metadata.jsonl",
-        ]
+        [".gitattributes", "README.md", pieces.HEAD, *(piece.path(name) for name in ("images.tar", "vectors.npy"))]
+        + [piece.path("rows.json")]
     )
-    for name in ["manifest.json", "embeddings.npy", "filenames.json", "sources.json", "metadata.jsonl"]:
-        assert remote[name] == (bundle / name).read_bytes()
-    # The shard and the array went the Hub's way for such files (LFS here; Xet on the Hub), the rest as git blobs.
+    vectors = np.load(io.BytesIO(remote[piece.path("vectors.npy")]))
+    np.testing.assert_array_equal(vectors, np.load(bundle / "embeddings.npy"))  # one piece: the bundle's order
+    rows = json.loads(remote[piece.path("rows.json")])
+    assert rows["filenames"] == json.loads((bundle / "filenames.json").read_text())
+    assert rows["sources"] == json.loads((bundle / "sources.json").read_text())
+    # The images and the vectors went the Hub's way for such files (LFS here; Xet on the Hub), the rest as git blobs.
     assert sorted(path for path, _ in hub.uploads if not path.startswith("lfs:")) == [
         "README.md",
-        "filenames.json",
-        "manifest.json",
-        "metadata.jsonl",
-        "shards.json",
-        "sources.json",
+        pieces.HEAD,
+        piece.path("rows.json"),
     ]
     assert len([path for path, _ in hub.uploads if path.startswith("lfs:")]) == 2
 
@@ -141,10 +139,9 @@ def test_each_product_is_an_image_and_a_json_in_a_webdataset_shard(hub, bundle, 
     images = {"1163.jpg": image_bytes(1), "a.b%c.jpg": image_bytes(2), "shoes/9.png": image_bytes(3)}
     make_bundle(bundle, images)
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-    remote = hub.files(REPO, result.commit_sha)
-    (shard,) = json.loads(remote["shards.json"])["shards"]
+    _, shard = shard_of(hub, result)
 
-    with tarfile.open(fileobj=io.BytesIO(remote[shard["path"]])) as tar:
+    with tarfile.open(fileobj=io.BytesIO(shard)) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar]
     assert [name for name, _ in members] == [
         "1163.jpg",
@@ -158,13 +155,15 @@ def test_each_product_is_an_image_and_a_json_in_a_webdataset_shard(hub, bundle, 
     assert json.loads(members[3][1]) == {"filename": "a.b%c.jpg", "id": "a.b%c"}
 
 
-def test_the_dataset_card_describes_the_catalogue_and_names_the_shards_as_its_data(hub, bundle):
+def test_the_dataset_card_describes_the_catalogue_and_names_the_pieces_images_as_its_data(hub, bundle):
     result = push_bundle(bundle, REPO, license="mit", endpoint=hub.url)
     card = hub.files(REPO, result.commit_sha)["README.md"].decode()
 
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["license"] == "mit" and front["size_categories"] == ["n<1K"]
-    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "shards/*.tar"}]}]
+    assert front["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "pieces/*/images.tar"}]}
+    ]
     assert "webdataset" in front["tags"]
     assert f"FASHION_CATALOG={REPO}@<commit sha>" in card and "weights `random:0`" in card
     assert ("POST", "/api/validate-yaml") in hub.requests  # checked by the Hub before anything was uploaded
@@ -218,31 +217,21 @@ def test_unchanged_repush_makes_no_commit(hub, bundle):
     assert [r for r in hub.requests if r[0] == "POST" and "/commit/" in r[1]] == commit_posts
 
 
-def test_push_of_a_changed_catalogue_removes_the_stale_shards_and_files(hub, bundle, tmp_path):
+def test_push_of_a_changed_catalogue_removes_the_stale_pieces_one_push_later(hub, bundle, tmp_path):
     first = push_bundle(bundle, REPO, endpoint=hub.url)
-    old_shards = [path for path in hub.files(REPO) if path.startswith("shards/")]
+    old = set(hub.files(REPO)) - {"README.md", ".gitattributes", pieces.HEAD}
     make_bundle(bundle, {"1163.jpg": image_bytes(1), "shoes/9.png": image_bytes(3)}, metadata=False)
 
     result = push_bundle(bundle, REPO, endpoint=hub.url)
 
-    assert result.created_commit is True
-    remote = hub.files(REPO)
-    (shard,) = json.loads(remote["shards.json"])["shards"]
-    assert sorted(remote) == sorted(
-        [
-            ".gitattributes",
-            "README.md",
-            "shards.json",
-            shard["path"],
-            "manifest.json",
-            "embeddings.npy",
-            "filenames.json",
-            "sources.json",
-        ]
-    )
-    assert shard["path"] not in old_shards
+    assert result.created_commit is True and first.commit_sha != result.commit_sha
+    head = pieces.parse_head(hub.files(REPO)[pieces.HEAD], REPO)
+    assert old <= set(hub.files(REPO))  # an app still reading the revision before keeps its files
+    assert not old & set(head.files())  # new vectors and no metadata: every product is new, the old piece is gone
     assert served(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == served(bundle)
-    assert first.commit_sha != result.commit_sha
+    make_bundle(bundle, {"1163.jpg": image_bytes(1)}, metadata=False)
+    push_bundle(bundle, REPO, endpoint=hub.url)
+    assert not old & set(hub.files(REPO))
 
 
 def test_push_to_a_repo_of_the_one_file_per_image_layout_replaces_it(hub, bundle, tmp_path):
@@ -251,9 +240,11 @@ def test_push_to_a_repo_of_the_one_file_per_image_layout_replaces_it(hub, bundle
     assert "images/1163.jpg" in hub.files(REPO)
 
     result = push_bundle(bundle, REPO, endpoint=hub.url)
-
-    assert not [path for path in hub.files(REPO) if path.startswith("images/")]
     assert served(fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "c", endpoint=hub.url)) == served(bundle)
+    assert "images/1163.jpg" in hub.files(REPO)  # kept for one more push
+    make_bundle(bundle, {"1163.jpg": image_bytes(1)})
+    push_bundle(bundle, REPO, endpoint=hub.url)
+    assert not [path for path in hub.files(REPO) if path.startswith("images/") or path == "manifest.json"]
 
 
 def test_a_revision_of_the_one_file_per_image_layout_still_fetches(hub, bundle, tmp_path):
@@ -309,8 +300,9 @@ def test_a_fetched_revision_is_kept_once_in_a_few_files_and_its_images_are_read_
     folder = fetch_bundle(result.catalogue_value, cache_dir=tmp_path / "cache", endpoint=hub.url)
 
     size, files = disk_use(tmp_path / "cache")
-    # huggingface_hub keeps a blob and a lock per file; the folder adds two: a few per file on the Hub, not per product
-    assert size <= 1.2 * on_hub and files <= 2 * len(remote) + 4 < len(images)
+    # huggingface_hub keeps a blob and a lock per file; the folder adds the revision's data files, put together from
+    # its pieces, and two per piece saying it was checked: a few per file on the Hub, not per product
+    assert size <= 1.2 * on_hub and files <= 2 * len(remote) + 10 < len(images)
     assert not (folder / "images").exists()
     assert served(folder) == served(root)
 
@@ -407,8 +399,8 @@ def test_hub_gone_and_nothing_cached_names_repo_and_revision(hub, bundle, tmp_pa
 
 
 def lose_the_downloaded_shard(cache: Path) -> None:
-    """Delete the shard huggingface_hub downloaded into `cache`/hub (the file behind the snapshot's link)."""
-    (shard,) = (cache / "hub").glob("datasets--*/snapshots/*/shards/*.tar")
+    """Delete the piece's images huggingface_hub downloaded into `cache`/hub (the file behind the snapshot's link)."""
+    (shard,) = (cache / "hub").glob("datasets--*/snapshots/*/pieces/*/images.tar")
     shard.resolve().unlink()
 
 
@@ -434,8 +426,9 @@ def tampered(hub, result, path: str, content: bytes | None) -> str:
 
 
 def shard_of(hub, result) -> tuple[str, bytes]:
+    """The path and bytes of the pushed catalogue's one piece's images (a WebDataset shard)."""
     files = hub.files(REPO, result.commit_sha)
-    (path,) = [name for name in files if name.startswith("shards/")]
+    (path,) = [name for name in files if name.endswith("/images.tar")]
     return path, files[path]
 
 
@@ -502,9 +495,9 @@ def test_a_tampered_revision_is_refused_at_start_with_a_message_and_nothing_larg
 
 
 def test_a_shard_list_naming_files_outside_shards_is_refused(hub, bundle, tmp_path):
-    result = push_bundle(bundle, REPO, endpoint=hub.url)
+    push_shards_layout(bundle, REPO, hub.url)  # a revision pushed before the pieces
     index = {"format_version": 1, "shards": [{"path": "manifest.json", "count": 3}]}
-    spec = tampered(hub, result, "shards.json", json.dumps(index).encode())
+    spec = tampered(hub, None, "shards.json", json.dumps(index).encode())
 
     with pytest.raises(BundleError, match="names files outside shards/"):
         fetch_bundle(spec, cache_dir=tmp_path / "cache", endpoint=hub.url)

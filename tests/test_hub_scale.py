@@ -4,7 +4,6 @@ the Hub's published limits (files per commit and per repo, entries per folder, r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -20,9 +19,9 @@ from conftest import draw_product, reference_top_k
 from gradio_client import Client, handle_file
 from hub_standin import HubError, HubStandIn
 
-from fashion_search import hub as hub_module
+from fashion_search import pieces
 from fashion_search.bundle import load_bundle
-from fashion_search.hub import push_bundle
+from fashion_search.hub import PIECES_PER_COMMIT, push_bundle
 
 pytestmark = pytest.mark.slow  # a 44k-product catalogue through a Hub stand-in
 
@@ -81,10 +80,10 @@ def pushed(hub, catalogue, tmp_path_factory):
 
 def test_a_44k_push_keeps_to_the_hubs_limits(hub, pushed, catalogue):
     remote = hub.files(REPO)
-    shards = json.loads(remote["shards.json"])["shards"]
+    head = pieces.parse_head(remote[pieces.HEAD], REPO)
 
-    assert sum(shard["count"] for shard in shards) == KAGGLE_ROWS
-    assert len(remote) <= 40  # ~11 shards + the data files, the shard list, the card, .gitattributes
+    assert head.count == KAGGLE_ROWS and len(head.pieces) == 6  # pieces of at most 8,192 products
+    assert len(remote) <= 3 * len(head.pieces) + 3  # 3 files a piece, the head, the card, .gitattributes
     assert hub.file_count(REPO) <= MAX_FILES_PER_REPO
     assert max(commit["operations"] for commit in hub.commit_log) <= MAX_FILES_PER_COMMIT
     assert hub.max_folder_entries(REPO) < MAX_FOLDER_ENTRIES
@@ -98,17 +97,16 @@ def test_a_44k_push_keeps_to_the_hubs_limits(hub, pushed, catalogue):
     }
 
 
-def test_a_push_killed_half_way_resumes_without_sending_a_shard_twice(hub, pushed, catalogue):
+def test_a_push_killed_half_way_resumes_without_sending_a_piece_twice(hub, pushed, catalogue):
     first = pushed["first"]
-    assert first["returncode"] == -signal.SIGKILL and first["commits"] == 1  # the first commit of shards landed
+    assert first["returncode"] == -signal.SIGKILL and first["commits"] == 1  # the first commit of pieces landed
     shard_objects = {
         "lfs:" + hashlib.sha256(content).hexdigest()
         for path, content in hub.files(REPO).items()
         if path.endswith(".tar")
     }
-    assert len(shard_objects) > hub_module.SHARDS_PER_COMMIT  # so the push needed more than one commit of shards
     sent_before_the_kill = lfs_objects(first["uploads"]) & shard_objects
-    assert len(sent_before_the_kill) >= hub_module.SHARDS_PER_COMMIT
+    assert len(sent_before_the_kill) == min(len(shard_objects), PIECES_PER_COMMIT)  # the first commit's pieces
 
     sent_again = lfs_objects(pushed["uploads"]) & shard_objects
     assert not sent_again & sent_before_the_kill
@@ -136,7 +134,7 @@ def test_the_app_starts_from_an_empty_cache_after_a_few_dozen_resolver_requests(
         gallery, listing = client.predict(handle_file(str(query)), api_name="/recommend")
         similar, similar_listing = client.predict(listing[0]["filename"], api_name="/similar")
         served = next((tmp_path / "hf" / "fashion-search" / "bundles").glob("*/*"))
-        shard = next((tmp_path / "hf" / "hub").glob("datasets--*/snapshots/*/shards/*.tar"))
+        shard = next((tmp_path / "hf" / "hub").glob("datasets--*/snapshots/*/pieces/*/images.tar"))
         refused = [
             httpx.get(f"{url}gradio_api/file={path}").status_code
             for path in (shard, shard.resolve(), served / "manifest.json", served / "image-spans.npy")
@@ -151,11 +149,13 @@ def test_the_app_starts_from_an_empty_cache_after_a_few_dozen_resolver_requests(
         for item, row in zip(items, rows):
             assert Path(item["image"]).read_bytes() == (catalogue / "images" / row["filename"]).read_bytes()
     assert refused == [403] * 4  # Gradio's file route serves none of the revision's files
-    # One copy: the download and a folder of links and the index, no images/, a few dozen files in all.
+    # One copy of the images: the download, and a folder with the revision's data files put together from its pieces
+    # (the vectors once more) and where each image lies, no images/, a few dozen files in all.
     assert served.name == pushed["sha"] and not (served / "images").exists()
     size, files = hub_disk_use(tmp_path / "hf")
     on_hub = sum(len(content) for path, content in hub.files(REPO, pushed["sha"]).items() if path != "README.md")
-    assert size <= 1.2 * on_hub and files <= 100, (size, on_hub, files)
+    vectors = (served / "embeddings.npy").stat().st_size
+    assert size <= 1.2 * on_hub + vectors and files <= 100, (size, on_hub, files)
 
 
 def hub_disk_use(root: Path) -> tuple[int, int]:
@@ -171,18 +171,18 @@ def hub_disk_use(root: Path) -> tuple[int, int]:
     return size, len(seen)
 
 
-def test_adding_100_products_sends_only_the_shards_they_fall_in(hub, pushed, catalogue, tmp_path):
+def test_adding_100_products_sends_one_small_piece(hub, pushed, catalogue, tmp_path):
     grown = grown_copy(catalogue, tmp_path / "grown", extra=100)
     before_files, uploads_before = hub.files(REPO), len(hub.uploads)
 
     result = push_bundle(grown, REPO, endpoint=hub.url, token=TOKEN)
 
     after_files = hub.files(REPO, result.commit_sha)
-    old = {path: content for path, content in before_files.items() if path.endswith(".tar")}
-    new = {path: content for path, content in after_files.items() if path.endswith(".tar")}
-    changed = set(new) - set(old)
-    assert 1 <= len(changed) <= 2 and len(new) - len(changed) >= len(old) - 2
-    sent = [(path, size) for path, size in hub.uploads[uploads_before:] if path.startswith("lfs:")]
-    shard_bytes = sum(size for path, size in sent if path[4:] in {hashlib.sha256(c).hexdigest() for c in new.values()})
-    assert shard_bytes == sum(len(new[path]) for path in changed)  # the changed shards and nothing else
-    assert shard_bytes < sum(map(len, new.values())) / 4
+    head = pieces.parse_head(after_files[pieces.HEAD], REPO)
+    (new,) = [piece for piece in head.pieces if piece.path(pieces.TAR) not in before_files]
+    assert new.rows == 100 and head.count == KAGGLE_ROWS + 100
+    sent = sum(size for _, size in hub.uploads[uploads_before:])
+    piece_bytes = sum(len(after_files[path]) for path in new.files)
+    small = len(after_files[pieces.HEAD]) + len(after_files["README.md"])
+    assert sent == piece_bytes + small  # the new piece, the head and the card: nothing else
+    assert sent < sum(len(after_files[path]) for path in head.files()) / 100

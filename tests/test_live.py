@@ -13,7 +13,7 @@ import pytest
 from hub_standin import HubStandIn
 from PIL import Image
 
-from fashion_search import image_route, live, webapp
+from fashion_search import image_route, live, pieces, webapp
 from fashion_search.bundle import IMAGES, write_bundle
 from fashion_search.files import backup_path, swap_in
 from fashion_search.images import load_catalogue
@@ -309,17 +309,18 @@ def test_a_followed_hub_branch_takes_a_push_a_pinned_commit_stays_and_a_tampered
     assert recommender.snapshot.revision == second.commit_sha and old.revision == first.commit_sha
     assert sorted(recommender.snapshot.rows) == names(1004, 10)
     picture = recommender.picture(second.commit_sha, "1013.jpg")
-    assert picture == (b"picture of 1013.jpg", "image/jpeg")  # from the new revision's shards
+    assert picture == (b"picture of 1013.jpg", "image/jpeg")  # from the new revision's new piece
     assert recommender.picture(old.revision, "1000.jpg") == (b"picture of 1000.jpg", "image/jpeg")
     old_folder = old.bundle.root
     del old
     gc.collect()
     assert not old_folder.exists()  # released with its last user
 
-    # A head whose shard does not match its manifest: refused, the old revision serves on.
+    # A head whose piece's images are not a tar: refused, the old revision serves on.
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    (shard,) = [path for path in hub.files(REPO, second.commit_sha) if path.startswith("shards/")]
+    head = pieces.parse_head(hub.read_file(REPO, pieces.HEAD, second.commit_sha), REPO)
+    shard = head.pieces[0].path(pieces.TAR)
     tampered = HfApi(endpoint=hub.url).create_commit(
         REPO, [CommitOperationAdd(shard, b"not a tar")], repo_type="dataset", commit_message="tamper"
     )
