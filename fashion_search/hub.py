@@ -528,10 +528,11 @@ def _download(api: HfApi, repo_id: str, sha: str, library_cache: Path) -> Path:
             )
         )
 
-    index = snapshot([pieces.HEAD, MANIFEST, SHARD_INDEX])
+    index = snapshot([pieces.HEAD])
     if (index / pieces.HEAD).is_file():
         head = pieces.read_head(index / pieces.HEAD, f"{repo_id}@{sha}")
         return snapshot([pieces.HEAD, *head.files()])
+    index = snapshot([MANIFEST, SHARD_INDEX])  # a revision pushed before the pieces
     files = manifest_files(index, repo_id, sha)
     data = [name for name in DATA_FILES if name in files]
     # pushed by an earlier version without shards.json: one file per image

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -475,9 +476,13 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) 
     """A piece's rows and where its images lie, checked now or (the same files, the tar's size unchanged) before."""
     label = f"{where}, piece {piece.id}"
     tar = snapshot / piece.path(TAR)
+    # What was checked: the head's digests, and the files behind the snapshot's links (huggingface_hub's blobs are
+    # named by their content, so the same blob is the same bytes; a commit that changes a piece's file without its
+    # digest in the head gets another blob, and is checked again).
+    blobs = {path: os.path.realpath(snapshot / path) for path in sorted(piece.files)}
     try:
         recorded = json.loads((check / _CHECKED).read_text(encoding="utf-8"))
-        if recorded == {"files": piece.files, "tar_size": tar.stat().st_size}:
+        if recorded == {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size}:
             rows = read_rows(snapshot / piece.path(ROWS), piece.rows, label)
             spans = np.load(check / _SPANS, allow_pickle=False)
             if spans.dtype == SPAN_DTYPE and spans.shape == (piece.rows,):
@@ -505,7 +510,8 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) 
         raise type(err)(f"{label}: {err}") from err
     check.mkdir(parents=True, exist_ok=True)
     _save(check / _SPANS, spans)
-    write_atomic(check / _CHECKED, json.dumps({"files": piece.files, "tar_size": tar.stat().st_size}).encode())
+    record = {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size}
+    write_atomic(check / _CHECKED, json.dumps(record).encode())
     return _Checked(rows.filenames, rows.images, rows.sources, rows.metadata, spans)
 
 

@@ -286,3 +286,22 @@ def test_the_approximate_index_travels_in_the_pieces_its_rows_again_only_when_tr
     resent = {path for path in head3.files() if hashlib.sha256(files[path]).hexdigest() in lfs}
     assert resent and all(path.rsplit("/", 1)[1].startswith(("lists-", "codes-", "ivf")) for path in resent)
     assert index_by_name(fetch_bundle(REPO, cache_dir=tmp_path / "cache", endpoint=hub.url)) == index_by_name(local3)
+
+
+def test_a_piece_changed_under_an_unchanged_head_is_checked_again_though_checked_before(hub, tmp_path):
+    """A piece checked for one revision is not read again for the next, unless its files are other bytes."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    local = shop(tmp_path / "bundle", numbered(20))
+    sha = push_bundle(local, REPO, endpoint=hub.url).commit_sha
+    cache = tmp_path / "cache"
+    fetch_commit(REPO, sha, cache_dir=cache, endpoint=hub.url)  # the piece is checked, and remembered so
+    (piece,) = pieces.parse_head(hub.read_file(REPO, pieces.HEAD, revision=sha), "test").pieces
+    tar = hub.read_file(REPO, piece.path(pieces.TAR))
+    image = picture("3.jpg")
+    damaged = tar.replace(image, image[:-1] + bytes([image[-1] ^ 1]))  # the same size
+    bad = HfApi(endpoint=hub.url).create_commit(
+        REPO, [CommitOperationAdd(piece.path(pieces.TAR), damaged)], repo_type="dataset", commit_message="tamper"
+    )
+    with pytest.raises(BundleError, match="3.jpg"):
+        fetch_commit(REPO, bad.oid, cache_dir=cache, endpoint=hub.url)
