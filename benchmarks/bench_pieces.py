@@ -68,15 +68,14 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 
 def nearest(vectors: np.ndarray, names: list[str], queries: np.ndarray, k: int = 5) -> list[list[str]]:
-    """Brute force in float64, 8,192 rows at a time: the names of the k nearest rows of each query."""
-    distances = np.concatenate(
-        [
-            ((np.asarray(vectors[start : start + 8192], dtype=np.float64)[None] - queries[:, None]) ** 2).sum(-1)
-            for start in range(0, len(vectors), 8192)
-        ],
-        axis=1,
-    )
-    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    """Brute force in float64 (|v|^2 - 2 v.q, the same order as the distance), 8,192 rows at a time: the names of the
+    k nearest rows of each query."""
+    queries = np.asarray(queries, dtype=np.float64)
+    parts = []
+    for start in range(0, len(vectors), 8192):
+        block = np.asarray(vectors[start : start + 8192], dtype=np.float64)
+        parts.append(np.einsum("ij,ij->i", block, block)[None, :] - 2 * (queries @ block.T))
+    order = np.argsort(np.concatenate(parts, axis=1), axis=1, kind="stable")[:, :k]
     return [[names[row] for row in rows] for rows in order]
 
 

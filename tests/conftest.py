@@ -34,6 +34,17 @@ NEEDS_FASHION_MNIST = needs(
 )
 NEEDS_ROOT = needs(os.geteuid() == 0, "root (it mounts file systems and sets chattr +i)")
 WEIGHTS_SEED = 1234
+STANDIN_TOKEN = "hf_standin_token"  # the `hub` fixture's write token
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The loopback Hub stand-in (tests/hub_standin.py), HF_TOKEN set to its write token as a login would."""
+    from hub_standin import HubStandIn
+
+    monkeypatch.setenv("HF_TOKEN", STANDIN_TOKEN)  # read by huggingface_hub on every request
+    with HubStandIn(tmp_path / "hub-store", token=STANDIN_TOKEN) as standin:
+        yield standin
 
 
 def draw_product(rng: np.random.Generator, size: tuple[int, int] = (60, 80)) -> Image.Image:

@@ -15,8 +15,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 import pytest
 import yaml
-from conftest import CHROMIUM, NEEDS_CHROMIUM, make_bundle
-from hub_standin import HubStandIn
+from conftest import CHROMIUM, NEEDS_CHROMIUM, STANDIN_TOKEN, make_bundle
 from huggingface_hub import HfApi, snapshot_download
 from legacy_layout import push_shards_layout
 from PIL import Image
@@ -29,14 +28,7 @@ from fashion_search.images import load_catalogue, media_type
 from fashion_search.search import Match
 
 REPO = "fashion-team/catalogue"
-TOKEN = "hf_standin_token"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", TOKEN)  # read by huggingface_hub on every request, as a real login would be
-    with HubStandIn(tmp_path / "hub-store", token=TOKEN) as standin:
-        yield standin
+TOKEN = STANDIN_TOKEN  # the `hub` fixture's (conftest)
 
 
 def image_bytes(seed: int, size: int = 700) -> bytes:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_standin import HubStandIn
 from PIL import Image
 
 from fashion_search import image_route, live, pieces, webapp
@@ -276,14 +275,6 @@ def test_new_filter_values_are_offered_after_a_swap(followed):
 
 
 REPO = "shop/catalogue"
-TOKEN = "hf_standin_token"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubStandIn(tmp_path / "hub-store", token=TOKEN) as standin:
-        yield standin
 
 
 def test_a_followed_hub_branch_takes_a_push_a_pinned_commit_stays_and_a_tampered_head_is_refused(hub, tmp_path, caplog):

@@ -19,14 +19,6 @@ from fashion_search.hub import fetch_bundle, fetch_commit, push_bundle
 from fashion_search.images import load_catalogue
 
 REPO = "shop/catalogue"
-TOKEN = "hf_standin_token"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with HubStandIn(tmp_path / "hub-store", token=TOKEN) as standin:
-        yield standin
 
 
 @pytest.fixture
