@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import stat
@@ -300,12 +301,27 @@ def _tuning_warnings(search: dict) -> list[str]:
     warnings = []
     if not search["target_met"]:
         tuned = search["tuning"]
-        warnings.append(
-            f"BELOW TARGET: no search depth within {approximate.MAX_CANDIDATES:,} candidates and a quarter of the "
+        needed = approximate.MIN_QUERIES_FOR_TARGET
+        reached = (
             f"lists reaches recall@5 {approximate.RECALL_TARGET[5]} and @20 {approximate.RECALL_TARGET[20]} on this "
-            f"catalogue (the deepest tried: {tuned['recall@5']:.3f} / {tuned['recall@20']:.3f}); its neighbourhoods "
-            "are too flat for the index. Build with --index exact (the app then compares every product), or train "
-            "the index afresh with --retrain-index"
+            f"catalogue at {approximate.CONFIDENCE:.0%} confidence (the nearest: {tuned['recall@5']:.3f} / "
+            f"{tuned['recall@20']:.3f} on the tuning queries, lower bounds {tuned['lower_bound@5']:.3f} / "
+            f"{tuned['lower_bound@20']:.3f})"
+        )
+        if tuned["queries"] < needed:  # even finding every neighbour, so few queries cannot show the target
+            reason = (
+                f"; {tuned['queries']} tuning queries cannot show it even when every neighbour is found: it takes "
+                f"{needed} (with --tuning-photos, {math.ceil(needed / (1 - HELD_OUT_SHARE))} photos, a third held "
+                "out). Give more photos, or build with --index exact (the app then compares every product)"
+            )
+        else:
+            reason = (
+                "; its neighbourhoods are too flat for the index. Build with --index exact (the app then compares "
+                "every product), or train the index afresh with --retrain-index"
+            )
+        warnings.append(
+            f"BELOW TARGET: no search depth within {approximate.MAX_CANDIDATES:,} candidates and "
+            f"{approximate.MAX_LIST_SHARE:.0%} of the " + reached + reason
         )
     if not search["promise_kept"]:
         figures = [search["held_out"], search["held_out_filtered"] or search["held_out"]]

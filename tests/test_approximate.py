@@ -235,15 +235,16 @@ def test_when_no_depth_within_the_limits_meets_the_target_it_says_so(flat, monke
 
 
 def test_too_few_tuning_queries_cannot_meet_the_target_even_finding_everything(flat):
-    """60 tuning queries, every neighbour found at a deep enough depth: their mean is 1, but a 95 % lower bound from
-    60 queries stays under 0.995 (it takes 108), so the target is not met and precompute says why and what to do."""
+    """60 tuning queries: a 95 % lower bound from 60 queries stays under 0.995 even if every neighbour is found (it
+    takes 108), so the target is not met however deep the search, and precompute says why and what to do."""
     from fashion_search.pipeline import _tuning_warnings
 
     rows, data, (tuning, held_out, _) = flat
+    assert approximate.lower_bound(np.ones(60), 5) < 0.995
     few = Queries(tuning.vectors[:60], tuning.sources[:60])
     search = approximate.tune(data, rows, few, held_out).info["search"]
-    # the depth recorded is the nearest the target: the cheapest finding every one of the 60 queries' 5 nearest
-    assert search["tuning"]["recall@5"] == 1.0 and search["tuning"]["lower_bound@5"] < 0.995
+    # the depth recorded is the nearest the target: one finding (nearly) all of the 60 queries' 5 nearest
+    assert search["tuning"]["recall@5"] >= 0.99 and search["tuning"]["lower_bound@5"] < 0.995
     assert not search["target_met"]
     warning = _tuning_warnings(search)[0]
     assert "60 tuning queries cannot show it even when every neighbour is found: it takes 108" in warning
