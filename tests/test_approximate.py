@@ -175,9 +175,9 @@ def test_an_index_made_before_its_depth_was_measured_loads_and_searches_at_the_f
     )
 
 
-FLAT_ROWS = 12_000
-FLAT_PRODUCTS = 5  # 2,400 noisy copies of each: more than the fixed depth's 1,024 candidates
-FLAT_NOISE = 0.002  # per dimension: between two copies about 0.13, between two products about 0.4
+FLAT_ROWS = 20_000  # (candidates are at most a quarter of the rows: 4,096 here, beyond a product's copies)
+FLAT_PRODUCTS = 8  # 2,500 noisy copies of each: more than the fixed depth's 1,024 candidates
+FLAT_NOISE = 0.002  # per dimension: between two copies about 0.12, between two products about 0.4
 FLAT_QUERIES = (200, 100, 100)  # tuning (at least MIN_QUERIES_FOR_TARGET), held out at build, the tests' own
 
 
