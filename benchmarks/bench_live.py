@@ -702,8 +702,8 @@ def _traffic(swap: Swap) -> str:
     """The bytes a push sent and the app downloaded for one change, each as a share of the revision's bytes."""
     revision = swap.revision_bytes
     return (
-        f"the push sent {swap.sent_bytes / 1e6:,.0f} MB ({swap.sent_bytes / revision:.0%}), the app downloaded "
-        f"{swap.downloaded_bytes / 1e6:,.0f} MB ({swap.downloaded_bytes / revision:.0%}) of the revision's "
+        f"the push sent {swap.sent_bytes / 1e6:,.0f} MB ({_share(swap.sent_bytes / revision)}), the app downloaded "
+        f"{swap.downloaded_bytes / 1e6:,.0f} MB ({_share(swap.downloaded_bytes / revision)}) of the revision's "
         f"{revision / 1e6:,.0f} MB"
     )
 
@@ -961,8 +961,13 @@ def _traffic_row(label: str, swaps: list[Swap]) -> Row:
 
 
 def _shares(values: list[float]) -> str:
-    low, high = min(values), max(values)
-    return f"{low:.0%}" if f"{low:.0%}" == f"{high:.0%}" else f"{low:.0%}–{high:.0%}"
+    low, high = _share(min(values)), _share(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
+def _share(fraction: float) -> str:
+    """A share of the revision: to 0.1 % below 10 % (a change's pieces), to 1 % above."""
+    return f"{fraction:.1%}" if fraction < 0.1 else f"{fraction:.0%}"
 
 
 def large_rows(result: dict) -> list[Row]:
