@@ -39,6 +39,7 @@ from huggingface_hub import (
     snapshot_download,
 )
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -74,6 +75,7 @@ logger = logging.getLogger(__name__)
 CARD = "README.md"
 MAX_COMMIT_FILES = 100  # the Hub's limit on the files of one commit made over HTTP
 PIECES_PER_COMMIT = 10  # each commit of pieces (5 files or fewer each) is a point a killed push resumes from
+HELD_PIECES = 2  # a change of at most this many new pieces is one commit, with the head
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # What "the Hub could not be asked" looks like: no connection or a timeout, offline mode (HF_HUB_OFFLINE=1), a 5xx,
 # or a download that lost the Hub half-way (LocalEntryNotFoundError, RevisionResolutionError).
@@ -162,28 +164,36 @@ def push_bundle(
         plan = pieces.plan_push(bundle, previous, remote, index.data if index else None)
         if previous is None and tree - {CARD, ".gitattributes"}:
             logger.info("%s is in an earlier layout: this push sends the whole catalogue once, as pieces.", parsed_id)
-        kept, head = _send_index_rows(api, parsed_id, bundle_dir, plan, index, tree, Path(tmp), head)
-        new, head = _send_pieces(api, parsed_id, bundle, bundle_dir, plan, index, tree, Path(tmp), head)
-    shared = pieces.index_files(index.data, bundle.root) if index else {}
-    files = bundle.manifest["files"]
-    after = pieces.new_head(bundle, kept + new, {path: files[local.name] for path, local in shared.items()})
-    needed = [pieces.HEAD, *after.files()]  # what fetch_bundle downloads
-    if previous is not None and (after.pieces, after.index) == (previous.pieces, previous.index):
-        logger.info("Unchanged: %s at commit %s", parsed_id, head)
-        return PushResult(head, f"{parsed_id}@{head}", head != before.sha, preload_entry(parsed_id, head, needed))
-    adds = [
-        CommitOperationAdd(pieces.HEAD, after.to_bytes()),
-        CommitOperationAdd(CARD, dataset_card(bundle, parsed_id, len(after.pieces), license).encode()),
-        *(CommitOperationAdd(path, local) for path, local in shared.items() if path not in tree),
-    ]
-    # Deleted: what neither this head nor the one before names (an app reading the revision before keeps its files
-    # for one more push). Over a repo of an earlier layout, its files are the ones "the head before" names.
-    named = set(after.files()) | (set(previous.files()) if previous is not None else tree)
-    stale = sorted(tree - named - {pieces.HEAD, CARD, ".gitattributes"})
-    deletions = [CommitOperationDelete(path) for path in stale]
-    room = MAX_COMMIT_FILES - len(adds)
-    message = f"Update catalogue from {bundle_dir.name}: {len(new)} new pieces, {after.count:,} products"
-    head = _commit(api, parsed_id, adds + deletions[:room], message, head)
+        # A day's change (a piece or two) goes in one commit with the head: a following app sees the branch move
+        # once. A larger one sends its pieces first, PIECES_PER_COMMIT to a commit, so that a killed push resumes.
+        files_sent = 5 * len(plan.new) + (2 * len(plan.kept) if plan.reindex else 0)
+        hold = len(plan.new) <= HELD_PIECES and files_sent <= MAX_COMMIT_FILES // 2
+        kept, held, head = _send_index_rows(api, parsed_id, plan, index, tree, Path(tmp), head, hold)
+        new, held_pieces, head = _send_pieces(
+            api, parsed_id, bundle, bundle_dir, plan, index, tree, Path(tmp), head, hold
+        )
+        shared = pieces.index_files(index.data, bundle.root) if index else {}
+        files = bundle.manifest["files"]
+        after = pieces.new_head(bundle, kept + new, {path: files[local.name] for path, local in shared.items()})
+        needed = [pieces.HEAD, *after.files()]  # what fetch_bundle downloads
+        if previous is not None and (after.pieces, after.index) == (previous.pieces, previous.index):
+            logger.info("Unchanged: %s at commit %s", parsed_id, head)
+            return PushResult(head, f"{parsed_id}@{head}", head != before.sha, preload_entry(parsed_id, head, needed))
+        adds = [
+            *held,
+            *held_pieces,
+            CommitOperationAdd(pieces.HEAD, after.to_bytes()),
+            CommitOperationAdd(CARD, dataset_card(bundle, parsed_id, len(after.pieces), license).encode()),
+            *(CommitOperationAdd(path, local) for path, local in shared.items() if path not in tree),
+        ]
+        # Deleted: what neither this head nor the one before names (an app reading the revision before keeps its
+        # files for one more push). Over a repo of an earlier layout, its files are the ones "the head before" names.
+        named = set(after.files()) | (set(previous.files()) if previous is not None else tree)
+        stale = sorted(tree - named - {pieces.HEAD, CARD, ".gitattributes"})
+        deletions = [CommitOperationDelete(path) for path in stale]
+        room = MAX_COMMIT_FILES - len(adds)
+        message = f"Update catalogue from {bundle_dir.name}: {len(new)} new pieces, {after.count:,} products"
+        head = _commit(api, parsed_id, adds + deletions[:room], message, head)
     for start in range(room, len(deletions), MAX_COMMIT_FILES):
         head = _commit(api, parsed_id, deletions[start : start + MAX_COMMIT_FILES], "Remove unused pieces", head)
     logger.info("Pushed %s at commit %s", parsed_id, head)
@@ -224,9 +234,18 @@ def _send_pieces(
     tree: set[str],
     tmp: Path,
     head: str,
-) -> tuple[list[pieces.Piece], str]:
-    """Write and commit the plan's new pieces, PIECES_PER_COMMIT at a time (those already on the Hub: not again)."""
+    hold: bool,
+) -> tuple[list[pieces.Piece], list[CommitOperationAdd], str]:
+    """Write and commit the plan's new pieces, PIECES_PER_COMMIT at a time (those already on the Hub: not again);
+    with `hold`, write them all and return their files' operations for the caller's commit instead."""
     made = []
+    if hold:
+        adds = []
+        for number, rows in enumerate(plan.new):
+            piece, local = pieces.write_piece(bundle, rows, index, tmp / f"piece-{number}")
+            made.append(piece)
+            adds += [CommitOperationAdd(path, file) for path, file in local.items() if path not in tree]
+        return made, adds, head
     for start in range(0, len(plan.new), PIECES_PER_COMMIT):
         group, adds = plan.new[start : start + PIECES_PER_COMMIT], []
         for number, rows in enumerate(group):
@@ -239,16 +258,16 @@ def _send_pieces(
         logger.info("Sent %d of %d new pieces to %s", start + len(group), len(plan.new), repo_id)
         for number in range(len(group)):  # the next group's disk space
             shutil.rmtree(tmp / f"piece-{number}")
-    return made, head
+    return made, [], head
 
 
 def _send_index_rows(
-    api: HfApi, repo_id: str, bundle_dir: Path, plan: pieces.Plan, index, tree: set[str], tmp: Path, head: str
-) -> tuple[list[pieces.Piece], str]:
+    api: HfApi, repo_id: str, plan: pieces.Plan, index, tree: set[str], tmp: Path, head: str, hold: bool
+) -> tuple[list[pieces.Piece], list[CommitOperationAdd], str]:
     """The kept pieces, with index rows made anew and committed when the index was trained again (or added or
-    dropped): their images and vectors are not sent again."""
+    dropped): their images and vectors are not sent again. With `hold`, their operations are returned instead."""
     if not plan.reindex:
-        return plan.kept, head
+        return plan.kept, [], head
     kept, adds = [], []
     for piece, rows in zip(plan.kept, plan.kept_rows):
         files = {path: digest for path, digest in piece.files.items() if path not in (piece.index_files or ())}
@@ -259,9 +278,11 @@ def _send_index_rows(
         kept.append(dataclasses.replace(piece, files=files))
     if plan.kept:
         logger.info("The index was trained again: sending the index rows of %d pieces.", len(plan.kept))
+    if hold:
+        return kept, adds, head
     for start in range(0, len(adds), MAX_COMMIT_FILES):
         head = _commit(api, repo_id, adds[start : start + MAX_COMMIT_FILES], "Add index rows", head)
-    return kept, head
+    return kept, [], head
 
 
 def dataset_card(bundle: Bundle, repo_id: str, piece_count: int, license: str) -> str:
@@ -448,6 +469,32 @@ def fetch_commit(
     api = HfApi(endpoint=endpoint, token=token)
     with _asking(api, f"{repo_id}@{sha}"):
         return _materialise(api, repo_id, revision, sha, root, library_cache)
+
+
+def head_file(
+    spec: str,
+    sha: str,
+    *,
+    cache_dir: str | Path | None = None,
+    hub_cache: str | Path | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> bytes | None:
+    """The head file (catalogue.json) of commit `sha` of `spec`'s repo, from huggingface_hub's cache or downloaded
+    into it; None for a revision without one (pushed before the pieces).
+
+    Raises:
+        HubUnavailable, CatalogueNotFound: as head_commit.
+    """
+    repo_id, _ = parse_hub_spec(spec)
+    _, library_cache = cache_folders(cache_dir, hub_cache)
+    api = HfApi(endpoint=endpoint, token=token)
+    with _asking(api, f"{repo_id}@{sha}"):
+        try:
+            path = api.hf_hub_download(repo_id, pieces.HEAD, repo_type=REPO_TYPE, revision=sha, cache_dir=library_cache)
+        except EntryNotFoundError:
+            return None
+    return Path(path).read_bytes()
 
 
 @contextmanager

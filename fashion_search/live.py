@@ -57,6 +57,11 @@ class Source:
     def release(self, revision: str) -> None:
         """No snapshot serves `revision` any more: its files may go."""
 
+    def same(self, revision: str, current: str) -> bool:
+        """Whether `revision` holds the very catalogue `current` does (a commit of a push that has not moved the head
+        file yet, or one that only deletes unused files): then there is nothing to take."""
+        return False
+
     def shown(self, message: str) -> str:
         """A message about a loaded revision, with the paths a person knows."""
         return message
@@ -102,6 +107,15 @@ class HubSource(Source):
 
     def release(self, revision: str) -> None:
         self._hub.release_commit(self.name, revision, **self._cache)
+
+    def same(self, revision: str, current: str) -> bool:
+        try:  # the head files of both: one small download for the new commit, the current one's is cached
+            ours = self._hub.head_file(self.name, current, endpoint=self._endpoint, **self._cache)
+            return ours is not None and ours == self._hub.head_file(
+                self.name, revision, endpoint=self._endpoint, **self._cache
+            )
+        except self._hub.HubError:
+            return False  # asked again when it is taken
 
 
 class FolderSource(Source):
@@ -177,6 +191,7 @@ class Follower:
         self.every = every
         self.search = search
         self.refused: dict[str, str] = {}  # revision -> why; not tried again (a later head is)
+        self.same: set[str] = set()  # revisions that hold the catalogue being served: nothing to take
         self._stop = threading.Event()
         self._next_look = 0.0  # when the thread looks again
         self._unavailable = False  # the last look failed: said once, not at every look
@@ -229,7 +244,16 @@ class Follower:
             self._unavailable = True
             return False
         self._unavailable = False
-        if head == current or head in self.refused:
+        if head == current or head in self.refused or head in self.same:
+            return False
+        if self.source.same(head, current):
+            self.same.add(head)
+            log.info(
+                "Catalogue %s: %s holds the revision served (%s); nothing to take.",
+                self.source.name,
+                _short(head),
+                _short(current),
+            )
             return False
         return self._take(head, current)
 

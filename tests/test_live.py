@@ -307,13 +307,22 @@ def test_a_followed_hub_branch_takes_a_push_a_pinned_commit_stays_and_a_tampered
     gc.collect()
     assert not old_folder.exists()  # released with its last user
 
-    # A head whose piece's images are not a tar: refused, the old revision serves on.
+    # A commit that leaves the head file as it is (a push's earlier commit, or one changing a piece under it): the
+    # catalogue served is that one, nothing is taken; one that changes the head and names a piece whose images are
+    # not a tar: refused. The old revision serves on.
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    head = pieces.parse_head(hub.read_file(REPO, pieces.HEAD, second.commit_sha), REPO)
-    shard = head.pieces[0].path(pieces.TAR)
-    tampered = HfApi(endpoint=hub.url).create_commit(
-        REPO, [CommitOperationAdd(shard, b"not a tar")], repo_type="dataset", commit_message="tamper"
+    head_bytes = hub.read_file(REPO, pieces.HEAD, second.commit_sha)
+    shard = pieces.parse_head(head_bytes, REPO).pieces[0].path(pieces.TAR)
+    api = HfApi(endpoint=hub.url)
+    same = api.create_commit(REPO, [CommitOperationAdd(shard, b"not a tar")], repo_type="dataset", commit_message="x")
+    assert not follower.check()
+    assert recommender.snapshot.revision == second.commit_sha and same.oid in follower.same
+    requests = len(hub.requests)
+    assert not follower.check() and len(hub.requests) == requests + 1  # known: only the head is asked for
+    changed = head_bytes.replace(b'"created": "', b'"created": "1')
+    tampered = api.create_commit(
+        REPO, [CommitOperationAdd(pieces.HEAD, changed)], repo_type="dataset", commit_message="y"
     )
     assert not follower.check()
     assert recommender.snapshot.revision == second.commit_sha and tampered.oid in follower.refused

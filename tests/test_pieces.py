@@ -108,9 +108,10 @@ def test_a_one_percent_change_sends_and_downloads_about_one_percent(hub, tmp_pat
     sold_out = set(rng.choice(names, 10, replace=False))  # at random places: most pieces lose one
     changed = [name for name in names if name not in sold_out] + [f"new-{i}.jpg" for i in range(10)]
     shop(local, changed)
-    uploads = len(hub.uploads)
+    uploads, commits = len(hub.uploads), hub.commit_count(REPO)
     second = push_bundle(local, REPO, endpoint=hub.url)
     pushed = sent(hub, uploads)
+    assert hub.commit_count(REPO) == commits + 1  # the new piece with the head: the branch moves once
     downloads = len(hub.downloads)
     folder = fetch_commit(REPO, second.commit_sha, cache_dir=cache, endpoint=hub.url)
     fetched = downloaded(hub, downloads)
