@@ -584,7 +584,7 @@ def take_change(
     steady_mb = steady(app.sampler)
     sent_before, served_before = app.hub.traffic()
     sha, started, returned, intermediate = app.push(revision)
-    sent_after, _ = app.hub.traffic()
+    sent_after, served_before = app.hub.traffic()  # from here: the app's downloads (the push reads the Hub too)
     log(f"  pushed {sha[:12]} in {returned - started:.1f} s ({len(intermediate)} earlier commits); waiting ...")
     first = asking.wait_for(sha, started, timeout, more)
     live_s = None if first is None else first.done - returned
