@@ -64,13 +64,14 @@ def filter_of(share: float | None) -> np.ndarray | None:
     return None if share is None else np.flatnonzero(np.random.default_rng(3).random(ROWS) < share)
 
 
-@pytest.mark.parametrize("share", [None, 0.4, 0.25, 0.1, 0.05, 0.002])
+@pytest.mark.parametrize("share", [None, 0.5, 0.25, 0.1, 0.05, 0.002])
 def test_recall_against_the_exact_search_filtered_or_not(vectors, index, share):
-    """At the tuned depth; 40 % and 25 % leave more than twice the eligible rows the depth scans, so the lists a
-    filtered search chooses decide what it finds."""
+    """At the tuned depth; 50 % leaves more than twice the eligible rows the depth scans (25 % did in the run that wrote
+    this test, not at the 192 lists tuned in a later one), so the lists a filtered search chooses decide what it
+    finds."""
     embeddings, queries = vectors
     rows = filter_of(share)
-    if share in (0.4, 0.25):
+    if share == 0.5:
         assert len(rows) > 2 * index.probe_rows(index.depth)
     exact = NeighbourIndex(embeddings).search(queries, 20, rows)
     found = index.search(queries, 20, rows)
