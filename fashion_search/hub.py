@@ -239,26 +239,22 @@ def _send_pieces(
     """Write and commit the plan's new pieces, PIECES_PER_COMMIT at a time (those already on the Hub: not again);
     with `hold`, write them all and return their files' operations for the caller's commit instead."""
     made = []
-    if hold:
-        adds = []
-        for number, rows in enumerate(plan.new):
-            piece, local = pieces.write_piece(bundle, rows, index, tmp / f"piece-{number}")
-            made.append(piece)
-            adds += [CommitOperationAdd(path, file) for path, file in local.items() if path not in tree]
-        return made, adds, head
-    for start in range(0, len(plan.new), PIECES_PER_COMMIT):
-        group, adds = plan.new[start : start + PIECES_PER_COMMIT], []
+    size = max(1, len(plan.new)) if hold else PIECES_PER_COMMIT
+    for start in range(0, len(plan.new), size):
+        group, adds = plan.new[start : start + size], []
         for number, rows in enumerate(group):
             piece, local = pieces.write_piece(bundle, rows, index, tmp / f"piece-{number}")
             made.append(piece)
             adds += [CommitOperationAdd(path, file) for path, file in local.items() if path not in tree]
+        if hold:  # one group: its files stay for the caller's commit
+            return made, adds, head
         if adds:
             message = f"Add pieces {start + 1}-{start + len(group)} of {len(plan.new)} from {bundle_dir.name}"
             head = _commit(api, repo_id, adds, message, head)
         logger.info("Sent %d of %d new pieces to %s", start + len(group), len(plan.new), repo_id)
         for number in range(len(group)):  # the next group's disk space
             shutil.rmtree(tmp / f"piece-{number}")
-    return made, [], head
+    return made, [], head  # (also with `hold` and no new piece)
 
 
 def _send_index_rows(

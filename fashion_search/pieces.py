@@ -56,7 +56,7 @@ from fashion_search.bundle import (
     BundleValueError,
     is_relative_name,
 )
-from fashion_search.files import sha256_file, write_atomic
+from fashion_search.files import link_or_copy, sha256_file, write_atomic
 from fashion_search.shards import SPAN_DTYPE, Shard, index_shards, member_name, write_shard
 
 HEAD = "catalogue.json"
@@ -266,7 +266,6 @@ class Plan:
     kept: list[Piece]  # pieces of the head that stay, with the rows removed from them now
     kept_rows: list[np.ndarray]  # for each kept piece, the bundle row of each of its rows (-1: removed)
     new: list[np.ndarray]  # for each new piece, the bundle rows it holds (in file-name order)
-    dropped: list[Piece]  # pieces of the head not kept: emptied, rewritten or merged, or of another model
     reindex: bool  # the kept pieces need index rows made anew (the index was trained again, or added or dropped)
 
 
@@ -288,7 +287,7 @@ def plan_push(
     rows_of = {name: row for row, name in enumerate(bundle.filenames)}
     placed = np.zeros(len(bundle.filenames), dtype=bool)
     usable = head is not None and head.compatible(bundle)
-    kept, dropped = [], [] if usable or head is None else list(head.pieces)
+    kept = []  # (a head piece that stays, the bundle row of each of its rows)
     for piece in head.pieces if usable else ():
         rows, removed = remote[piece.id], set(piece.removed)
         here = np.full(piece.rows, -1, dtype=np.int64)
@@ -304,8 +303,7 @@ def plan_push(
                 placed[mine] = True
                 here[row] = mine
         piece = replace(piece, removed=tuple(sorted(removed)))
-        if piece.live_count == 0 or len(piece.removed) > REWRITE_SHARE * piece.rows:
-            dropped.append(piece)
+        if piece.live_count == 0 or len(piece.removed) > REWRITE_SHARE * piece.rows:  # rewritten
             placed[here[here >= 0]] = False
         else:
             kept.append((piece, here))
@@ -313,15 +311,14 @@ def plan_push(
     small = [piece for piece, _ in kept if piece.live_count < SMALL_ROWS]
     new_small = 1 if fresh and fresh % PIECE_ROWS < SMALL_ROWS else 0  # the last new piece, if it is small
     if len(small) + new_small > SMALL_PIECES:
-        for piece, here in kept:
+        for piece, here in kept:  # merged
             if piece.live_count < SMALL_ROWS:
-                dropped.append(piece)
                 placed[here[here >= 0]] = False
         kept = [(piece, here) for piece, here in kept if piece.live_count >= SMALL_ROWS]
     todo = np.array(sorted(np.flatnonzero(~placed), key=lambda row: bundle.filenames[row]), dtype=np.int64)
     new = list(np.array_split(todo, -(-len(todo) // PIECE_ROWS))) if len(todo) else []
     reindex = index_key(index) != _head_index_key(head.index if usable else {})
-    return Plan([piece for piece, _ in kept], [here for _, here in kept], new, dropped, reindex)
+    return Plan([piece for piece, _ in kept], [here for _, here in kept], new, reindex)
 
 
 def index_key(index: approximate.IvfIndexData | None) -> str:
@@ -518,8 +515,6 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) 
 def _assemble_index(snapshot: Path, head: Head, live: list[np.ndarray], staging: Path) -> list[str]:
     """The index files of the revision: its shared ones linked, its rows' lists and codes put together (codes in list
     order, as approximate.load reads them)."""
-    from fashion_search.files import link_or_copy
-
     for path in head.index:
         link_or_copy(snapshot / path, staging / path.rsplit("/", 1)[1])
     lists = np.concatenate(

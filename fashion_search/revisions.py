@@ -111,7 +111,7 @@ def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
         where = f"{repo_id}@{sha}"
         try:
             head = pieces.read_head(snapshot / pieces.HEAD, where)
-            tars, spans = pieces.assemble(snapshot, head, staging, piece_checks(folder), where)
+            tars, spans = pieces.assemble(snapshot, head, staging, piece_checks(folder.parent), where)
         except BundleError:
             shutil.rmtree(staging, ignore_errors=True)
             _forget(snapshot.parent.parent, sha)  # so that the next start downloads it anew
@@ -144,14 +144,14 @@ def _swap_in(staging: Path, folder: Path, repo_id: str, sha: str) -> Path:
     return folder
 
 
-def piece_checks(folder: Path) -> Path:
-    """Where the pieces of the catalogue whose revision folder is `folder` are remembered as checked."""
-    return folder.parent.parent.parent / "pieces" / folder.parent.name
+def piece_checks(catalogue: Path) -> Path:
+    """Where the pieces of a catalogue (`bundles/<repo>/`, its revisions' folders) are remembered as checked."""
+    return catalogue.parent.parent / "pieces" / catalogue.name
 
 
 def _prune_piece_checks(catalogue: Path) -> None:
     """Forget the checks of pieces that no revision folder of the catalogue (`bundles/<repo>/`) names any more."""
-    checks = piece_checks(catalogue / "x")
+    checks = piece_checks(catalogue)
     if not checks.is_dir():
         return
     named = set()
