@@ -35,6 +35,7 @@ METADATA = "metadata.jsonl"
 IMAGES = "images"
 # The approximate index (fashion_search.approximate): all of these or none.
 INDEX_FILES = ("ivf.json", "ivf_mean.npy", "ivf_components.npy", "ivf_centroids.npy", "ivf_lists.npy", "ivf_codes.npy")
+VECTOR_LIST = "vectors.json"  # a revision put together from pieces: its pieces' files (fashion_search.vectors)
 DATA_FILES = (EMBEDDINGS, FILENAMES, SOURCES, METADATA, *INDEX_FILES)
 UNIT_TOLERANCE = 1e-3
 
@@ -82,11 +83,13 @@ class BundleMismatch(BundleError):
 @dataclass(frozen=True)
 class Bundle:
     root: Path
-    embeddings: np.ndarray  # (n, dim) float32, unit rows, memory-mapped (read-only)
+    embeddings: np.ndarray  # (n, dim) float32, unit rows, memory-mapped (read-only); of a revision in pieces, a
+    # vectors.StackedVectors over the pieces' files, read the same way (rows by number, len, shape)
     filenames: list[str]
     metadata: list[dict] | None  # one dict per row (shared: read, do not change)
     sources: list[str]  # sha256 of each row's source image, for incremental rebuilds
     manifest: dict
+    pieces: tuple = ()  # a revision in pieces: its pieces' rows (pieces.PieceRows), which its lists point into
 
     @property
     def images_dir(self) -> Path:
@@ -202,6 +205,10 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
         )
     manifest = read_manifest(root)
     files: dict = manifest["files"]
+    if VECTOR_LIST in files:  # a Hub revision in pieces, put together by pieces.assemble
+        from fashion_search.pieces import load_revision  # (it builds on this module)
+
+        return load_revision(root, manifest)
     for required in (EMBEDDINGS, FILENAMES, SOURCES):
         if required not in files:
             raise BundleFormatError(

@@ -17,6 +17,8 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import ThreadpoolController
 
+from fashion_search.vectors import StackedVectors
+
 # Threads per search, for BLAS' matrix product and scikit-learn's OpenMP. On 2 cores shared with the forward pass,
 # one thread does not wait for a descheduled second one (benchmarks/RESULTS.md, figure 2b). None = all cores.
 SEARCH_THREADS: int | None = 1
@@ -38,8 +40,10 @@ class Neighbour:
 class NeighbourIndex:
     """The k nearest catalogue rows to a query, as `NearestNeighbors(algorithm="brute", metric="euclidean")`."""
 
-    def __init__(self, embeddings: np.ndarray):
-        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    def __init__(self, embeddings: np.ndarray | StackedVectors):
+        if not isinstance(embeddings, StackedVectors):  # (a revision in pieces is searched where its files lie)
+            embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.embeddings = embeddings
         self._all = _Fitted(self.embeddings)
         self._subsets: OrderedDict[bytes, tuple[np.ndarray, _Fitted]] = OrderedDict()
         self._lock = threading.Lock()
@@ -86,22 +90,32 @@ class NeighbourIndex:
 
 
 class _Fitted:
-    """Rows, their float32 squared norms, and `NearestNeighbors(brute, euclidean)` fitted on them."""
+    """Rows, their float32 squared norms, and `NearestNeighbors(brute, euclidean)` fitted on them (on rows left in
+    their pieces' files, fitted only on the few rows a search ranks: the same rows, order and distances)."""
 
-    def __init__(self, embeddings: np.ndarray):
+    def __init__(self, embeddings: np.ndarray | StackedVectors):
         self.embeddings = embeddings
-        self.model = NearestNeighbors(algorithm="brute", metric="euclidean").fit(embeddings)
-        self.norms = np.einsum("ij,ij->i", embeddings, embeddings)
+        self.stacked = isinstance(embeddings, StackedVectors)
+        if self.stacked:
+            self.model = None
+            self.norms = embeddings.squared_norms()
+        else:
+            self.model = NearestNeighbors(algorithm="brute", metric="euclidean").fit(embeddings)
+            self.norms = np.einsum("ij,ij->i", embeddings, embeddings)
         self.largest_norm = float(self.norms.max(initial=0.0))
 
     def kneighbors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, rows), as `self.model.kneighbors(queries, k)` gives them."""
+        """(distances, rows), as `NearestNeighbors(brute, euclidean).fit(all rows).kneighbors(queries, k)`."""
         n, d = self.embeddings.shape
         with limited_threads():
             if 4 * k >= n:  # most rows would be candidates anyway
-                return self.model.kneighbors(queries, n_neighbors=k)
+                model = self.model or NearestNeighbors(algorithm="brute", metric="euclidean").fit(self.embeddings[:])
+                return model.kneighbors(queries, n_neighbors=k)
             # Squared distance less |query|^2, the same for every row of a query: the order is the same.
-            approximate = self.norms[:, None] - 2 * (self.embeddings @ queries.T)
+            if self.stacked:
+                approximate = self.embeddings.scores(queries)
+            else:
+                approximate = self.norms[:, None] - 2 * (self.embeddings @ queries.T)
             # |error| of each approximate value <= (d + 1) u (|x|^2 + 2 |x| |q|) <= (d + 1) u (2 |x|^2 + |q|^2); a row
             # truly nearer than the k-th is at most twice that above the k-th's approximate value.
             bounds = (
@@ -114,7 +128,7 @@ class _Fitted:
             distances, rows = np.empty((len(queries), k)), np.empty((len(queries), k), dtype=np.int64)
             for j, (column, bound) in enumerate(zip(approximate.T, bounds)):
                 candidates = np.flatnonzero(column <= np.partition(column, k - 1)[k - 1] + bound)
-                if 4 * len(candidates) >= n:
+                if 4 * len(candidates) >= n and self.model is not None:
                     distances[j], rows[j] = (part[0] for part in self.model.kneighbors(queries[j : j + 1], k))
                     continue
                 model = NearestNeighbors(algorithm="brute", metric="euclidean").fit(self.embeddings[candidates])

@@ -31,6 +31,8 @@ import json
 import os
 import re
 import sys
+import threading
+import weakref
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,15 +41,13 @@ import numpy as np
 
 from fashion_search import __version__, approximate
 from fashion_search.bundle import (
-    EMBEDDINGS,
-    FILENAMES,
     IMAGES,
     INDEX_FILES,
     MANIFEST,
-    METADATA,
-    SOURCES,
     UNIT_TOLERANCE,
+    VECTOR_LIST,
     Bundle,
+    BundleCountMismatch,
     BundleError,
     BundleFormatError,
     BundleHashMismatch,
@@ -58,6 +58,7 @@ from fashion_search.bundle import (
 )
 from fashion_search.files import link_or_copy, sha256_file, write_atomic
 from fashion_search.shards import SPAN_DTYPE, Shard, index_shards, member_name, write_shard
+from fashion_search.vectors import list_vector_files, open_stacked, write_vector_list
 
 HEAD = "catalogue.json"
 PIECES = "pieces"
@@ -72,6 +73,8 @@ INDEX_SHARED = INDEX_FILES[:4]  # ivf.json, mean, components, centroids: one cop
 _PIECE_FILE = re.compile(rf"{PIECES}/([0-9a-f]{{20}})/({TAR}|{VECTORS}|{ROWS}|(lists|codes)-[0-9a-f]{{16}}\.npy)")
 _INDEX_FILE = re.compile(rf"{INDEX}/[0-9a-f]{{16}}/({'|'.join(re.escape(name) for name in INDEX_SHARED)})")
 _CHECKED = "checked.json"  # in a piece's check folder: the files it was checked as
+_shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # (rows.json's file, rows) -> PieceRows
+_shared_lock = threading.Lock()
 _SPANS = "spans.npy"
 
 
@@ -419,29 +422,20 @@ def assemble(snapshot: Path, head: Head, staging: Path, checks: Path, where: str
     if len(set(filenames)) != len(filenames):
         raise BundleFormatError(f"{where} holds a file name twice among its pieces. Push the catalogue again.")
     staging.mkdir(parents=True, exist_ok=True)
-    vectors = np.lib.format.open_memmap(staging / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(count, head.dim))
-    start = 0
-    for piece, rows in zip(head.pieces, live):
-        vectors[start : start + len(rows)] = np.load(snapshot / piece.path(VECTORS), mmap_mode="r")[rows]
-        start += len(rows)
-    vectors.flush()
-    del vectors
-    (staging / FILENAMES).write_text(json.dumps(filenames, ensure_ascii=False), encoding="utf-8")
-    sources = [part.sources[row] for part, rows in zip(parts, live) for row in rows]
-    (staging / SOURCES).write_text(json.dumps(sources), encoding="utf-8")
-    data = [EMBEDDINGS, FILENAMES, SOURCES]
-    if any(part.metadata is not None for part in parts):
-        with open(staging / METADATA, "w", encoding="utf-8") as handle:
-            for part, rows in zip(parts, live):
-                for row in rows:
-                    values = part.metadata[row] if part.metadata is not None else {}
-                    handle.write(json.dumps(values, ensure_ascii=False, sort_keys=True) + "\n")
-        data.append(METADATA)
+    # The vectors, names and metadata stay in the pieces' files (load_revision): only the list of them is written.
+    listed = [
+        (
+            snapshot / piece.path(VECTORS),
+            snapshot / piece.path(ROWS),
+            piece.files[piece.path(ROWS)],
+            piece.rows,
+            list(piece.removed),
+        )
+        for piece in head.pieces
+    ]
+    data = [write_vector_list(staging, listed, head.dim)]
     if head.index:
         data += _assemble_index(snapshot, head, live, staging)
-    files = {name: sha256_file(staging / name) for name in data}
-    for part, rows in zip(parts, live):
-        files.update((f"{IMAGES}/{part.filenames[row]}", part.images[row]) for row in rows)
     manifest = {
         "format_version": 1,
         "model": head.model,
@@ -449,7 +443,7 @@ def assemble(snapshot: Path, head: Head, staging: Path, checks: Path, where: str
         "dim": head.dim,
         "count": count,
         "dtype": "float32",
-        "files": files,
+        "files": {name: sha256_file(staging / name) for name in data},
         "created": head.created,
         "project_version": head.project_version,
         "pieces": [piece.id for piece in head.pieces],
@@ -462,11 +456,12 @@ def assemble(snapshot: Path, head: Head, staging: Path, checks: Path, where: str
 
 @dataclass(frozen=True)
 class _Checked:
-    filenames: list[str]
-    images: list[str]
-    sources: list[str]
-    metadata: list[dict] | None
+    rows: PieceRows
     spans: np.ndarray
+
+    @property
+    def filenames(self) -> list[str]:
+        return self.rows.filenames
 
 
 def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) -> _Checked:
@@ -480,17 +475,16 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) 
     try:
         recorded = json.loads((check / _CHECKED).read_text(encoding="utf-8"))
         if recorded == {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size}:
-            rows = read_rows(snapshot / piece.path(ROWS), piece.rows, label)
             spans = np.load(check / _SPANS, allow_pickle=False)
             if spans.dtype == SPAN_DTYPE and spans.shape == (piece.rows,):
-                return _Checked(rows.filenames, rows.images, rows.sources, rows.metadata, spans)
+                return _Checked(shared_rows(snapshot / piece.path(ROWS), piece.rows, None, label), spans)
     except (OSError, ValueError, KeyError, BundleError):
         pass
     for path, digest in piece.files.items():
         if path == piece.path(TAR):
             continue  # every image in it is checked against rows.json as it is read, below
         _check_file(snapshot / path, digest, where)
-    rows = read_rows(snapshot / piece.path(ROWS), piece.rows, label)
+    rows = shared_rows(snapshot / piece.path(ROWS), piece.rows, None, label)  # (hashed above)
     _check_vectors(snapshot / piece.path(VECTORS), (piece.rows, head.dim), label)
     if piece.index_files is not None:
         lists, codes = piece.index_files
@@ -509,7 +503,59 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) 
     _save(check / _SPANS, spans)
     record = {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size}
     write_atomic(check / _CHECKED, json.dumps(record).encode())
-    return _Checked(rows.filenames, rows.images, rows.sources, rows.metadata, spans)
+    return _Checked(rows, spans)
+
+
+def shared_rows(path: Path, rows: int, digest: str | None, where: str) -> PieceRows:
+    """A piece's rows.json as `read_rows` reads it (first checked against `digest`, if given), parsed once in this
+    process for as long as a loaded revision holds it: two snapshots that share a piece share its names and
+    metadata, and a swap parses only the new pieces'."""
+    key = (os.path.realpath(path), rows)  # huggingface_hub's blobs are named by their content
+    with _shared_lock:
+        found = _shared.get(key)
+    if found is not None:
+        return found
+    if digest is not None:
+        _check_file(Path(path), digest, where)
+    found = read_rows(path, rows, where)
+    with _shared_lock:
+        return _shared.setdefault(key, found)
+
+
+def load_revision(root: Path, manifest: dict) -> Bundle:
+    """The revision folder `assemble` wrote, loaded as `bundle.load_bundle` loads a bundle: its vectors left in the
+    pieces' files (fashion_search.vectors) and its names, sources and metadata taken from the pieces' rows, shared
+    with any other loaded revision of the same pieces. The list and the index files are hashed against the
+    manifest, each piece's rows against the head's sha256 when first read; the images were checked by `assemble`.
+
+    Raises:
+        BundleError: a file missing, damaged or not what the manifest says.
+    """
+    files = manifest["files"]
+    for name, digest in files.items():
+        if name != VECTOR_LIST and name not in INDEX_FILES:
+            raise BundleFormatError(f"{root / MANIFEST} lists {name!r}, which is not a file of a revision in pieces.")
+        _check_file(root / name, digest, str(root))
+    entries = list_vector_files(root)
+    embeddings = open_stacked(root / VECTOR_LIST, manifest["dim"])
+    parts = tuple(
+        shared_rows(Path(entry["rows_path"]), entry["rows"], entry["rows_sha256"], f"{root}, piece {number}")
+        for number, entry in enumerate(entries)
+    )
+    live = [rows for _, rows in embeddings.parts]
+    filenames = [part.filenames[row] for part, rows in zip(parts, live) for row in rows]
+    sources = [part.sources[row] for part, rows in zip(parts, live) for row in rows]
+    metadata = None
+    if any(part.metadata is not None for part in parts):
+        empty: dict = {}
+        metadata = [
+            part.metadata[row] if part.metadata is not None else empty
+            for part, rows in zip(parts, live)
+            for row in rows
+        ]
+    if len(filenames) != manifest["count"] or len(embeddings) != manifest["count"]:
+        raise BundleCountMismatch(f"The revision at {root} disagrees on its row count. Start with the Hub reachable.")
+    return Bundle(root, embeddings, filenames, metadata, sources, manifest, pieces=parts)
 
 
 def _assemble_index(snapshot: Path, head: Head, live: list[np.ndarray], staging: Path) -> list[str]:

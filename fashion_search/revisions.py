@@ -26,6 +26,7 @@ from fashion_search.bundle import (
     DATA_FILES,
     IMAGES,
     MANIFEST,
+    VECTOR_LIST,
     BundleError,
     BundleFormatError,
     read_filenames,
@@ -34,6 +35,7 @@ from fashion_search.bundle import (
 from fashion_search.files import link_or_copy
 from fashion_search.images import is_shard_folder, read_shard_list, write_shard_index
 from fashion_search.shards import SHARD_NAME, SHARDS, index_shards
+from fashion_search.vectors import list_vector_files
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +54,19 @@ def revision_folder(root: Path, repo_id: str, sha: str) -> Path:
 
 def is_complete(folder: Path) -> bool:
     """A revision folder with every data file of its manifest, and its images: in shards that were all checked and
-    are still there, or (a revision pushed one file per image) in images/. Hashes are load_bundle's to check."""
+    are still there (and of a revision in pieces, its pieces' vectors and rows), or (a revision pushed one file per
+    image) in images/. Hashes are load_bundle's to check."""
     try:
         files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
         if not is_shard_folder(folder):
             return all(os.path.isfile(folder / name) for name in files)
         shards = read_shard_list(folder)["shards"]
         data = [name for name in files if not name.startswith(f"{IMAGES}/")]
-        return all(os.path.isfile(folder / name) for name in data) and all(
-            os.path.getsize(shard["path"]) == shard["size"] for shard in shards
+        pieces_files = list_vector_files(folder) if VECTOR_LIST in files else []  # (their vectors and rows)
+        return (
+            all(os.path.isfile(folder / name) for name in data)
+            and all(os.path.getsize(entry["path"]) == entry["size"] for entry in [*shards, *pieces_files])
+            and all(os.path.isfile(entry["rows_path"]) for entry in pieces_files)
         )
     except (OSError, ValueError, KeyError, TypeError, BundleError):
         return False

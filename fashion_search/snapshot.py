@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_search.bundle import IMAGES, Bundle
+from fashion_search.bundle import Bundle
 from fashion_search.images import CatalogueImages
 from fashion_search.search import DEFAULT_K, Searcher
 
@@ -55,10 +55,6 @@ class Snapshot:
     def row_of(self, name: object) -> int | None:
         """The row of the product with this file name, or None (not a name, or not in this revision)."""
         return self.rows.get(name) if isinstance(name, str) else None
-
-    def image_digest(self, name: str) -> str | None:
-        """The sha256 the manifest gives the product's picture."""
-        return self.bundle.manifest["files"].get(f"{IMAGES}/{name}")
 
 
 def open_snapshot(

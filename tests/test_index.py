@@ -136,3 +136,88 @@ def test_the_subset_cache_holds_at_most_its_budget(monkeypatch):
             catalogue, catalogue[0], 3, rows
         )[0]
         assert sum(len(subset) for subset, _ in searcher._subsets.values()) <= 100
+
+
+# ---------------------------------------------------------------- a revision in pieces (fashion_search.vectors)
+
+
+def in_pieces(catalogue, folder, size, removed_rows):
+    """`catalogue` written as a revision in pieces: files of `size` rows, each also holding copies of `removed_rows`
+    (the queries themselves: nearer than any product) marked as removed; opened as the app opens them."""
+    from fashion_search.vectors import VECTOR_LIST, open_stacked, write_vector_list
+
+    rng, listed = np.random.default_rng(len(catalogue)), []
+    for number, start in enumerate(range(0, len(catalogue), size)):
+        live = catalogue[start : start + size]
+        at = np.sort(rng.choice(len(live) + len(removed_rows), len(removed_rows), replace=False))
+        rows = np.empty((len(live) + len(at), catalogue.shape[1]), dtype=np.float32)
+        mask = np.zeros(len(rows), dtype=bool)
+        mask[at] = True
+        rows[mask], rows[~mask] = removed_rows, live
+        np.save(folder / f"{number}.npy", rows)
+        listed.append((folder / f"{number}.npy", folder / f"{number}.npy", "", len(rows), at.tolist()))
+    write_vector_list(folder, listed, catalogue.shape[1])
+    return open_stacked(folder / VECTOR_LIST, catalogue.shape[1])
+
+
+def test_a_revision_in_pieces_gets_the_reference_answer_and_never_a_removed_row(tmp_path):
+    catalogue, queries = unit_rows(5000, d=2048, seed=51), unit_rows(6, d=2048, seed=52)
+    queries[3] = catalogue[4321]  # a product as the query: itself first, at distance 0
+    stacked = in_pieces(catalogue, tmp_path, 1024, queries)
+    np.testing.assert_array_equal(stacked[:], catalogue)
+    together, alone = NeighbourIndex(stacked), NeighbourIndex(catalogue)
+    rows = np.flatnonzero(np.arange(5000) % 7 == 3)
+    for k, eligible in ((5, None), (20, None), (5, rows)):
+        assert together.search(queries, k, eligible) == alone.search(queries, k, eligible)
+        for result, (distances, found) in zip(
+            together.search(queries, k, eligible),
+            zip(*reference_call(catalogue if eligible is None else catalogue[eligible], queries, k)),
+        ):
+            want = found if eligible is None else eligible[found]
+            assert [n.row for n in result] == want.tolist()
+            np.testing.assert_allclose([n.distance for n in result], distances, rtol=0, atol=1e-6)
+
+
+def test_a_small_revision_in_pieces_and_its_near_ties_get_the_reference_answer(tmp_path):
+    tiny = unit_rows(12, d=32, seed=53)
+    (tmp_path / "tiny").mkdir()
+    assert NeighbourIndex(in_pieces(tiny, tmp_path / "tiny", 5, tiny[:2])).search(tiny[:3], 5) == NeighbourIndex(
+        tiny
+    ).search(tiny[:3], 5)
+    duplicated = np.repeat(unit_rows(2, d=256, seed=41), [150, 50], axis=0)  # every row a candidate
+    queries = unit_rows(3, d=256, seed=42)
+    (tmp_path / "ties").mkdir()
+    stacked = in_pieces(duplicated, tmp_path / "ties", 64, queries)
+    assert NeighbourIndex(stacked).search(queries, 5) == NeighbourIndex(duplicated).search(queries, 5)
+
+
+def test_the_approximate_index_over_pieces_answers_as_over_one_array(tmp_path):
+    from fashion_search import approximate
+
+    catalogue, queries = unit_rows(3000, d=64, seed=54), unit_rows(8, d=64, seed=55)
+    stacked = in_pieces(catalogue, tmp_path, 700, queries)
+    data = approximate.train(catalogue, lists=16, dims=16)
+    rows = np.flatnonzero(np.arange(3000) % 3 == 0)
+    for eligible in (None, rows):
+        assert approximate.ApproximateIndex(stacked, data).search(queries, 5, eligible) == approximate.ApproximateIndex(
+            catalogue, data
+        ).search(queries, 5, eligible)
+
+
+def test_two_revisions_sharing_a_piece_share_its_norms(tmp_path):
+    """A swap computes what it needs only for the new pieces: the norms of a file the old snapshot uses are reused."""
+    from fashion_search.vectors import VECTOR_LIST, open_stacked, write_vector_list
+
+    old, new = unit_rows(100, d=16, seed=56), unit_rows(30, d=16, seed=57)
+    np.save(tmp_path / "old.npy", old)
+    np.save(tmp_path / "new.npy", new)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    old_file, new_file = tmp_path / "old.npy", tmp_path / "new.npy"  # (as their rows.json too: not read here)
+    write_vector_list(tmp_path / "a", [(old_file, old_file, "", 100, [])], 16)
+    write_vector_list(tmp_path / "b", [(old_file, old_file, "", 100, [5, 9]), (new_file, new_file, "", 30, [])], 16)
+    first = open_stacked(tmp_path / "a" / VECTOR_LIST, 16)
+    second = open_stacked(tmp_path / "b" / VECTOR_LIST, 16)
+    np.testing.assert_allclose(first.squared_norms(), 1, atol=1e-5)
+    assert len(second.squared_norms()) == 128
+    assert second._keep[0] is first._keep[0] and second._keep[1] is not first._keep[0]

@@ -17,6 +17,7 @@ from fashion_search import approximate, pieces
 from fashion_search.bundle import IMAGES, BundleError, load_bundle, write_bundle
 from fashion_search.hub import fetch_bundle, fetch_commit, push_bundle
 from fashion_search.images import load_catalogue
+from fashion_search.vectors import list_vector_files
 
 REPO = "shop/catalogue"
 
@@ -104,7 +105,7 @@ def test_a_one_percent_change_sends_and_downloads_about_one_percent(hub, tmp_pat
     local = shop(tmp_path / "bundle", names)
     first = push_bundle(local, REPO, endpoint=hub.url)
     cache = tmp_path / "cache"
-    fetch_commit(REPO, first.commit_sha, cache_dir=cache, endpoint=hub.url)
+    before = fetch_commit(REPO, first.commit_sha, cache_dir=cache, endpoint=hub.url)
     sold_out = set(rng.choice(names, 10, replace=False))  # at random places: most pieces lose one
     changed = [name for name in names if name not in sold_out] + [f"new-{i}.jpg" for i in range(10)]
     shop(local, changed)
@@ -122,6 +123,27 @@ def test_a_one_percent_change_sends_and_downloads_about_one_percent(hub, tmp_pat
     after = served(folder)
     assert set(after) == set(changed) and not sold_out & set(after)
     assert after == served(local)
+    # No copy of the vectors: each revision reads its pieces' files where the download left them, so the two share
+    # the unchanged pieces' files (one file, one set of pages).
+    files = [vector_files(hub, before, first.commit_sha), vector_files(hub, folder, second.commit_sha)]
+    kept = files[0].keys() & files[1].keys()
+    assert len(kept) >= len(files[1]) - 2 and all(files[0][piece] == files[1][piece] for piece in kept)
+    assert all(Path(path).parent.name == "blobs" for path in files[1].values())
+    assert not (folder / "embeddings.npy").exists() and not (before / "embeddings.npy").exists()
+    # Loaded side by side, as during a swap, the two revisions share the kept pieces' names and metadata: only the
+    # new pieces' rows are read.
+    old, new = load_bundle(before), load_bundle(folder)
+    shared = {id(part) for part in old.pieces} & {id(part) for part in new.pieces}
+    assert len(shared) == len(kept) and len(new.pieces) - len(kept) <= 2
+    rows = {name: row for row, name in enumerate(old.filenames)}
+    same = [new.metadata[row] is old.metadata[rows[name]] for row, name in enumerate(new.filenames) if name in rows]
+    assert sum(same) >= 0.9 * len(new.filenames)
+
+
+def vector_files(hub: HubStandIn, folder: Path, sha: str) -> dict[str, str]:
+    """{piece id: the vectors file a fetched revision reads}."""
+    head = pieces.parse_head(hub.read_file(REPO, pieces.HEAD, revision=sha), "test")
+    return {piece.id: entry["path"] for piece, entry in zip(head.pieces, list_vector_files(folder), strict=True)}
 
 
 def test_compaction_keeps_the_files_bounded_and_keeps_what_the_revision_before_names(hub, tmp_path, small_pieces):
