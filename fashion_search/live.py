@@ -2,13 +2,14 @@
 warmed beside the one being served, then swapped in by one assignment; an old revision's files are released when
 the last request using it is done.
 
-    source = HubSource("OWNER/NAME")             # or FolderSource("bundles/shop")
-    revision = source.head()                     # one request to the Hub; a folder: its manifest's digest
-    bundle, images = source.load(revision)       # fetched (a Hub commit) and verified, as a start does
+    source = HubSource("OWNER/NAME")         # or FolderSource("bundles/shop"), MountSource("/data/catalogue", cache)
+    revision = source.head()                 # one request to the Hub; a folder: its manifest's (or head file's) digest
+    bundle, images = source.load(revision)   # fetched (a Hub commit) and verified, as a start does
     follower = Follower(recommender, source, every=60, search="auto").start()
 
 Sources are looked at, never written. A Hub branch (`OWNER/NAME`, `OWNER/NAME@<branch>`) moves when a push lands; a
-commit (`OWNER/NAME@<sha>`) never does. A bundle folder moves when precompute.py swaps a new bundle in (one rename);
+commit (`OWNER/NAME@<sha>`) never does; a mounted repo (a folder holding `catalogue.json`) moves when its head file
+does, and its pieces may arrive after it. A bundle folder moves when precompute.py swaps a new bundle in (one rename);
 each revision of it is read through a handle on the folder it was loaded from, so that its pictures stay readable
 after the next swap (precompute.py keeps the previous folder aside until the build after).
 """
@@ -20,6 +21,7 @@ import ctypes.util
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 import weakref
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 # A replaced revision is kept this long at least, so that the pictures of the answers it gave just before the swap
 # can still be fetched (a browser and gradio_client ask for them after the answer); then it goes with its last user.
 RETIRED_SECONDS = 30.0
+# How long a mounted catalogue's new head may name pieces that have not all arrived (or do not hash right yet) before
+# it is refused: a mount brings a commit's files one at a time (hf-mount looks every 30 s; a file can be stale 10 s).
+ARRIVAL_SECONDS = 300.0
 
 
 class SourceUnavailable(RuntimeError):
@@ -167,6 +172,74 @@ class FolderSource(Source):
         for handle in handles:
             message = message.replace(str(_handle_path(handle, self.path)), str(self.path))
         return message
+
+
+class MountSource(Source):
+    """A catalogue's Hub repo mounted as a folder (a Space volume over hf-mount, or any copy of the repo's files):
+    `catalogue.json` and the pieces it names, read where they are. Its revision is its head file's digest.
+
+    A mount brings a new commit's files one at a time, and a file may be stale for a while: a head naming a piece that
+    is not there yet, or does not hash right yet, is "not yet" (SourceUnavailable: keep serving, look again) for
+    `arrival` seconds after that head was first seen, and refused like a tampered revision after. Each revision is
+    put together, as from the Hub (fashion_search.revisions.assemble_pieces), in a small folder under `cache`; the
+    mount is never written.
+    """
+
+    def __init__(self, path: str | Path, cache: str | Path, arrival: float = ARRIVAL_SECONDS):
+        self.name = str(path)
+        self.path = Path(path).expanduser()
+        self.arrival = arrival
+        slug = hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:16]
+        self.folders = Path(cache) / "mounts" / f"{self.path.name}-{slug}"  # a revision's folder: <revision>/
+        self._first_seen: dict[str, float] = {}
+
+    def head(self) -> str:
+        from fashion_search.pieces import HEAD
+
+        try:
+            return hashlib.sha256((self.path / HEAD).read_bytes()).hexdigest()[:16]
+        except OSError as exc:
+            raise SourceUnavailable(f"{self.path / HEAD} cannot be read now ({exc.strerror or exc}).") from exc
+
+    def load(self, revision: str) -> tuple[Bundle, CatalogueImages]:
+        from fashion_search import pieces, revisions
+
+        folder = self.folders / revision
+        first = self._first_seen.setdefault(revision, time.monotonic())
+        try:
+            if not revisions.is_complete(folder):
+                data = (self.path / pieces.HEAD).read_bytes()
+                if hashlib.sha256(data).hexdigest()[:16] != revision:
+                    raise SourceUnavailable(f"{self.path / pieces.HEAD} changed while it was being read.")
+                head = pieces.parse_head(data, self.name)
+                revisions.assemble_pieces(self.path, head, self.name, revision, folder)
+            return load_catalogue(folder)
+        except (BundleError, OSError) as exc:
+            if time.monotonic() - first < self.arrival:
+                waited = time.monotonic() - first
+                raise SourceUnavailable(f"not complete yet after {waited:.0f} s ({exc})") from exc
+            if isinstance(exc, OSError):
+                raise BundleError(f"{self.name}: {exc}") from exc
+            raise
+
+    def first(self, wait: float = 5.0) -> tuple[str, Bundle, CatalogueImages]:
+        """(revision, bundle, images) a start serves: the head, once all it names has arrived (up to `arrival`
+        seconds). Raises BundleError (refused), SourceUnavailable (no head)."""
+        while True:
+            revision = self.head()
+            try:
+                loaded = (revision, *self.load(revision))
+            except SourceUnavailable as exc:
+                log.warning("Catalogue %s: revision %s %s; waiting.", self.name, _short(revision), exc)
+                time.sleep(wait)
+                continue
+            for folder in self.folders.iterdir():  # the revisions an earlier run left
+                if folder.name != revision:
+                    shutil.rmtree(folder, ignore_errors=True)
+            return loaded
+
+    def release(self, revision: str) -> None:
+        shutil.rmtree(self.folders / revision, ignore_errors=True)
 
 
 def _handle_path(handle: int, path: Path) -> Path:

@@ -111,19 +111,15 @@ def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
     """Make `folder` the revision in `snapshot`: links to its data files and, once every image has been checked in
     its shards, where each lies (a revision of one file per image: links to them in images/; a revision in pieces:
     its data files put together from the pieces', fashion_search.pieces.assemble). Returns `folder`."""
-    staging = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
     if (snapshot / pieces.HEAD).is_file():
         where = f"{repo_id}@{sha}"
         try:
-            head = pieces.read_head(snapshot / pieces.HEAD, where)
-            tars, spans = pieces.assemble(snapshot, head, staging, piece_checks(folder.parent), where)
+            return assemble_pieces(snapshot, pieces.read_head(snapshot / pieces.HEAD, where), where, sha, folder)
         except BundleError:
-            shutil.rmtree(staging, ignore_errors=True)
             _forget(snapshot.parent.parent, sha)  # so that the next start downloads it anew
             raise
-        write_shard_index(staging, sha, tars, spans)
-        return _swap_in(staging, folder, repo_id, sha)
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
     files = manifest_files(snapshot, repo_id, sha)
     data = [name for name in DATA_FILES if name in files]
     if (snapshot / SHARD_INDEX).is_file():
@@ -140,13 +136,31 @@ def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
         shutil.copytree(snapshot / IMAGES, staging / IMAGES, copy_function=link_or_copy)
     for name in [*data, MANIFEST]:
         link_or_copy(snapshot / name, staging / name, fallback=os.symlink)
-    return _swap_in(staging, folder, repo_id, sha)
+    return _swap_in(staging, folder, f"{repo_id}@{sha}")
 
 
-def _swap_in(staging: Path, folder: Path, repo_id: str, sha: str) -> Path:
+def assemble_pieces(source: Path, head: pieces.Head, where: str, revision: str, folder: Path) -> Path:
+    """Make `folder` the revision `head` of the catalogue in pieces at `source` (a Hub snapshot, or a mounted repo),
+    its files read where they are: every piece not checked before is checked first (pieces.assemble). Returns it.
+
+    Raises:
+        BundleError: a piece missing or not what the head says; nothing is left of the folder.
+    """
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        tars, spans = pieces.assemble(source, head, staging, piece_checks(folder.parent), where)
+    except BundleError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_shard_index(staging, revision, tars, spans)
+    return _swap_in(staging, folder, where)
+
+
+def _swap_in(staging: Path, folder: Path, where: str) -> Path:
     shutil.rmtree(folder, ignore_errors=True)  # an incomplete or damaged copy
     os.replace(staging, folder)
-    logger.info("Catalogue %s@%s is in %s", repo_id, sha, folder)
+    logger.info("Catalogue %s is in %s", where, folder)
     return folder
 
 

@@ -27,6 +27,7 @@ from fashion_search.catalogue import CatalogueError
 from fashion_search.config import ConfigError, Settings, catalogue_folder
 from fashion_search.images import CatalogueImages, FolderImages, load_catalogue, media_type
 from fashion_search.imaging import IMAGE_SIZE, Box, ImageSource, load_input, parse_region
+from fashion_search.pieces import HEAD
 from fashion_search.pipeline import PrecomputeError
 from fashion_search.search import DEFAULT_K, Match, NoMatch, Searcher, check_k
 from fashion_search.snapshot import CatalogueInfo, Snapshot, display_name, open_snapshot, snapshot_of
@@ -340,6 +341,10 @@ def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender
 
 def _load_catalogue(settings: Settings) -> tuple[Bundle, CatalogueImages, str, live.Source | None]:
     """(bundle, images, revision, the source to follow or None) of FASHION_CATALOG."""
+    if (Path(settings.catalogue).expanduser() / HEAD).is_file():  # a Hub repo's files, mounted: read where they are
+        source = live.MountSource(settings.catalogue, settings.cache_dir)
+        revision, bundle, images = source.first()
+        return bundle, images, revision, source if settings.refresh > 0 else None
     if settings.refresh > 0 and Path(settings.catalogue).expanduser().is_dir():
         source = live.FolderSource(settings.catalogue)
         revision = source.head()

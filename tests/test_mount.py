@@ -1,0 +1,173 @@
+"""A catalogue's Hub repo mounted as a folder (fashion_search.live.MountSource): served where its files are, followed
+like a branch, a new revision's files arriving late, in any order, with removed files deleted among them, taken only
+once complete; a piece that stays wrong refused while the old revision serves."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_live import StubEmbedder, brute_force, names, product_vector, publish
+
+from fashion_search import live, pieces, webapp
+from fashion_search.hub import push_bundle
+from fashion_search.snapshot import open_snapshot
+from fashion_search.vectors import list_vector_files
+
+REPO = "shop/catalogue"
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Pieces of at most 8 rows (small: under 3 live rows; at most 2 small), so 40 products make several."""
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 8)
+    monkeypatch.setattr(pieces, "SMALL_ROWS", 3)
+    monkeypatch.setattr(pieces, "SMALL_PIECES", 2)
+
+
+def pushed_trees(hub, tmp_path: Path, catalogues: list[list[str]]) -> list[dict[str, bytes]]:
+    """Each catalogue pushed in turn: the repo's files at each commit, as a mount of it would show them."""
+    trees = []
+    for number, products in enumerate(catalogues):
+        sha = push_bundle(publish(tmp_path / "bundle", products), REPO, endpoint=hub.url).commit_sha
+        trees.append({path: data for path, data in hub.files(REPO, sha).items() if path != ".gitattributes"})
+        assert pieces.parse_head(trees[-1][pieces.HEAD], "test").count == len(products), number
+    return trees
+
+
+def mount(folder: Path, tree: dict[str, bytes]) -> Path:
+    for path, data in tree.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    return folder
+
+
+def following(folder: Path, cache: Path, arrival: float) -> tuple[live.MountSource, webapp.Recommender, live.Follower]:
+    source = live.MountSource(folder, cache, arrival=arrival)
+    revision, bundle, images = source.first()
+    recommender = webapp.Recommender(open_snapshot(StubEmbedder(), bundle, images, revision=revision))
+    return source, recommender, live.Follower(recommender, source, every=3600, grace=0)
+
+
+def test_a_mounted_repo_is_served_where_its_files_are(hub, tmp_path, small_pieces):
+    (tree,) = pushed_trees(hub, tmp_path, [names(1000, 20)])
+    folder = mount(tmp_path / "mount", tree)
+    source, recommender, _ = following(folder, tmp_path / "cache", arrival=60)
+
+    snapshot = recommender.snapshot
+    assert sorted(snapshot.rows) == names(1000, 20)
+    # No copy: the vectors and rows the revision reads are the mount's own files, and its pictures come from there.
+    listed = list_vector_files(source.folders / snapshot.revision)
+    assert len(listed) == 3 and all(Path(entry["path"]).is_relative_to(folder.resolve()) for entry in listed)
+    assert snapshot.images.read(snapshot.row_of("1007.jpg")) == b"picture of 1007.jpg"
+    product, found = recommender.similar("1007.jpg", 5)
+    assert [m.filename for m in found] == brute_force(snapshot.bundle, product_vector("1007.jpg"), 6)[1:]
+
+
+def test_a_new_revision_arriving_file_by_file_in_any_order_is_taken_once_complete_and_no_request_fails(
+    hub, tmp_path, small_pieces
+):
+    old, changed, latest = names(1000, 40), names(1000, 30) + names(2000, 6), names(1000, 12) + names(2000, 8)
+    trees = pushed_trees(hub, tmp_path, [old, changed, latest])
+    folder = mount(tmp_path / "mount", trees[1])
+    source, recommender, follower = following(folder, tmp_path / "cache", arrival=3600)
+    served = {recommender.snapshot.revision: set(changed)}
+    # The mount brings the newest commit one file at a time: its head first (the hardest case: every look until the
+    # end finds pieces missing), then the rest in a random order, dropping the files that commit deletes among them.
+    arriving = [path for path, data in trees[2].items() if trees[1].get(path) != data and path != pieces.HEAD]
+    deleted = sorted(set(trees[1]) - set(trees[2]))
+    assert deleted and len(arriving) >= 3  # (compaction dropped pieces: their files go)
+    steps = [("add", path) for path in arriving] + [("delete", path) for path in deleted]
+    steps = [("add", pieces.HEAD)] + [steps[i] for i in np.random.default_rng(3).permutation(len(steps))]
+
+    stop, failures, answers = threading.Event(), [], []
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            snapshot = recommender.snapshot  # once per request, as app.py's handlers read it
+            try:
+                name = sorted(snapshot.rows)[int(rng.integers(len(snapshot.rows)))]
+                product, found = recommender.similar(name, 5, snapshot=snapshot)
+                picture = snapshot.images.read(found[0].row)
+                answers.append((snapshot.revision, name, [m.filename for m in found], picture))
+            except BaseException as exc:  # noqa: B036 (every failure is the test's business)
+                failures.append(exc)
+
+    clients = [threading.Thread(target=client, args=(seed,)) for seed in range(3)]
+    for thread in clients:
+        thread.start()
+    taken_at = None
+    try:
+        for number, (what, path) in enumerate(steps):
+            if what == "add":
+                mount(folder, {path: trees[2][path]})
+            else:
+                (folder / path).unlink()
+            if follower.check():
+                taken_at = number
+                served[recommender.snapshot.revision] = set(latest)
+            count = len(answers)
+            while len(answers) < count + 3 and not failures:
+                time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+
+    assert not failures, failures[:3]
+    named = {pieces.HEAD, *pieces.parse_head(trees[2][pieces.HEAD], "test").files()}
+    complete = max(number for number, (what, path) in enumerate(steps) if what == "add" and path in named)
+    assert 0 < complete and taken_at == complete  # at the look after its last file arrived, not one before
+    assert sorted(recommender.snapshot.rows) == sorted(latest) and len(served) == 2
+    for revision, name, found, picture in answers:  # each answer wholly from one revision: the one it names
+        rows = sorted(served[revision])
+        vectors = np.stack([product_vector(product) for product in rows])
+        nearest = np.argsort(np.linalg.norm(vectors - product_vector(name), axis=1), kind="stable")[1:6]
+        assert found == [rows[row] for row in nearest]
+        assert picture == f"picture of {found[0]}".encode()
+
+
+def test_a_piece_that_stays_wrong_is_refused_and_the_old_revision_keeps_serving(hub, tmp_path, small_pieces, caplog):
+    trees = pushed_trees(hub, tmp_path, [names(1000, 20), names(1000, 20) + names(3000, 5)])
+    folder = mount(tmp_path / "mount", trees[0])
+    source, recommender, follower = following(folder, tmp_path / "cache", arrival=0.5)
+    before = recommender.snapshot
+    head = pieces.parse_head(trees[1][pieces.HEAD], "test")
+    (new,) = [piece for piece in head.pieces if piece.path(pieces.VECTORS) not in trees[0]]
+    damaged = dict(trees[1])
+    vectors = bytearray(damaged[new.path(pieces.VECTORS)])
+    vectors[-3] ^= 1  # the same size, another float
+    damaged[new.path(pieces.VECTORS)] = bytes(vectors)
+    mount(folder, damaged)
+
+    with caplog.at_level(logging.INFO, logger="fashion_search.live"):
+        assert not follower.check()  # within the arrival time: "not yet", looked at again
+        assert not follower.refused
+        time.sleep(0.6)
+        assert not follower.check()  # past it: refused, once
+        assert not follower.check()
+    assert list(follower.refused) == [source.head()] and "vectors.npy" in follower.refused[source.head()]
+    assert recommender.snapshot is before
+    assert recommender.similar("1003.jpg", 3)[0].filename == "1003.jpg"
+    refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(refusals) == 1 and "refused, still serving" in refusals[0]
+
+
+def test_a_start_waits_for_the_pieces_its_head_names(hub, tmp_path, small_pieces):
+    (tree,) = pushed_trees(hub, tmp_path, [names(1000, 12)])
+    folder = mount(tmp_path / "mount", {path: data for path, data in tree.items() if not path.endswith(".tar")})
+    late = {path: data for path, data in tree.items() if path.endswith(".tar")}
+    threading.Timer(0.5, mount, (folder, late)).start()
+    source = live.MountSource(folder, tmp_path / "cache", arrival=30)
+    revision, bundle, _ = source.first(wait=0.2)
+    assert sorted(bundle.filenames) == names(1000, 12)
+
+    (folder / next(iter(late))).unlink()  # a piece that never comes: refused once the arrival time is over
+    (folder / pieces.HEAD).write_bytes(tree[pieces.HEAD] + b" ")
+    with pytest.raises(webapp.BundleError, match="images.tar"):
+        live.MountSource(folder, tmp_path / "cache2", arrival=0.3).first(wait=0.1)
