@@ -17,7 +17,9 @@ its file route, by revision and name.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import mimetypes
 import os
 from collections import OrderedDict
@@ -29,6 +31,8 @@ import numpy as np
 from fashion_search.bundle import Bundle, BundleFormatError, BundleMissingFile, load_bundle
 from fashion_search.files import write_atomic
 from fashion_search.shards import SPAN_DTYPE
+
+log = logging.getLogger(__name__)
 
 SHARD_SPANS = "image-spans.npy"  # SPAN_DTYPE rows, in the order of filenames.json
 SHARD_LIST = "image-shards.json"  # {"format_version", "revision", "count", "shards": [{"path", "size"}]}
@@ -110,8 +114,11 @@ class ShardImages(CatalogueImages):
     static_paths: list[Path] = []
     served_by_route = True
 
-    def __init__(self, folder: Path, filenames: list[str]):
+    def __init__(self, folder: Path, filenames: list[str], digests: list[str] | None = None):
+        """`digests`: each row's image sha256, checked as the image is read (a mounted repo's revision, whose images
+        were not read when it was put together); None: all were checked then."""
         super().__init__(filenames)
+        self.digests = digests
         listing = read_shard_list(folder)
         self.revision = str(listing["revision"])
         self.shards = [Path(shard["path"]) for shard in listing["shards"]]
@@ -145,6 +152,13 @@ class ShardImages(CatalogueImages):
             os.close(descriptor)
         if len(data) != size:
             raise OSError(f"{self.shards[shard]} ends before images/{self.filenames[row]}")
+        if self.digests is not None and hashlib.sha256(data).hexdigest() != self.digests[row]:
+            log.error(
+                "The image of %s in %s does not match its digest: the file was changed or damaged.",
+                self.filenames[row],
+                self.shards[shard],
+            )
+            raise OSError(f"The image of {self.filenames[row]} in {self.shards[shard]} does not match its digest.")
         return data
 
 
@@ -161,9 +175,13 @@ def load_catalogue(folder: str | Path, revision: str = "") -> tuple[Bundle, Cata
     SHARD_LIST only then; that its shards are still there, with the same sizes, is checked instead. A bundle folder
     given a `revision` (followed, fashion_search.live) has its images served by the app's file route under it.
     """
+    from fashion_search.pieces import image_digests_to_check  # (it builds on this module's neighbours)
+
     shards = is_shard_folder(Path(folder))
     bundle = load_bundle(folder, verify_images=not shards)
-    return bundle, ShardImages(bundle.root, bundle.filenames) if shards else FolderImages(bundle, revision)
+    if not shards:
+        return bundle, FolderImages(bundle, revision)
+    return bundle, ShardImages(bundle.root, bundle.filenames, image_digests_to_check(bundle))
 
 
 def is_shard_folder(folder: Path) -> bool:

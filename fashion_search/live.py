@@ -71,6 +71,11 @@ class Source:
         """A message about a loaded revision, with the paths a person knows."""
         return message
 
+    def arriving(self, revision: str) -> bool:
+        """Whether a revision that failed a check may still be arriving (a mount's files come one at a time): then
+        it is looked at again rather than refused."""
+        return False
+
 
 class HubSource(Source):
     """A Hub dataset's branch (or a commit it pins), fetched into the one-copy cache (fashion_search.hub)."""
@@ -182,7 +187,9 @@ class MountSource(Source):
     is not there yet, or does not hash right yet, is "not yet" (SourceUnavailable: keep serving, look again) for
     `arrival` seconds after that head was first seen, and refused like a tampered revision after. Each revision is
     put together, as from the Hub (fashion_search.revisions.assemble_pieces), in a small folder under `cache`; the
-    mount is never written.
+    mount is never written. A start does not read every byte: a piece's listing and index rows are checked when it is
+    put together, its vectors and images row by row as they are first read (a damaged one fails the request that
+    read it, with a clear message, and is logged).
     """
 
     def __init__(self, path: str | Path, cache: str | Path, arrival: float = ARRIVAL_SECONDS):
@@ -212,7 +219,7 @@ class MountSource(Source):
                 if hashlib.sha256(data).hexdigest()[:16] != revision:
                     raise SourceUnavailable(f"{self.path / pieces.HEAD} changed while it was being read.")
                 head = pieces.parse_head(data, self.name)
-                revisions.assemble_pieces(self.path, head, self.name, revision, folder)
+                revisions.assemble_pieces(self.path, head, self.name, revision, folder, lazy=True)
             return load_catalogue(folder)
         except (BundleError, OSError) as exc:
             if time.monotonic() - first < self.arrival:
@@ -221,6 +228,9 @@ class MountSource(Source):
             if isinstance(exc, OSError):
                 raise BundleError(f"{self.name}: {exc}") from exc
             raise
+
+    def arriving(self, revision: str) -> bool:
+        return time.monotonic() - self._first_seen.get(revision, time.monotonic()) < self.arrival
 
     def first(self, wait: float = 5.0) -> tuple[str, Bundle, CatalogueImages]:
         """(revision, bundle, images) a start serves: the head, once all it names has arrived (up to `arrival`
@@ -358,6 +368,15 @@ class Follower:
             )
             return False
         except (BundleError, IndexFileError, OSError, ValueError) as exc:
+            if self.source.arriving(revision):  # found as the new revision was warmed: perhaps not all there yet
+                log.warning(
+                    "Catalogue %s: revision %s not complete yet (%s); still serving %s.",
+                    self.source.name,
+                    _short(revision),
+                    self.source.shown(str(exc)),
+                    _short(current),
+                )
+                return False
             self.refused[revision] = self.source.shown(str(exc))
             self.source.release(revision)
             log.error(

@@ -221,6 +221,9 @@ class PieceRows:
     sources: list[str]  # sha256 of each source image
     vectors: list[str]  # 16 hex digits of the sha256 of each vector's bytes
     metadata: list[dict] | None
+    # [offset, size] of each image's bytes in the piece's tar (pieces pushed since the mount: a start need not read
+    # the tar to find them); None in earlier pieces
+    image_spans: list[list[int]] | None = None
 
     def key(self, row: int) -> tuple:
         metadata = self.metadata[row] if self.metadata is not None else None
@@ -234,6 +237,8 @@ class PieceRows:
             "vectors": self.vectors,
             "metadata": self.metadata,
         }
+        if self.image_spans is not None:
+            value["image_spans"] = self.image_spans
         return json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
 
 
@@ -253,6 +258,16 @@ def read_rows(path: Path, rows: int, where: str) -> PieceRows:
             if not all(isinstance(row, dict) for row in found.metadata):
                 raise ValueError("metadata rows that are not objects")
             found = replace(found, metadata=[_interned(row) for row in found.metadata])
+        spans = value.get("image_spans")
+        if spans is not None:
+            if not isinstance(spans, list) or len(spans) != rows:
+                raise ValueError(f"not {rows} image spans")
+            if not all(
+                isinstance(span, list) and len(span) == 2 and all(type(n) is int and n >= 0 for n in span)
+                for span in spans
+            ):
+                raise ValueError("image spans that are not [offset, size]")
+            found = replace(found, image_spans=spans)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleFormatError(f"{where} cannot be read ({exc!r}).") from exc
     for name in found.filenames:
@@ -359,7 +374,9 @@ def write_piece(
     images = [files[f"{IMAGES}/{name}"] for name in names]
     sources = [bundle.sources[row] for row in rows]
     vectors = [vector_digest(bundle, row) for row in rows]
-    (folder / ROWS).write_bytes(PieceRows(names, images, sources, vectors, metadata).to_bytes())
+    spans = index_shards([local[TAR]], {f"{IMAGES}/{name}": digest for name, digest in zip(names, images)}, names)
+    image_spans = [[int(offset), int(size)] for offset, size in zip(spans["offset"], spans["size"])]
+    (folder / ROWS).write_bytes(PieceRows(names, images, sources, vectors, metadata, image_spans).to_bytes())
     digests = {name: sha256_file(path) for name, path in local.items()}
     piece_id = hashlib.sha256("".join(digests[name] for name in (TAR, VECTORS, ROWS)).encode()).hexdigest()[:20]
     piece = Piece(piece_id, len(rows), {})
@@ -403,7 +420,9 @@ def new_head(bundle: Bundle, pieces: list[Piece], index: dict[str, str]) -> Head
 # ---------------------------------------------------------------- the app: a revision put together from its pieces
 
 
-def assemble(snapshot: Path, head: Head, staging: Path, checks: Path, where: str) -> tuple[list[Path], np.ndarray]:
+def assemble(
+    snapshot: Path, head: Head, staging: Path, checks: Path, where: str, lazy: bool = False
+) -> tuple[list[Path], np.ndarray]:
     """Write into `staging` the revision `head` of the files in `snapshot` as a bundle folder (bundle.load_bundle's
     format, its images left in the pieces' tars: fashion_search.images), checking every piece it has not checked
     before (its files' sha256, every image against its digest, the vectors' shape and values, the index rows) and
@@ -413,7 +432,7 @@ def assemble(snapshot: Path, head: Head, staging: Path, checks: Path, where: str
     Raises:
         BundleError: a piece that does not make a catalogue, or file names found twice.
     """
-    parts = [_checked(snapshot, piece, checks / piece.id, head, where) for piece in head.pieces]
+    parts = [_checked(snapshot, piece, checks / piece.id, head, where, lazy) for piece in head.pieces]
     live = [piece.live for piece in head.pieces]
     count = sum(len(rows) for rows in live)
     if count == 0:
@@ -433,7 +452,7 @@ def assemble(snapshot: Path, head: Head, staging: Path, checks: Path, where: str
         )
         for piece in head.pieces
     ]
-    data = [write_vector_list(staging, listed, head.dim)]
+    data = [write_vector_list(staging, listed, head.dim, checked_as_read=lazy)]
     if head.index:
         data += _assemble_index(snapshot, head, live, staging)
     manifest = {
@@ -464,8 +483,13 @@ class _Checked:
         return self.rows.filenames
 
 
-def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) -> _Checked:
-    """A piece's rows and where its images lie, checked now or (the same files, the tar's size unchanged) before."""
+def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str, lazy: bool = False) -> _Checked:
+    """A piece's rows and where its images lie, checked now or (the same files, the tar's size unchanged) before.
+
+    `lazy` (a mounted repo, read where it lies): its vectors and images are not read here but checked as they are
+    read (`vectors.StackedVectors`, `images.ShardImages`), each row against its digest in rows.json; where its images
+    lie comes from rows.json too (a piece pushed before that: its tar is read once, as without `lazy`).
+    """
     label = f"{where}, piece {piece.id}"
     tar = snapshot / piece.path(TAR)
     # What was checked: the head's digests, and the files behind the snapshot's links (huggingface_hub's blobs are
@@ -474,18 +498,21 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) 
     blobs = {path: os.path.realpath(snapshot / path) for path in sorted(piece.files)}
     try:
         recorded = json.loads((check / _CHECKED).read_text(encoding="utf-8"))
-        if recorded == {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size}:
+        if recorded == {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size, "lazy": lazy}:
             spans = np.load(check / _SPANS, allow_pickle=False)
             if spans.dtype == SPAN_DTYPE and spans.shape == (piece.rows,):
                 return _Checked(shared_rows(snapshot / piece.path(ROWS), piece.rows, None, label), spans)
     except (OSError, ValueError, KeyError, BundleError):
         pass
     for path, digest in piece.files.items():
-        if path == piece.path(TAR):
-            continue  # every image in it is checked against rows.json as it is read, below
+        if path == piece.path(TAR) or (lazy and path == piece.path(VECTORS)):
+            continue  # every image in it is checked against rows.json as it is read, below (lazy: when served)
         _check_file(snapshot / path, digest, where)
     rows = shared_rows(snapshot / piece.path(ROWS), piece.rows, None, label)  # (hashed above)
-    _check_vectors(snapshot / piece.path(VECTORS), (piece.rows, head.dim), label)
+    if lazy:
+        _check_array(snapshot / piece.path(VECTORS), np.float32, (piece.rows, head.dim), label)  # (its header)
+    else:
+        _check_vectors(snapshot / piece.path(VECTORS), (piece.rows, head.dim), label)
     if piece.index_files is not None:
         lists, codes = piece.index_files
         _check_array(snapshot / lists, np.int32, (piece.rows,), label)
@@ -495,15 +522,33 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str) 
     digests = {f"{IMAGES}/{name}": digest for name, digest in zip(rows.filenames, rows.images)}
     if len(digests) != piece.rows:
         raise BundleFormatError(f"{label} holds a file name twice. Push the catalogue again.")
-    try:
-        spans = index_shards([tar], digests, rows.filenames)
-    except BundleError as err:
-        raise type(err)(f"{label}: {err}") from err
+    if lazy and rows.image_spans is not None:
+        spans = np.zeros(piece.rows, dtype=SPAN_DTYPE)
+        spans["offset"], spans["size"] = np.array(rows.image_spans, dtype=np.uint64).reshape(piece.rows, 2).T
+        if piece.rows and int((spans["offset"] + spans["size"]).max()) > tar.stat().st_size:
+            raise BundleFormatError(f"{label}: rows.json places images beyond the end of its {TAR}.")
+    else:
+        try:
+            spans = index_shards([tar], digests, rows.filenames)
+        except BundleError as err:
+            raise type(err)(f"{label}: {err}") from err
     check.mkdir(parents=True, exist_ok=True)
     _save(check / _SPANS, spans)
-    record = {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size}
+    record = {"files": piece.files, "blobs": blobs, "tar_size": tar.stat().st_size, "lazy": lazy}
     write_atomic(check / _CHECKED, json.dumps(record).encode())
     return _Checked(rows, spans)
+
+
+def image_digests_to_check(bundle: Bundle) -> list[str] | None:
+    """For a revision whose images are checked as they are read (a mounted repo's): each row's image digest; None
+    for one whose images were all checked when it was put together."""
+    if not bundle.pieces:
+        return None
+    entries = list_vector_files(bundle.root)
+    if not any(entry.get("checked_as_read") for entry in entries):
+        return None
+    live = [rows for _, rows in bundle.embeddings.parts]
+    return [part.images[row] for part, rows in zip(bundle.pieces, live) for row in rows]
 
 
 def shared_rows(path: Path, rows: int, digest: str | None, where: str) -> PieceRows:
@@ -542,6 +587,9 @@ def load_revision(root: Path, manifest: dict) -> Bundle:
         shared_rows(Path(entry["rows_path"]), entry["rows"], entry["rows_sha256"], f"{root}, piece {number}")
         for number, entry in enumerate(entries)
     )
+    for number, (entry, part) in enumerate(zip(entries, parts)):
+        if entry.get("checked_as_read"):  # a mounted repo's piece: its vectors are checked as they are read
+            embeddings.check_as_read(number, part.vectors, entry["path"])
     live = [rows for _, rows in embeddings.parts]
     filenames = [part.filenames[row] for part, rows in zip(parts, live) for row in rows]
     sources = [part.sources[row] for part, rows in zip(parts, live) for row in rows]

@@ -139,9 +139,12 @@ def assemble(snapshot: Path, repo_id: str, sha: str, folder: Path) -> Path:
     return _swap_in(staging, folder, f"{repo_id}@{sha}")
 
 
-def assemble_pieces(source: Path, head: pieces.Head, where: str, revision: str, folder: Path) -> Path:
+def assemble_pieces(
+    source: Path, head: pieces.Head, where: str, revision: str, folder: Path, lazy: bool = False
+) -> Path:
     """Make `folder` the revision `head` of the catalogue in pieces at `source` (a Hub snapshot, or a mounted repo),
-    its files read where they are: every piece not checked before is checked first (pieces.assemble). Returns it.
+    its files read where they are: every piece not checked before is checked first (pieces.assemble; `lazy`: its
+    vectors and images as they are read). Returns it.
 
     Raises:
         BundleError: a piece missing or not what the head says; nothing is left of the folder.
@@ -149,7 +152,7 @@ def assemble_pieces(source: Path, head: pieces.Head, where: str, revision: str, 
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        tars, spans = pieces.assemble(source, head, staging, piece_checks(folder.parent), where)
+        tars, spans = pieces.assemble(source, head, staging, piece_checks(folder.parent), where, lazy)
     except BundleError:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -14,7 +14,9 @@ cost to compute once (their norms) is remembered per file for as long as a snaps
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import os
 import threading
 import weakref
@@ -22,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_search.bundle import VECTOR_LIST, BundleFormatError, BundleMissingFile, BundleShapeError
+from fashion_search.bundle import (
+    VECTOR_LIST,
+    BundleFormatError,
+    BundleHashMismatch,
+    BundleMissingFile,
+    BundleShapeError,
+)
 
 _FORMAT_VERSION = 1
 _norms: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # (device, inode, size) -> squared norms
@@ -46,6 +54,37 @@ class StackedVectors:
         self.shape = (int(self.starts[-1]), int(self.parts[0][0].shape[1]))
         self._squared_norms: np.ndarray | None = None
         self._keep: list[np.ndarray] = []  # the per-file norms this uses, kept alive (shared with other snapshots)
+        self._digests: list[list[str] | None] = [None] * len(self.parts)  # a part checked as read: its rows' digests
+        self._checked: list[np.ndarray | None] = [None] * len(self.parts)  # and which of its rows were
+        self._names: dict[int, str] = {}
+
+    def check_as_read(self, part: int, digests: list[str], name: str) -> None:
+        """Check each row of part `part` the first time it is read: the first 16 hex digits of the sha256 of its
+        float32 bytes must be `digests[row]` (rows.json's), else BundleHashMismatch naming `name`."""
+        self._digests[part] = digests
+        self._checked[part] = np.zeros(len(self.parts[part][0]), dtype=bool)
+        self._names[part] = name
+        # Read where it lies (a mounted volume: every page fetched on first read), its rows are read a few at a
+        # time: no readahead around them (the kernel's default reads 128 KB around each).
+        pages = getattr(self.parts[part][0], "_mmap", None)  # (numpy.memmap's mmap object)
+        if pages is not None and hasattr(mmap, "MADV_RANDOM"):
+            pages.madvise(mmap.MADV_RANDOM)
+
+    def _check(self, part: int, rows: np.ndarray, values: np.ndarray) -> None:
+        """`values` are the rows `rows` (of the part's file) just read: those not checked before are checked now."""
+        checked = self._checked[part]
+        if checked is None:
+            return
+        digests = self._digests[part]
+        for row, value in zip(rows, values):
+            if checked[row]:
+                continue
+            if hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16] != digests[row]:
+                raise BundleHashMismatch(
+                    f"{self._names[part]}: vector row {row} does not match its digest in rows.json (the file was "
+                    "changed or damaged). Push the catalogue again."
+                )
+            checked[row] = True
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -87,6 +126,7 @@ class StackedVectors:
             else:
                 order = np.argsort(local, kind="stable")
                 out[mine[order]] = array[local[order]]
+            self._check(part, local, out[mine])
         return out
 
     def squared_norms(self) -> np.ndarray:
@@ -106,7 +146,11 @@ class StackedVectors:
         piece at a time: as `norms[:, None] - 2 * (vectors @ queries.T)` over one array."""
         norms = self.squared_norms()
         out = np.empty((len(self), len(queries)), dtype=np.float32)
-        for (array, live), whole, start, stop in zip(self.parts, self.whole, self.starts, self.starts[1:]):
+        for part, ((array, live), whole, start, stop) in enumerate(
+            zip(self.parts, self.whole, self.starts, self.starts[1:])
+        ):
+            if self._checked[part] is not None and not self._checked[part].all():  # every row is read: check all
+                self._check(part, np.arange(len(array)), array)
             products = array @ queries.T
             out[start:stop] = norms[start:stop, None] - 2 * (products if whole else products[live])
         return out
@@ -134,9 +178,12 @@ def _file_key(array: np.ndarray) -> tuple | None:
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
-def write_vector_list(folder: Path, files: list[tuple[Path, Path, str, int, list[int]]], dim: int) -> str:
+def write_vector_list(
+    folder: Path, files: list[tuple[Path, Path, str, int, list[int]]], dim: int, checked_as_read: bool = False
+) -> str:
     """Write VECTOR_LIST into `folder`: for each piece (its vectors, its rows.json, that file's sha256, its row
-    count, its removed rows) the files behind any link, with their sizes. Returns the name written."""
+    count, its removed rows) the files behind any link, with their sizes; `checked_as_read`: its vectors and images
+    were not read when it was checked, and are checked row by row as they are read. Returns the name written."""
     entries = [
         {
             "path": os.path.realpath(vectors),
@@ -145,6 +192,7 @@ def write_vector_list(folder: Path, files: list[tuple[Path, Path, str, int, list
             "rows_sha256": digest,
             "rows": rows,
             "removed": removed,
+            "checked_as_read": checked_as_read,
         }
         for vectors, rows_file, digest, rows, removed in files
     ]

@@ -118,8 +118,20 @@ class _Query:
     min_gap: float = 0.0  # > 0: near-duplicates of a better result left out (Searcher.matches)
 
 
+DAMAGED = (
+    "Part of the catalogue's files is damaged on disk, so this search could not be answered; the app's log says "
+    "which file. Other searches still work: try another picture or product, and tell the catalogue's owner."
+)
+
+
 def _query_error(cause: Exception) -> QueryError:
     error = QueryError(str(cause))
+    error.__cause__ = cause
+    return error
+
+
+def _damaged(cause: BundleError) -> QueryError:
+    error = QueryError(DAMAGED)  # (not the cause's text: it names the server's files)
     error.__cause__ = cause
     return error
 
@@ -249,7 +261,12 @@ class Recommender:
         except ValueError as exc:
             raise QueryError(str(exc)) from exc
         # One more than asked, as the product itself is usually its own nearest; the k nearest others stay exact.
-        query = _Query(snapshot, snapshot.bundle.embeddings[row], k + 1, _canonical(filters))
+        try:
+            vector = snapshot.bundle.embeddings[row]
+        except BundleError as exc:  # (a mounted catalogue's file, damaged: checked as it is read)
+            log.error("Catalogue %s: %s", snapshot.info.name, exc)
+            raise QueryError(DAMAGED) from exc
+        query = _Query(snapshot, vector, k + 1, _canonical(filters))
         others = [match for match in self.searching.submit(query) if match.row != row][:k]
         if not others:
             raise QueryError(NoMatch.MESSAGE)
@@ -279,6 +296,9 @@ class Recommender:
                 found = snapshot.searcher.matches(vectors, k, chosen, min_gap)
             except (NoMatch, ValueError) as exc:  # no product matches, or a column the catalogue does not have
                 found = [_query_error(exc) for _ in positions]  # one each: raising sets its traceback
+            except BundleError as exc:  # a mounted catalogue's file found damaged as it was read: this answer fails
+                log.error("Catalogue %s: %s", snapshot.info.name, exc)
+                found = [_damaged(exc) for _ in positions]
             for position, matches in zip(positions, found):
                 results[position] = matches
         return results

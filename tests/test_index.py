@@ -221,3 +221,27 @@ def test_two_revisions_sharing_a_piece_share_its_norms(tmp_path):
     np.testing.assert_allclose(first.squared_norms(), 1, atol=1e-5)
     assert len(second.squared_norms()) == 128
     assert second._keep[0] is first._keep[0] and second._keep[1] is not first._keep[0]
+
+
+def test_rows_checked_as_read_fail_only_the_reads_that_touch_a_damaged_one(tmp_path):
+    """A mounted catalogue's vectors are checked row by row as they are read, against rows.json's digests."""
+    import hashlib
+
+    from fashion_search.bundle import BundleHashMismatch
+
+    catalogue = unit_rows(300, d=16, seed=58)
+    stacked = in_pieces(catalogue, tmp_path, 100, catalogue[:0])
+    digests = [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in catalogue]
+    with open(stacked.parts[1][0].filename, "r+b") as handle:  # row 150 (the second file's row 50): a byte changed
+        handle.seek(-(50 * 16 * 4) + 1, 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 1]))
+    for part in range(3):
+        stacked.check_as_read(part, digests[100 * part : 100 * part + 100], f"piece {part}")
+
+    np.testing.assert_array_equal(stacked[[0, 99, 149, 151, 299]], catalogue[[0, 99, 149, 151, 299]])
+    with pytest.raises(BundleHashMismatch, match="piece 1: vector row 50 "):
+        stacked[[3, 150]]
+    with pytest.raises(BundleHashMismatch, match="piece 1"):
+        stacked.scores(catalogue[:1])  # every row is read: every row is checked

@@ -4,14 +4,16 @@ once complete; a piece that stays wrong refused while the old revision serves.""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_live import StubEmbedder, brute_force, names, product_vector, publish
+from test_live import DIM, MODEL, StubEmbedder, brute_force, names, product_vector, publish
 
 from fashion_search import live, pieces, webapp
 from fashion_search.hub import push_bundle
@@ -171,3 +173,93 @@ def test_a_start_waits_for_the_pieces_its_head_names(hub, tmp_path, small_pieces
     (folder / pieces.HEAD).write_bytes(tree[pieces.HEAD] + b" ")
     with pytest.raises(webapp.BundleError, match="images.tar"):
         live.MountSource(folder, tmp_path / "cache2", arrival=0.3).first(wait=0.1)
+
+
+def test_a_start_reads_no_picture_and_a_damaged_one_fails_only_its_own_request(hub, tmp_path, small_pieces, caplog):
+    """The pictures are checked as they are read (rows.json says where each lies and its digest): a start does not
+    read them, and a damaged one is refused when asked for, while the others and the searches are served."""
+    (tree,) = pushed_trees(hub, tmp_path, [names(1000, 20)])
+    head = pieces.parse_head(tree[pieces.HEAD], "test")
+    piece = head.pieces[1]
+    listing = json.loads(tree[piece.path(pieces.ROWS)])
+    victim, (offset, size) = listing["filenames"][2], listing["image_spans"][2]
+    tar = bytearray(tree[piece.path(pieces.TAR)])
+    assert bytes(tar[offset : offset + size]) == f"picture of {victim}".encode()
+    tar[offset] ^= 1  # the same size: only reading it tells
+    folder = mount(tmp_path / "mount", {**tree, piece.path(pieces.TAR): bytes(tar)})
+
+    source, recommender, _ = following(folder, tmp_path / "cache", arrival=60)  # the start: nothing of it read
+    snapshot = recommender.snapshot
+    with caplog.at_level(logging.ERROR, logger="fashion_search.images"):
+        with pytest.raises(OSError, match="does not match its digest"):  # (the file route: "not found")
+            recommender.picture(snapshot.revision, victim)
+    assert len(caplog.records) == 1 and victim in caplog.records[0].getMessage()
+    for name in names(1000, 20):
+        if name != victim:
+            assert recommender.picture(snapshot.revision, name)[0] == f"picture of {name}".encode()
+    product, found = recommender.similar(victim, 5)  # its vector and metadata are sound: it is still searched
+    assert [m.filename for m in found] == brute_force(snapshot.bundle, product_vector(victim), 6)[1:]
+
+
+def test_a_start_on_a_mounted_200k_folder_reads_its_listings_and_index_rows_not_its_pictures(tmp_path):
+    """What a start reads of a mounted 200k revision with the approximate index, until its first answer and that
+    answer's pictures: measured as the page cache holds the folder's files afterwards (readahead included), after
+    they were all dropped from it. Its pictures are read only for the answer; the rest it reads is its listings
+    (names, digests, metadata), its index rows, and the vectors it checks and ranks."""
+    from big_catalogue import styles_row, tiny_jpeg
+    from mounted import drop_cached, resident, revision_files, write_mount
+
+    from fashion_search import approximate
+    from fashion_search.bundle import IMAGES, write_bundle
+    from fashion_search.imaging import PREPROCESSING_ID
+
+    count = 200_000
+    bundle = tmp_path / "bundle"
+    (bundle / IMAGES).mkdir(parents=True)
+    pictures = []
+    for number in range(16):  # every product's picture a hard link to one of 16 tiny JPEGs
+        pictures.append(tmp_path / f"picture-{number}.jpg")
+        pictures[-1].write_bytes(tiny_jpeg(number))
+    products = [f"{10_000 + number}.jpg" for number in range(count)]
+    for number, name in enumerate(products):
+        os.link(pictures[number % 16], bundle / IMAGES / name)
+    vectors = np.random.default_rng(0).standard_normal((count, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    data = approximate.train(vectors, lists=256, dims=8)
+    write_bundle(
+        bundle,
+        embeddings=vectors,
+        filenames=products,
+        model=MODEL,
+        preprocessing=PREPROCESSING_ID,
+        metadata=[styles_row(10_000 + number) for number in range(count)],
+        sources=["0" * 64] * count,
+        index_files=approximate.write(bundle, data),
+    )
+    folder = write_mount(bundle, tmp_path / "mount", log=lambda _: None)
+    files = revision_files(folder)
+    paths = [folder / path for path in files]
+    drop_cached(paths)
+    assert sum(resident(paths).values()) < 0.01 * sum(files.values())  # (the measure: nothing held before)
+
+    source = live.MountSource(folder, tmp_path / "cache", arrival=0)
+    revision, loaded, images = source.first()
+    snapshot = open_snapshot(StubEmbedder(), loaded, images, revision=revision)
+    (found,) = snapshot.searcher.matches(vectors[123:124], 5)
+    assert found[0].filename == products[123]
+    assert [images.read(m.row) for m in found] == [tiny_jpeg((int(m.filename[:-4]) - 10_000) % 16) for m in found]
+
+    held = resident(paths)
+    read = {kind: 0 for kind in ("pictures", "vectors", "the rest")}
+    for path in files:
+        read[_kind(path)] += held.get(str(folder / path), 0)
+    total = {kind: sum(size for path, size in files.items() if _kind(path) == kind) for kind in read}
+    assert read["pictures"] <= 5 * 256 * 1024  # the answer's 5 pictures (and the kernel's readahead around them)
+    assert read["vectors"] <= 0.5 * total["vectors"]  # the rows the index's check and the search read (16-d here)
+    assert read["the rest"] >= 0.9 * total["the rest"]  # listings and index rows: read whole, and checked
+    assert sum(read.values()) <= 0.5 * sum(files.values()), (read, total)
+    print(f"read at start: {read} of {total}")
+
+
+def _kind(path: str) -> str:
+    return {"images.tar": "pictures", "vectors.npy": "vectors"}.get(path.rsplit("/", 1)[-1], "the rest")
