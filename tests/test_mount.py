@@ -263,3 +263,22 @@ def test_a_start_on_a_mounted_200k_folder_reads_its_listings_and_index_rows_not_
 
 def _kind(path: str) -> str:
     return {"images.tar": "pictures", "vectors.npy": "vectors"}.get(path.rsplit("/", 1)[-1], "the rest")
+
+
+def test_a_damaged_vector_in_the_served_revision_fails_requests_with_a_clear_message_not_the_server(
+    hub, tmp_path, small_pieces, caplog
+):
+    (tree,) = pushed_trees(hub, tmp_path, [names(1000, 20)])
+    piece = pieces.parse_head(tree[pieces.HEAD], "test").pieces[0]
+    vectors = bytearray(tree[piece.path(pieces.VECTORS)])
+    vectors[-5] ^= 1  # its last row
+    folder = mount(tmp_path / "mount", {**tree, piece.path(pieces.VECTORS): bytes(vectors)})
+    source, recommender, _ = following(folder, tmp_path / "cache", arrival=0)  # a start does not read the vectors
+
+    with caplog.at_level(logging.ERROR, logger="fashion_search.webapp"):
+        for name in ("1000.jpg", "1015.jpg"):  # the exact search reads, and checks, every row
+            with pytest.raises(webapp.QueryError) as raised:
+                recommender.similar(name, 5)
+            assert str(raised.value) == webapp.DAMAGED and str(folder) not in str(raised.value)
+    assert all("vectors.npy: vector row" in record.getMessage() for record in caplog.records)
+    assert len(caplog.records) == 2
