@@ -36,6 +36,8 @@ The app runs with `--weights random` (the catalogue says it was made so). Bundle
 from __future__ import annotations
 
 import argparse
+import errno
+import itertools
 import multiprocessing
 import os
 import re
@@ -185,14 +187,14 @@ def _changed_revision(root: Path, before: Path, folder: Path, number: int, log) 
     (staging / "images").mkdir(parents=True)
     names = [previous.filenames[row] for row in kept_rows]
     for name in names:
-        os.link(before / "images" / name, staging / "images" / name)
+        _link(before / "images" / name, staging / "images" / name, root)
     metadata = [previous.metadata[row] for row in kept_rows]
     sources = [previous.sources[row] for row in kept_rows]
     first = max(int(Path(name).stem) for name in previous.filenames) + 1
     for ident in range(first, first + new):
         names.append(f"{ident}.jpg")
         picture, digest = pictures[ident % len(pictures)]
-        os.link(picture, staging / "images" / names[-1])
+        _link(picture, staging / "images" / names[-1], root)
         metadata.append(data._styles_row(ident, rng))
         sources.append(digest)
     vectors = np.concatenate([previous.embeddings[kept_rows], grown_vectors(_base(), new, seed=n * 10 + number)])
@@ -201,6 +203,28 @@ def _changed_revision(root: Path, before: Path, folder: Path, number: int, log) 
         old_rows = np.concatenate([kept_rows, np.full(new, -1)])
         index = approximate.update(approximate.load(before, previous.embeddings).data, vectors, old_rows)
     _write(staging, folder, names, metadata, sources, vectors, index)
+
+
+def _link(source: Path, target: Path, root: Path) -> None:
+    """A hard link to `source`, or, when it has as many as its file system allows (65,000 on ext4: a million products
+    share 16 pictures), to a copy of it kept for more links."""
+    try:
+        os.link(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EMLINK:
+            raise
+    for number in itertools.count():
+        spare = root / "pictures" / "spare" / f"{os.stat(source).st_ino}-{number}.jpg"
+        if not spare.exists():
+            spare.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, spare)
+        try:
+            os.link(spare, target)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EMLINK:
+                raise
 
 
 @dataclass(eq=False)
