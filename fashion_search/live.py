@@ -249,7 +249,10 @@ class MountSource(Source):
             return loaded
 
     def release(self, revision: str) -> None:
+        from fashion_search import revisions
+
         shutil.rmtree(self.folders / revision, ignore_errors=True)
+        revisions.prune_piece_checks(self.folders)  # the checks of pieces no revision kept names
 
 
 def _handle_path(handle: int, path: Path) -> Path:

@@ -172,7 +172,7 @@ def piece_checks(catalogue: Path) -> Path:
     return catalogue.parent.parent / "pieces" / catalogue.name
 
 
-def _prune_piece_checks(catalogue: Path) -> None:
+def prune_piece_checks(catalogue: Path) -> None:
     """Forget the checks of pieces that no revision folder of the catalogue (`bundles/<repo>/`) names any more."""
     checks = piece_checks(catalogue)
     if not checks.is_dir():
@@ -247,7 +247,7 @@ def forget(folder: Path, library_cache: Path, repo_id: str) -> None:
     """Delete the revision folder `folder` and its commit's files in the library's cache (blobs another revision
     still uses stay): a followed catalogue no longer serves it (fashion_search.live)."""
     shutil.rmtree(folder, ignore_errors=True)
-    _prune_piece_checks(folder.parent)
+    prune_piece_checks(folder.parent)
     owner, name = repo_id.split("/")
     repo_cache = library_cache / f"{REPO_TYPE}s--{owner}--{name}"
     if repo_cache.is_dir():
@@ -267,5 +267,5 @@ def _prune_older_revisions(current: Path) -> set[str]:
         logger.info(
             "Removed the cached catalogue revision %s (kept the %d most recently used).", folder, KEEP_REVISIONS
         )
-    _prune_piece_checks(current.parent)
+    prune_piece_checks(current.parent)
     return {current.name, *(folder.name for folder in others[: KEEP_REVISIONS - 1])}
