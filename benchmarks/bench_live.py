@@ -208,19 +208,13 @@ def _changed_revision(root: Path, before: Path, folder: Path, number: int, log) 
 def _link(source: Path, target: Path, root: Path) -> None:
     """A hard link to `source`, or, when it has as many as its file system allows (65,000 on ext4: a million products
     share 16 pictures), to a copy of it kept for more links."""
-    try:
-        os.link(source, target)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EMLINK:
-            raise
-    for number in itertools.count():
-        spare = root / "pictures" / "spare" / f"{os.stat(source).st_ino}-{number}.jpg"
-        if not spare.exists():
-            spare.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, spare)
+    spares = (root / "pictures" / "spare" / f"{os.stat(source).st_ino}-{n}.jpg" for n in itertools.count())
+    for candidate in itertools.chain([source], spares):
+        if not candidate.exists():
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, candidate)
         try:
-            os.link(spare, target)
+            os.link(candidate, target)
             return
         except OSError as exc:
             if exc.errno != errno.EMLINK:
