@@ -205,10 +205,11 @@ def load_bundle(root: str | Path, *, verify_images: bool = True) -> Bundle:
         )
     manifest = read_manifest(root)
     files: dict = manifest["files"]
-    if VECTOR_LIST in files:  # a Hub revision in pieces, put together by pieces.assemble
-        from fashion_search.pieces import load_revision  # (it builds on this module)
-
-        return load_revision(root, manifest)
+    if VECTOR_LIST in files:
+        raise BundleFormatError(
+            f"{root} is a Hub revision put together from its pieces, not a bundle: load it with "
+            "fashion_search.images.load_catalogue (fashion_search.pieces.load_revision)."
+        )
     for required in (EMBEDDINGS, FILENAMES, SOURCES):
         if required not in files:
             raise BundleFormatError(

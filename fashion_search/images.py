@@ -28,8 +28,17 @@ from urllib.parse import quote
 
 import numpy as np
 
-from fashion_search.bundle import Bundle, BundleFormatError, BundleMissingFile, load_bundle
+from fashion_search.bundle import (
+    VECTOR_LIST,
+    Bundle,
+    BundleError,
+    BundleFormatError,
+    BundleMissingFile,
+    load_bundle,
+    read_manifest,
+)
 from fashion_search.files import write_atomic
+from fashion_search.pieces import image_digests_to_check, load_revision
 from fashion_search.shards import SPAN_DTYPE
 
 log = logging.getLogger(__name__)
@@ -175,13 +184,22 @@ def load_catalogue(folder: str | Path, revision: str = "") -> tuple[Bundle, Cata
     SHARD_LIST only then; that its shards are still there, with the same sizes, is checked instead. A bundle folder
     given a `revision` (followed, fashion_search.live) has its images served by the app's file route under it.
     """
-    from fashion_search.pieces import image_digests_to_check  # (it builds on this module's neighbours)
-
     shards = is_shard_folder(Path(folder))
-    bundle = load_bundle(folder, verify_images=not shards)
+    if is_piece_revision(Path(folder)):  # a Hub revision put together from its pieces
+        bundle = load_revision(Path(folder))
+    else:
+        bundle = load_bundle(folder, verify_images=not shards)
     if not shards:
         return bundle, FolderImages(bundle, revision)
     return bundle, ShardImages(bundle.root, bundle.filenames, image_digests_to_check(bundle))
+
+
+def is_piece_revision(folder: Path) -> bool:
+    """A fetched (or mounted) Hub revision in pieces, whose manifest lists its pieces' files (pieces.assemble)."""
+    try:
+        return VECTOR_LIST in read_manifest(folder)["files"]
+    except BundleError:
+        return False  # load_bundle says what is wrong
 
 
 def is_shard_folder(folder: Path) -> bool:

@@ -55,6 +55,7 @@ from fashion_search.bundle import (
     BundleShapeError,
     BundleValueError,
     is_relative_name,
+    read_manifest,
 )
 from fashion_search.files import link_or_copy, sha256_file, write_atomic
 from fashion_search.shards import SPAN_DTYPE, Shard, index_shards, member_name, write_shard
@@ -567,7 +568,7 @@ def shared_rows(path: Path, rows: int, digest: str | None, where: str) -> PieceR
         return _shared.setdefault(key, found)
 
 
-def load_revision(root: Path, manifest: dict) -> Bundle:
+def load_revision(root: Path) -> Bundle:
     """The revision folder `assemble` wrote, loaded as `bundle.load_bundle` loads a bundle: its vectors left in the
     pieces' files (fashion_search.vectors) and its names, sources and metadata taken from the pieces' rows, shared
     with any other loaded revision of the same pieces. The list and the index files are hashed against the
@@ -576,6 +577,7 @@ def load_revision(root: Path, manifest: dict) -> Bundle:
     Raises:
         BundleError: a file missing, damaged or not what the manifest says.
     """
+    manifest = read_manifest(root)
     files = manifest["files"]
     for name, digest in files.items():
         if name != VECTOR_LIST and name not in INDEX_FILES:

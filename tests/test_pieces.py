@@ -132,7 +132,7 @@ def test_a_one_percent_change_sends_and_downloads_about_one_percent(hub, tmp_pat
     assert not (folder / "embeddings.npy").exists() and not (before / "embeddings.npy").exists()
     # Loaded side by side, as during a swap, the two revisions share the kept pieces' names and metadata: only the
     # new pieces' rows are read.
-    old, new = load_bundle(before), load_bundle(folder)
+    old, new = load_catalogue(before)[0], load_catalogue(folder)[0]
     shared = {id(part) for part in old.pieces} & {id(part) for part in new.pieces}
     assert len(shared) == len(kept) and len(new.pieces) - len(kept) <= 2
     rows = {name: row for row, name in enumerate(old.filenames)}
