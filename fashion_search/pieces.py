@@ -545,8 +545,7 @@ def image_digests_to_check(bundle: Bundle) -> list[str] | None:
     for one whose images were all checked when it was put together."""
     if not bundle.pieces:
         return None
-    entries = list_vector_files(bundle.root)
-    if not any(entry.get("checked_as_read") for entry in entries):
+    if not bundle.embeddings.checked_as_read:
         return None
     live = [rows for _, rows in bundle.embeddings.parts]
     return [part.images[row] for part, rows in zip(bundle.pieces, live) for row in rows]
@@ -584,7 +583,7 @@ def load_revision(root: Path) -> Bundle:
             raise BundleFormatError(f"{root / MANIFEST} lists {name!r}, which is not a file of a revision in pieces.")
         _check_file(root / name, digest, str(root))
     entries = list_vector_files(root)
-    embeddings = open_stacked(root / VECTOR_LIST, manifest["dim"])
+    embeddings = open_stacked(entries, manifest["dim"])
     parts = tuple(
         shared_rows(Path(entry["rows_path"]), entry["rows"], entry["rows_sha256"], f"{root}, piece {number}")
         for number, entry in enumerate(entries)

@@ -1,6 +1,6 @@
 """A revision's vectors left in its pieces' files and read as one (n, d) array, without a copy.
 
-    vectors = open_stacked(folder / VECTOR_LIST, dim)    # the list pieces.assemble wrote
+    vectors = open_stacked(list_vector_files(folder), dim)    # the list pieces.assemble wrote
     vectors[rows]                # float32 rows, as from an array (an int, a slice, or row numbers)
     vectors.squared_norms()      # (n,) float32, computed once per file in this process
     vectors.scores(queries)      # (n, m) float32: squared distance less each query's squared norm
@@ -54,16 +54,18 @@ class StackedVectors:
         self.shape = (int(self.starts[-1]), int(self.parts[0][0].shape[1]))
         self._squared_norms: np.ndarray | None = None
         self._keep: list[np.ndarray] = []  # the per-file norms this uses, kept alive (shared with other snapshots)
-        self._digests: list[list[str] | None] = [None] * len(self.parts)  # a part checked as read: its rows' digests
-        self._checked: list[np.ndarray | None] = [None] * len(self.parts)  # and which of its rows were
-        self._names: dict[int, str] = {}
+        # A part checked as read -> (its name, its rows' digests, which of its rows were checked)
+        self._as_read: dict[int, tuple[str, list[str], np.ndarray]] = {}
+
+    @property
+    def checked_as_read(self) -> bool:
+        """Whether any part's rows are checked as they are read (a mounted repo's)."""
+        return bool(self._as_read)
 
     def check_as_read(self, part: int, digests: list[str], name: str) -> None:
         """Check each row of part `part` the first time it is read: the first 16 hex digits of the sha256 of its
         float32 bytes must be `digests[row]` (rows.json's), else BundleHashMismatch naming `name`."""
-        self._digests[part] = digests
-        self._checked[part] = np.zeros(len(self.parts[part][0]), dtype=bool)
-        self._names[part] = name
+        self._as_read[part] = (name, digests, np.zeros(len(self.parts[part][0]), dtype=bool))
         # Read where it lies (a mounted volume: every page fetched on first read), its rows are read a few at a
         # time: no readahead around them (the kernel's default reads 128 KB around each).
         pages = getattr(self.parts[part][0], "_mmap", None)  # (numpy.memmap's mmap object)
@@ -71,18 +73,16 @@ class StackedVectors:
             pages.madvise(mmap.MADV_RANDOM)
 
     def _check(self, part: int, rows: np.ndarray, values: np.ndarray) -> None:
-        """`values` are the rows `rows` (of the part's file) just read: those not checked before are checked now."""
-        checked = self._checked[part]
-        if checked is None:
-            return
-        digests = self._digests[part]
+        """`values` are the rows `rows` (of part `part`, checked as read) just read: those not checked before are
+        checked now."""
+        name, digests, checked = self._as_read[part]
         for row, value in zip(rows, values):
             if checked[row]:
                 continue
             if hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16] != digests[row]:
                 raise BundleHashMismatch(
-                    f"{self._names[part]}: vector row {row} does not match its digest in rows.json (the file was "
-                    "changed or damaged). Push the catalogue again."
+                    f"{name}: vector row {row} does not match its digest in rows.json (the file was changed or "
+                    "damaged). Push the catalogue again."
                 )
             checked[row] = True
 
@@ -126,7 +126,8 @@ class StackedVectors:
             else:
                 order = np.argsort(local, kind="stable")
                 out[mine[order]] = array[local[order]]
-            self._check(part, local, out[mine])
+            if part in self._as_read:
+                self._check(part, local, out[mine])
         return out
 
     def squared_norms(self) -> np.ndarray:
@@ -149,7 +150,7 @@ class StackedVectors:
         for part, ((array, live), whole, start, stop) in enumerate(
             zip(self.parts, self.whole, self.starts, self.starts[1:])
         ):
-            if self._checked[part] is not None and not self._checked[part].all():  # every row is read: check all
+            if part in self._as_read and not self._as_read[part][2].all():  # every row is read: check all
                 self._check(part, np.arange(len(array)), array)
             products = array @ queries.T
             out[start:stop] = norms[start:stop, None] - 2 * (products if whole else products[live])
@@ -225,15 +226,16 @@ def list_vector_files(folder: Path) -> list[dict]:
         ) from exc
 
 
-def open_stacked(path: Path, dim: int) -> StackedVectors:
-    """The vectors VECTOR_LIST names, memory-mapped. Their values were checked against the head when their piece
-    was (pieces.assemble); here each file is checked to be there with its size, dtype and shape.
+def open_stacked(entries: list[dict], dim: int) -> StackedVectors:
+    """The vectors VECTOR_LIST names (its `entries`, as list_vector_files reads them), memory-mapped. Their values
+    were checked against the head when their piece was (pieces.assemble), or are checked as read (check_as_read);
+    here each file is checked to be there with its size, dtype and shape.
 
     Raises:
         BundleError: a file missing, changed in size, or not a (rows, dim) float32 array.
     """
     parts = []
-    for entry in list_vector_files(Path(path).parent):
+    for entry in entries:
         file = entry["path"]
         try:
             if os.path.getsize(file) != entry["size"]:

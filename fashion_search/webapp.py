@@ -124,14 +124,8 @@ DAMAGED = (
 )
 
 
-def _query_error(cause: Exception) -> QueryError:
-    error = QueryError(str(cause))
-    error.__cause__ = cause
-    return error
-
-
-def _damaged(cause: BundleError) -> QueryError:
-    error = QueryError(DAMAGED)  # (not the cause's text: it names the server's files)
+def _query_error(cause: Exception, message: str | None = None) -> QueryError:
+    error = QueryError(str(cause) if message is None else message)
     error.__cause__ = cause
     return error
 
@@ -298,7 +292,7 @@ class Recommender:
                 found = [_query_error(exc) for _ in positions]  # one each: raising sets its traceback
             except BundleError as exc:  # a mounted catalogue's file found damaged as it was read: this answer fails
                 log.error("Catalogue %s: %s", snapshot.info.name, exc)
-                found = [_damaged(exc) for _ in positions]
+                found = [_query_error(exc, DAMAGED) for _ in positions]  # (not its text: it names the server's files)
             for position, matches in zip(positions, found):
                 results[position] = matches
         return results

@@ -144,7 +144,7 @@ def test_the_subset_cache_holds_at_most_its_budget(monkeypatch):
 def in_pieces(catalogue, folder, size, removed_rows):
     """`catalogue` written as a revision in pieces: files of `size` rows, each also holding copies of `removed_rows`
     (the queries themselves: nearer than any product) marked as removed; opened as the app opens them."""
-    from fashion_search.vectors import VECTOR_LIST, open_stacked, write_vector_list
+    from fashion_search.vectors import list_vector_files, open_stacked, write_vector_list
 
     rng, listed = np.random.default_rng(len(catalogue)), []
     for number, start in enumerate(range(0, len(catalogue), size)):
@@ -157,7 +157,7 @@ def in_pieces(catalogue, folder, size, removed_rows):
         np.save(folder / f"{number}.npy", rows)
         listed.append((folder / f"{number}.npy", folder / f"{number}.npy", "", len(rows), at.tolist()))
     write_vector_list(folder, listed, catalogue.shape[1])
-    return open_stacked(folder / VECTOR_LIST, catalogue.shape[1])
+    return open_stacked(list_vector_files(folder), catalogue.shape[1])
 
 
 def test_a_revision_in_pieces_gets_the_reference_answer_and_never_a_removed_row(tmp_path):
@@ -206,7 +206,7 @@ def test_the_approximate_index_over_pieces_answers_as_over_one_array(tmp_path):
 
 def test_two_revisions_sharing_a_piece_share_its_norms(tmp_path):
     """A swap computes what it needs only for the new pieces: the norms of a file the old snapshot uses are reused."""
-    from fashion_search.vectors import VECTOR_LIST, open_stacked, write_vector_list
+    from fashion_search.vectors import list_vector_files, open_stacked, write_vector_list
 
     old, new = unit_rows(100, d=16, seed=56), unit_rows(30, d=16, seed=57)
     np.save(tmp_path / "old.npy", old)
@@ -216,8 +216,8 @@ def test_two_revisions_sharing_a_piece_share_its_norms(tmp_path):
     old_file, new_file = tmp_path / "old.npy", tmp_path / "new.npy"  # (as their rows.json too: not read here)
     write_vector_list(tmp_path / "a", [(old_file, old_file, "", 100, [])], 16)
     write_vector_list(tmp_path / "b", [(old_file, old_file, "", 100, [5, 9]), (new_file, new_file, "", 30, [])], 16)
-    first = open_stacked(tmp_path / "a" / VECTOR_LIST, 16)
-    second = open_stacked(tmp_path / "b" / VECTOR_LIST, 16)
+    first = open_stacked(list_vector_files(tmp_path / "a"), 16)
+    second = open_stacked(list_vector_files(tmp_path / "b"), 16)
     np.testing.assert_allclose(first.squared_norms(), 1, atol=1e-5)
     assert len(second.squared_norms()) == 128
     assert second._keep[0] is first._keep[0] and second._keep[1] is not first._keep[0]
