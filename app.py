@@ -512,7 +512,9 @@ def launch(demo: gr.Blocks, **options) -> None:
         local = getattr(demo, "server_name", None) in ("127.0.0.1", "localhost") and not demo.space_id
         advice = OTHER_MACHINES if local else None
         lines = [advice if line == SHARE_ADVICE else line for line in printed.getvalue().splitlines()]
-        print(*(line for line in lines if line is not None), sep="\n", flush=True)
+        # One write: a reader of the log who sees the first line sees the block (the server already answers).
+        sys.stdout.write("".join(f"{line}\n" for line in lines if line is not None))
+        sys.stdout.flush()
     demo.block_thread()
 
 

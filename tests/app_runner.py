@@ -103,14 +103,16 @@ class AppProcess:
         self.stop()
 
     def wait_ready(self, port: int) -> str:
-        """Poll until the app answers on `port`; its URL. Fails with the app's output if it exits or never answers."""
+        """Poll until the app answers on `port` and has printed its start lines (Gradio serves before app.py prints
+        them); its URL. Fails with the app's output if it exits or never gets there."""
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"app.py exited with {self.process.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(url + "config", timeout=5).status_code == 200:
+                answers = httpx.get(url + "config", timeout=5).status_code == 200
+                if answers and "* Running on local URL:" in self.log.read_text(errors="replace"):
                     return url
             except httpx.TransportError:
                 pass
