@@ -8,10 +8,11 @@ Kaggle-like metadata, the approximate index from 100k products), written in the 
 it (`pieces.plan_push`, `pieces.write_piece`, the head last) into a plain folder that stands for the mounted volume.
 
 Measured in a fresh process, after every file of the folder has been dropped from the page cache (sync, then
-posix_fadvise DONTNEED): `live.MountSource(folder).first()` (the head, each piece's listing and index rows checked;
-its vectors and pictures left to be checked as read), the snapshot opened with the approximate index (its load checks
-256 rows), and one query (the nearest 5 products of a vector near a catalogue product: the index's lists, then the
-candidates' vectors, each checked as read), then the pictures of its 5 results. What it read is what the page cache
+posix_fadvise DONTNEED): `live.MountSource(folder).first()` (the head, each piece's listing and index lists checked;
+its vectors, index codes and pictures left to be checked as read), the snapshot opened with the approximate index
+(its load checks 256 rows), and one query (the nearest 5 products of a vector near a catalogue product: the codes of
+the lists it probes, then the candidates' vectors, each checked as read), then the pictures of its 5 results. (The
+codes are put together only once the app has answered: not in this measure.) What it read is what the page cache
 holds of the folder's files afterwards (`fincore`, pages resident: the kernel's readahead included), against the
 revision's bytes (the head and every file it names). Side by side, the same for the check a Hub download gets (every
 file hashed, every picture read: `lazy=False`).
@@ -122,7 +123,7 @@ def measure(mount: Path, lazy: bool, log=print) -> dict:
 def _kind(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     if name.startswith(("lists-", "codes-")):
-        return "index rows"
+        return f"index {name.split('-')[0]}"
     return {"images.tar": "pictures", "vectors.npy": "vectors", "rows.json": "listings"}.get(name, "head and index")
 
 

@@ -455,7 +455,7 @@ def assemble(
     ]
     data = [write_vector_list(staging, listed, head.dim, checked_as_read=lazy)]
     if head.index:
-        data += _assemble_index(snapshot, head, live, staging)
+        data += _assemble_index(snapshot, head, live, staging, in_place=lazy)
     manifest = {
         "format_version": 1,
         "model": head.model,
@@ -505,9 +505,12 @@ def _checked(snapshot: Path, piece: Piece, check: Path, head: Head, where: str, 
                 return _Checked(shared_rows(snapshot / piece.path(ROWS), piece.rows, None, label), spans)
     except (OSError, ValueError, KeyError, BundleError):
         pass
+    # Left to be checked as read: the tar (every image against rows.json, below; lazy: when served), and with `lazy`
+    # the vectors (each row against rows.json) and the index's codes (whole, by the index once it has answered).
+    as_read = {piece.path(TAR)} | ({piece.path(VECTORS), *(piece.index_files or ())[1:]} if lazy else set())
     for path, digest in piece.files.items():
-        if path == piece.path(TAR) or (lazy and path == piece.path(VECTORS)):
-            continue  # every image in it is checked against rows.json as it is read, below (lazy: when served)
+        if path in as_read:
+            continue
         _check_file(snapshot / path, digest, where)
     rows = shared_rows(snapshot / piece.path(ROWS), piece.rows, None, label)  # (hashed above)
     if lazy:
@@ -579,7 +582,7 @@ def load_revision(root: Path) -> Bundle:
     manifest = read_manifest(root)
     files = manifest["files"]
     for name, digest in files.items():
-        if name != VECTOR_LIST and name not in INDEX_FILES:
+        if name not in (VECTOR_LIST, approximate.CODES_LIST, *INDEX_FILES):
             raise BundleFormatError(f"{root / MANIFEST} lists {name!r}, which is not a file of a revision in pieces.")
         _check_file(root / name, digest, str(root))
     entries = list_vector_files(root)
@@ -607,14 +610,26 @@ def load_revision(root: Path) -> Bundle:
     return Bundle(root, embeddings, filenames, metadata, sources, manifest, pieces=parts)
 
 
-def _assemble_index(snapshot: Path, head: Head, live: list[np.ndarray], staging: Path) -> list[str]:
+def _assemble_index(
+    snapshot: Path, head: Head, live: list[np.ndarray], staging: Path, in_place: bool = False
+) -> list[str]:
     """The index files of the revision: its shared ones linked, its rows' lists and codes put together (codes in list
-    order, as approximate.load reads them)."""
+    order, as approximate.load reads them). `in_place` (a mounted repo's): the codes are left in the pieces' files,
+    listed (approximate.CODES_LIST), to be read where they lie and put together once the index has answered."""
     for path in head.index:
         link_or_copy(snapshot / path, staging / path.rsplit("/", 1)[1])
     lists = np.concatenate(
         [np.load(snapshot / piece.index_files[0], mmap_mode="r")[rows] for piece, rows in zip(head.pieces, live)]
     ).astype(np.int32)
+    if in_place:
+        files = [snapshot / piece.index_files[1] for piece in head.pieces]
+        listing = [
+            {"path": os.path.realpath(file), "size": file.stat().st_size, "sha256": piece.files[piece.index_files[1]]}
+            for piece, file in zip(head.pieces, files)
+        ]
+        _save(staging / INDEX_FILES[4], lists)
+        (staging / approximate.CODES_LIST).write_text(json.dumps({"pieces": listing}, indent=1), encoding="utf-8")
+        return [*INDEX_SHARED, INDEX_FILES[4], approximate.CODES_LIST]
     order = np.argsort(lists, kind="stable")
     position = np.empty_like(order)
     position[order] = np.arange(len(order))

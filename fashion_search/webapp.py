@@ -288,6 +288,7 @@ class Recommender:
             try:
                 chosen = {column: list(values) for column, values in filters}
                 found = snapshot.searcher.matches(vectors, k, chosen, min_gap)
+                _settle(snapshot)
             except (NoMatch, ValueError) as exc:  # no product matches, or a column the catalogue does not have
                 found = [_query_error(exc) for _ in positions]  # one each: raising sets its traceback
             except BundleError as exc:  # a mounted catalogue's file found damaged as it was read: this answer fails
@@ -296,6 +297,14 @@ class Recommender:
             for position, matches in zip(positions, found):
                 results[position] = matches
         return results
+
+
+def _settle(snapshot: Snapshot) -> None:
+    """Once a snapshot has answered: an index read where a mounted catalogue's pieces lie is put together in the
+    background (approximate.ApproximateIndex.settle; a start reads only what its first answers need)."""
+    settle = getattr(snapshot.searcher.index, "settle", None)
+    if settle is not None:
+        settle()
 
 
 def load_recommender(settings: Settings, *, warm_up: bool = True) -> Recommender:

@@ -201,19 +201,16 @@ def test_a_start_reads_no_picture_and_a_damaged_one_fails_only_its_own_request(h
     assert [m.filename for m in found] == brute_force(snapshot.bundle, product_vector(victim), 6)[1:]
 
 
-def test_a_start_on_a_mounted_200k_folder_reads_its_listings_and_index_rows_not_its_pictures(tmp_path):
-    """What a start reads of a mounted 200k revision with the approximate index, until its first answer and that
-    answer's pictures: measured as the page cache holds the folder's files afterwards (readahead included), after
-    they were all dropped from it. Its pictures are read only for the answer; the rest it reads is its listings
-    (names, digests, metadata), its index rows, and the vectors it checks and ranks."""
+def indexed_mount(tmp_path: Path, count: int, lists: int, dims: int) -> tuple[Path, list[str], np.ndarray]:
+    """A catalogue of `count` products with random DIM-d vectors and the approximate index, as a mounted repo of
+    its push shows it; (the mount, the products, their vectors)."""
     from big_catalogue import styles_row, tiny_jpeg
-    from mounted import drop_cached, resident, revision_files, write_mount
+    from mounted import write_mount
 
     from fashion_search import approximate
     from fashion_search.bundle import IMAGES, write_bundle
     from fashion_search.imaging import PREPROCESSING_ID
 
-    count = 200_000
     bundle = tmp_path / "bundle"
     (bundle / IMAGES).mkdir(parents=True)
     pictures = []
@@ -225,7 +222,7 @@ def test_a_start_on_a_mounted_200k_folder_reads_its_listings_and_index_rows_not_
         os.link(pictures[number % 16], bundle / IMAGES / name)
     vectors = np.random.default_rng(0).standard_normal((count, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    data = approximate.train(vectors, lists=256, dims=8)
+    data = approximate.train(vectors, lists=lists, dims=dims)
     write_bundle(
         bundle,
         embeddings=vectors,
@@ -236,7 +233,78 @@ def test_a_start_on_a_mounted_200k_folder_reads_its_listings_and_index_rows_not_
         sources=["0" * 64] * count,
         index_files=approximate.write(bundle, data),
     )
-    folder = write_mount(bundle, tmp_path / "mount", log=lambda _: None)
+    return write_mount(bundle, tmp_path / "mount", log=lambda _: None), products, vectors
+
+
+def test_a_mounted_index_answers_from_the_pieces_files_then_from_its_codes_put_together(tmp_path, small_pieces):
+    """The approximate index of a mounted revision is read where its pieces' files lie: its first answer does not
+    wait for the codes to be read whole; once it has answered, they are put together in list order in the
+    background, every file checked, and the answers stay the same (and the brute force's: all lists probed)."""
+    from fashion_search import approximate
+
+    folder, products, vectors = indexed_mount(tmp_path, 300, lists=16, dims=8)
+    source, recommender, _ = following(folder, tmp_path / "cache", arrival=0)
+    snapshot = recommender.snapshot
+    index = snapshot.searcher.index
+    assert isinstance(index, approximate.ApproximateIndex) and index.in_place
+    assert len(snapshot.bundle.embeddings.parts) == len(pieces.read_head(folder / pieces.HEAD, "").pieces) > 30
+
+    def answers() -> list[list[tuple[str, float]]]:
+        return [
+            [(m.filename, round(m.distance, 6)) for m in recommender.similar(name, 5)[1]] for name in products[::37]
+        ]
+
+    before = answers()  # (each a search from the pieces' files: the first also starts the putting together)
+    index.settle().join(60)
+    assert not index.in_place and (source.folders / snapshot.revision / approximate.ASSEMBLED).is_file()
+    assert answers() == before
+    for number, name in enumerate(products[::37]):
+        assert [f for f, _ in before[number]] == brute_force(snapshot.bundle, vectors[products.index(name)], 6)[1:]
+
+
+def test_a_damaged_index_file_on_the_mount_fails_requests_once_found_not_the_server(tmp_path, small_pieces, caplog):
+    """A piece's codes file changed on the mount (the same size): the start does not read it whole, so it is found
+    when the index is put together after the first answer; from then on every search fails with the clear message,
+    and the server stays up."""
+    folder, products, _ = indexed_mount(tmp_path, 300, lists=16, dims=8)
+    head = pieces.read_head(folder / pieces.HEAD, "test")
+    codes = folder / head.pieces[2].index_files[1]
+    damaged = bytearray(codes.read_bytes())
+    damaged[-3] ^= 1
+    codes.write_bytes(bytes(damaged))
+    source, recommender, _ = following(folder, tmp_path / "cache", arrival=0)
+    index = recommender.snapshot.searcher.index
+
+    with caplog.at_level(logging.ERROR):
+        assert len(recommender.similar(products[0], 5)[1]) == 5  # answered: its distances are the vectors'
+        index.settle().join(60)
+        for name in products[:2]:
+            with pytest.raises(webapp.QueryError) as raised:
+                recommender.similar(name, 5)
+            assert str(raised.value) == webapp.DAMAGED and str(folder) not in str(raised.value)
+    said = {
+        name: [r.getMessage() for r in caplog.records if r.name == f"fashion_search.{name}"]
+        for name in ("approximate", "webapp")
+    }
+    assert len(said["approximate"]) == 1 and f"{codes.name} does not match its sha256" in said["approximate"][0]
+    assert len(said["webapp"]) == 2  # one line for each request refused
+    assert index.in_place  # nothing was put together from it
+
+
+def test_a_start_on_a_mounted_200k_folder_reads_its_listings_not_its_pictures_nor_its_index_rows_whole(
+    tmp_path, monkeypatch
+):
+    """What a start reads of a mounted 200k revision with the approximate index, until its first answer and that
+    answer's pictures: measured as the page cache holds the folder's files afterwards (readahead included), after
+    they were all dropped from it. Its pictures are read only for the answer, its vectors and index codes only where
+    the index's check and the search read them; the rest is its listings (names, digests, metadata) and lists."""
+    from big_catalogue import tiny_jpeg
+    from mounted import drop_cached, resident, revision_files
+
+    from fashion_search import approximate
+
+    monkeypatch.setattr(approximate, "DEFAULT_DEPTH", approximate.Depth(2, 128))  # (an index tuned shallow)
+    folder, products, vectors = indexed_mount(tmp_path, 200_000, lists=1024, dims=DIM)
     files = revision_files(folder)
     paths = [folder / path for path in files]
     drop_cached(paths)
@@ -250,19 +318,30 @@ def test_a_start_on_a_mounted_200k_folder_reads_its_listings_and_index_rows_not_
     assert [images.read(m.row) for m in found] == [tiny_jpeg((int(m.filename[:-4]) - 10_000) % 16) for m in found]
 
     held = resident(paths)
-    read = {kind: 0 for kind in ("pictures", "vectors", "the rest")}
+    read = {kind: 0 for kind in ("pictures", "vectors", "codes", "the rest")}
     for path in files:
         read[_kind(path)] += held.get(str(folder / path), 0)
     total = {kind: sum(size for path, size in files.items() if _kind(path) == kind) for kind in read}
+    scanned = snapshot.searcher.index.search_counted(vectors[123:124], 5)[1][0, 0]
     assert read["pictures"] <= 5 * 256 * 1024  # the answer's 5 pictures (and the kernel's readahead around them)
     assert read["vectors"] <= 0.5 * total["vectors"]  # the rows the index's check and the search read (16-d here)
-    assert read["the rest"] >= 0.9 * total["the rest"]  # listings and index rows: read whole, and checked
+    # The codes: a page for each row the search scanned and the index's check read (64 rows to a page, none across
+    # two), and each file's first (its header), at most.
+    headers = len(snapshot.bundle.embeddings.parts)
+    assert read["codes"] <= 4096 * (scanned + approximate.CHECK_ROWS + headers) < 0.5 * total["codes"], read
+    assert read["the rest"] >= 0.9 * total["the rest"]  # listings and lists: read whole, and checked
     assert sum(read.values()) <= 0.5 * sum(files.values()), (read, total)
-    print(f"read at start: {read} of {total}")
+    print(f"read at start: {read} of {total}, {scanned} rows scanned")
+
+    snapshot.searcher.index.settle().join(120)  # then put together, every codes file read and checked
+    assert not snapshot.searcher.index.in_place
+    assert [m.filename for m in snapshot.searcher.matches(vectors[123:124], 5)[0]] == [m.filename for m in found]
 
 
 def _kind(path: str) -> str:
-    return {"images.tar": "pictures", "vectors.npy": "vectors"}.get(path.rsplit("/", 1)[-1], "the rest")
+    name = path.rsplit("/", 1)[-1]
+    kinds = {"images.tar": "pictures", "vectors.npy": "vectors"}
+    return "codes" if name.startswith("codes-") else kinds.get(name, "the rest")
 
 
 def test_a_damaged_vector_in_the_served_revision_fails_requests_with_a_clear_message_not_the_server(
