@@ -49,8 +49,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import mmap
-import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,8 +56,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics.pairwise import euclidean_distances
 
-from fashion_search.bundle import INDEX_FILES, BundleError, BundleHashMismatch, BundleMissingFile
-from fashion_search.files import sha256_file
+from fashion_search import codes as stored
+from fashion_search.bundle import INDEX_FILES, BundleError
+from fashion_search.codes import CODES_LIST, ranges
 from fashion_search.index import Neighbour, NeighbourIndex, limited_threads
 from fashion_search.vectors import StackedVectors
 
@@ -67,10 +66,7 @@ logger = logging.getLogger(__name__)
 
 KIND = "ivf-pca-1"
 INFO, MEAN, COMPONENTS, CENTROIDS, LISTS, CODES = INDEX_FILES
-# A revision read where its pieces lie (a mounted catalogue's): instead of CODES, the pieces' own files of the rows'
-# reduced vectors (PieceCodes), and once the index has answered, those put together in list order (settle).
-CODES_LIST = "ivf_codes.json"
-ASSEMBLED = "ivf_codes.assembled.npy"
+# A revision in pieces lists its pieces' codes files (CODES_LIST) instead of CODES: fashion_search.codes.
 
 DIMS = 256  # reduced dimensions: a quarter of the memory and scan of 2048, and the candidates are re-ranked exactly
 LISTS_PER_SQRT_ROW = 4  # L = 4 sqrt(n): 4,000 lists at 1M rows (faiss' and autofaiss' guideline: 4-16 sqrt(n))
@@ -138,7 +134,7 @@ class IvfIndexData:
     components: np.ndarray  # (d', d)
     centroids: np.ndarray  # (L, d')
     lists: np.ndarray  # (n,) int32
-    codes: np.ndarray | PieceCodes  # (n, d'), in list order
+    codes: np.ndarray | stored.InList | stored.InPieces  # (n, d'), in list order (a revision's: where they lie)
 
     @property
     def retraining_due(self) -> bool:
@@ -372,7 +368,7 @@ def _ranked_scans(index: ApproximateIndex, queries: Queries, truths: list[np.nda
             positions, scores, probed = index._scan(vector, None, depth, wanted)
             scanned.append(len(positions))
             mine = index.position[truth]
-            truth_scores = index.code_norms[mine] - 2 * (np.asarray(index.data.codes[mine]) @ vector)
+            truth_scores = index.codes.score(mine, vector)
             rank = np.searchsorted(np.sort(scores), truth_scores).astype(np.int64)
             rank[~np.isin(index.data.lists[truth], probed)] = np.iinfo(np.int64).max
             ranks.append(rank)
@@ -428,116 +424,49 @@ def load(root: Path, embeddings: np.ndarray) -> ApproximateIndex:
     components = _read_array(root, COMPONENTS, np.float32, (dims, d))
     centroids = _read_array(root, CENTROIDS, np.float32, (lists, dims))
     assigned = _read_array(root, LISTS, np.int32, (n,))
-    if (root / CODES_LIST).is_file() and isinstance(embeddings, StackedVectors):  # read where the pieces lie
-        if (root / ASSEMBLED).is_file():  # (put together by an earlier settle, every file checked as it was read)
-            codes = _read_array(root, ASSEMBLED, np.float32, (n, dims), mmap=True)
-        else:
-            codes = PieceCodes.open(root / CODES_LIST, embeddings, assigned, dims)
-    else:
-        codes = _read_array(root, CODES, np.float32, (n, dims), mmap=True)
     if assigned.size and not 0 <= int(assigned.min()) <= int(assigned.max()) < lists:
         raise IndexFileError(f"{root / LISTS} names lists outside 0..{lists - 1}. {_REBUILD}")
+    layout = _layout(assigned, lists)
+    if (root / CODES_LIST).is_file() and isinstance(embeddings, StackedVectors):  # a revision in pieces
+        try:
+            codes = stored.open_codes(root, embeddings, layout, assigned, dims)
+        except BundleError as err:
+            raise IndexFileError(str(err)) from err
+    else:
+        codes = _read_array(root, CODES, np.float32, (n, dims), mmap=True)
     for name, array in ((MEAN, mean), (COMPONENTS, components), (CENTROIDS, centroids)):
         if not np.isfinite(array).all():
             raise IndexFileError(f"{root / name} has non-finite values. {_REBUILD}")
-    index = ApproximateIndex(embeddings, IvfIndexData(info, mean, components, centroids, assigned, codes), root)
+    data = IvfIndexData(info, mean, components, centroids, assigned, codes)
+    index = ApproximateIndex(embeddings, data, root, layout)
     index.check_agreement(root)
     return index
 
 
-class PieceCodes:
-    """(n, d') float32: the rows' reduced vectors in list order, left in the pieces' files where they lie (a mounted
-    catalogue's, fashion_search.pieces), read like an array: each read gathers its rows from the files, so a start
-    reads only the lists its first searches probe. The rows of a list are scattered over the pieces, which makes a
-    scan about 3x slower than over one file in list order; `assemble` writes that file (ApproximateIndex.settle)."""
-
-    dtype = np.dtype(np.float32)
-    ndim = 2
-
-    def __init__(self, entries: list[dict], files: StackedVectors, lists: np.ndarray):
-        self.entries = entries  # each piece's {"path", "size", "sha256"}, in the revision's order
-        self.files = files  # the pieces' (rows, d') files and their live rows, as the revision's vectors
-        self.order = np.argsort(lists, kind="stable")  # list order -> row
-        self.shape = (len(self.order), files.shape[1])
-
-    @classmethod
-    def open(cls, listing: Path, embeddings: StackedVectors, lists: np.ndarray, dims: int) -> PieceCodes:
-        """The codes files `listing` (CODES_LIST) names, one per piece of `embeddings` with the same live rows,
-        memory-mapped; each checked to be there with its size and shape (their sha256 is checked by `assemble`)."""
-        try:
-            entries = json.loads(listing.read_text(encoding="utf-8"))["pieces"]
-            if len(entries) != len(embeddings.parts):
-                raise ValueError(f"{len(entries)} pieces, the vectors have {len(embeddings.parts)}")
-            parts = []
-            for entry, (vectors, live) in zip(entries, embeddings.parts):
-                if os.path.getsize(entry["path"]) != entry["size"]:
-                    raise BundleMissingFile(f"{entry['path']} has changed size since it was checked. {_REBUILD_PIECES}")
-                array = np.load(entry["path"], allow_pickle=False, mmap_mode="r")
-                if array.dtype != np.float32 or array.shape != (len(vectors), dims):
-                    raise ValueError(f"{entry['path']} holds {array.dtype} {array.shape}, not ({len(vectors)}, {dims})")
-                pages = getattr(array, "_mmap", None)  # rows are read a few at a time: no readahead around them
-                if pages is not None and hasattr(mmap, "MADV_RANDOM"):
-                    pages.madvise(mmap.MADV_RANDOM)
-                parts.append((array, live))
-        except BundleError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
-            raise IndexFileError(
-                f"{listing}: the approximate index's rows cannot be read ({exc}). {_REBUILD_PIECES}"
-            ) from exc
-        return cls(entries, StackedVectors(parts), lists)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key) -> np.ndarray:
-        """The rows at these list-order positions (a slice or an array of them), in that order."""
-        positions = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
-        rows = self.order[positions]
-        ascending = np.argsort(rows, kind="stable")  # each file read front to back
-        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
-        out[ascending] = self.files.gather(rows[ascending])
-        return out
-
-    def assemble(self, path: Path) -> np.ndarray:
-        """Write every row in list order into `path`, each piece's file checked against its sha256 as it is read
-        (BundleHashMismatch if one does not match); the file, memory-mapped."""
-        position = np.empty_like(self.order)
-        position[self.order] = np.arange(len(self.order))
-        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=self.shape)
-        try:
-            for entry, (array, live), start in zip(self.entries, self.files.parts, self.files.starts):
-                if sha256_file(entry["path"]) != entry["sha256"]:
-                    raise BundleHashMismatch(
-                        f"{entry['path']} does not match its sha256 in the catalogue's head: the approximate "
-                        f"index's rows were changed or damaged. {_REBUILD_PIECES}"
-                    )
-                out[position[start : start + len(live)]] = array[live]
-            out.flush()
-            del out
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return np.load(path, mmap_mode="r")
+def _layout(lists: np.ndarray, count: int) -> stored.Layout:
+    order = np.argsort(lists, kind="stable")  # list order -> row
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))  # row -> list order
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=count))])
+    return stored.Layout(order, position, offsets)
 
 
 class ApproximateIndex:
     """The k nearest catalogue rows to a query, found through the inverted file; `NeighbourIndex`'s interface."""
 
-    def __init__(self, embeddings: np.ndarray, data: IvfIndexData, root: Path | None = None):
+    def __init__(
+        self, embeddings: np.ndarray, data: IvfIndexData, root: Path | None = None, layout: stored.Layout | None = None
+    ):
         self.embeddings = embeddings  # (n, d) float32 unit rows, may be memory-mapped
         self.data = data
-        self.root = root  # where its files are: a PieceCodes is put together there (settle)
-        self.order = np.argsort(data.lists, kind="stable")  # list order -> row
-        self.position = np.empty_like(self.order)
-        self.position[self.order] = np.arange(len(self.order))  # row -> list order
-        sizes = np.bincount(data.lists, minlength=len(data.centroids))
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])  # list i's rows: order[offsets[i]:offsets[i + 1]]
-        self.sizes = sizes
-        in_place = isinstance(data.codes, PieceCodes)  # (their norms are computed as they are read)
-        self.code_norms = None if in_place else _squared_norms(data.codes)  # in list order
-        self._codes = (data.codes, self.code_norms)  # what a search reads, once: settle replaces both at once
+        self.root = root  # where its files are: codes read in pieces are put together there (settle)
+        layout = layout or _layout(data.lists, len(data.centroids))
+        self.order, self.position, self.offsets = layout.order, layout.position, layout.offsets
+        self.sizes = np.diff(self.offsets)  # list i's rows: order[offsets[i]:offsets[i + 1]]
+        codes = data.codes
+        if not isinstance(codes, (stored.InList, stored.InPieces)):  # an array in list order (a bundle's)
+            codes = stored.InList(codes, _squared_norms(codes), layout)
+        self.codes = codes  # what a search reads, once: settle replaces it
         self.centroid_norms = np.einsum("ij,ij->i", data.centroids, data.centroids)
         self.depth = depth_of(data.info)
         self.damaged: BundleError | None = None  # found by settle: every search then fails with it
@@ -553,16 +482,17 @@ class ApproximateIndex:
 
     @property
     def in_place(self) -> bool:
-        """Whether its codes are read where the pieces lie (PieceCodes), not yet put together (settle)."""
-        return isinstance(self._codes[0], PieceCodes)
+        """Whether any of its codes are read from the pieces' files (not yet put together: settle)."""
+        return isinstance(self.codes, stored.InPieces)
 
     def settle(self) -> threading.Thread | None:
-        """For codes read where the pieces lie (PieceCodes): put them together in list order into the index's
-        folder, in a background thread started once (the app starts it after its first answer, so a start on a
-        mounted catalogue reads only what that answer needs first); every piece's file is checked against its sha256
-        as it is read. Searches then scan the one file. A file found damaged is logged, and every later search
-        raises its BundleHashMismatch: until then a damaged file could only cost recall (the distances are computed
-        on vectors checked as they are read). Returns the thread, started now or before (None: nothing to do)."""
+        """For a revision in pieces, once: in a background thread, check the codes files it reads from its pieces
+        (a mounted catalogue's, not checked at start) against the head, and put its codes together in list order
+        into its folder if they are read in pieces, or on a base lacking more than codes.REASSEMBLE_SHARE of them;
+        searches then scan that file. The app starts it after its first answer, so a start on a mounted catalogue
+        reads only what that answer needs first. A file found damaged is logged, and every later search raises its
+        BundleHashMismatch: until then a damaged file could only cost recall (the distances are computed on vectors
+        checked as they are read). Returns the thread, started now or before (None: nothing to do)."""
         with self._settle_lock:
             if self._settling is None and self.in_place and self.root is not None:
                 self._settling = threading.Thread(target=self._settle, name="index-settle", daemon=True)
@@ -570,10 +500,11 @@ class ApproximateIndex:
         return self._settling
 
     def _settle(self) -> None:
-        codes = self._codes[0]
         try:
-            assembled = codes.assemble(self.root / ASSEMBLED)
-            norms = _squared_norms(assembled)
+            if not stored.due(self.codes):
+                stored.check_new(self.root, self.codes)
+                return
+            codes = stored.assemble(self.root, self.codes, self.embeddings)
         except BundleError as err:
             logger.error("The approximate index of %s: %s", self.root, err)
             self.damaged = err
@@ -581,10 +512,9 @@ class ApproximateIndex:
         except OSError as exc:  # (no room on the disk: the codes stay where they are, and are read there)
             logger.warning("The approximate index of %s stays in its pieces' files: %s", self.root, exc)
             return
-        self.data = replace(self.data, codes=assembled)
-        self.code_norms = norms
-        self._codes = (assembled, norms)
-        logger.info("The approximate index of %s is put together in list order (%d rows).", self.root, len(norms))
+        self.data = replace(self.data, codes=codes)
+        self.codes = codes
+        logger.info("The approximate index of %s is put together in list order (%d rows).", self.root, len(self))
 
     def check_agreement(self, root: Path) -> None:
         """A sample of rows: each reduced vector is its embedding's, and each row's list is among its NEAR_LISTS
@@ -593,11 +523,11 @@ class ApproximateIndex:
         n = len(self.embeddings)
         rows = np.unique(np.random.default_rng(0).integers(0, n, min(n, CHECK_ROWS)))
         expected = (np.asarray(self.embeddings[rows]) - self.data.mean) @ self.data.components.T
-        stored = np.asarray(self.data.codes[self.position[rows]])
-        if not np.allclose(stored, expected, atol=1e-4):
+        held = self.codes.take(self.position[rows])
+        if not np.allclose(held, expected, atol=1e-4):
             raise IndexFileError(f"{root / CODES} does not match the catalogue's embeddings. {_REBUILD}")
         # A row joined its nearest list when it was added; lists added since for new products may be nearer still.
-        distances = euclidean_distances(stored, self.data.centroids, squared=True)
+        distances = euclidean_distances(held, self.data.centroids, squared=True)
         mine = distances[np.arange(len(rows)), self.data.lists[rows]]
         last = min(NEAR_LISTS, distances.shape[1]) - 1
         near = np.partition(distances, last, axis=1)[:, last]
@@ -645,22 +575,16 @@ class ApproximateIndex:
         (and at least `wanted`)."""
         if self.damaged is not None:
             raise self.damaged
-        codes, norms = self._codes
+        codes = self.codes
         nearest_lists = np.argsort(self.centroid_norms - 2 * (self.data.centroids @ reduced))
         counts = self.sizes if eligible is None else eligible.counts
         enough = int(np.searchsorted(np.cumsum(counts[nearest_lists]), max(self.probe_rows(depth), wanted)))
         probed = nearest_lists[: max(enough + 1, depth.lists)]
-        if eligible is None:
-            positions = _ranges(self.offsets[probed], self.offsets[probed + 1])
+        if eligible is None:  # whole lists
+            positions, scores = codes.score_lists(probed, reduced)
         else:  # only the eligible rows of those lists
-            positions = eligible.positions[_ranges(eligible.bounds[probed], eligible.bounds[probed + 1])]
-        if eligible is None and norms is not None:  # whole lists: contiguous slices of the codes, scored in place
-            products = [codes[self.offsets[i] : self.offsets[i + 1]] @ reduced for i in probed]
-            scores = norms[positions] - 2 * np.concatenate(products)
-        else:
-            block = codes[positions]
-            squared = norms[positions] if norms is not None else np.einsum("ij,ij->i", block, block)
-            scores = squared - 2 * (block @ reduced)
+            positions = eligible.positions[ranges(eligible.bounds[probed], eligible.bounds[probed + 1])]
+            scores = codes.score(positions, reduced)
         return positions, scores, probed
 
     def _search_one(
@@ -695,16 +619,6 @@ class _Eligible:
         self.positions = np.flatnonzero(mask)  # sorted, without sorting
         self.bounds = np.searchsorted(self.positions, index.offsets)  # list i's: positions[bounds[i]:bounds[i + 1]]
         self.counts = np.diff(self.bounds)
-
-
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The concatenation of arange(start, end) for each pair, without a Python loop."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    shifts = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return np.arange(total, dtype=np.int64) + shifts
 
 
 def _squared_norms(codes: np.ndarray, block: int = 65536) -> np.ndarray:
@@ -753,7 +667,6 @@ def _finish(info, mean, components, centroids, assigned, codes) -> IvfIndexData:
 
 _DEPTH_KEYS = ("lists", "candidates")
 _REBUILD = "Rebuild the index with precompute.py --index approximate, or serve the catalogue with --search exact."
-_REBUILD_PIECES = "Push the catalogue again, or serve it with --search exact."
 
 
 def _read_info(path: Path) -> dict:

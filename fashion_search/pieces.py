@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from fashion_search import __version__, approximate
+from fashion_search import codes as index_codes
 from fashion_search.bundle import (
     IMAGES,
     INDEX_FILES,
@@ -455,7 +456,7 @@ def assemble(
     ]
     data = [write_vector_list(staging, listed, head.dim, checked_as_read=lazy)]
     if head.index:
-        data += _assemble_index(snapshot, head, live, staging, in_place=lazy)
+        data += _assemble_index(snapshot, head, live, staging, lazy)
     manifest = {
         "format_version": 1,
         "model": head.model,
@@ -582,7 +583,7 @@ def load_revision(root: Path) -> Bundle:
     manifest = read_manifest(root)
     files = manifest["files"]
     for name, digest in files.items():
-        if name not in (VECTOR_LIST, approximate.CODES_LIST, *INDEX_FILES):
+        if name not in (VECTOR_LIST, index_codes.CODES_LIST, *INDEX_FILES):
             raise BundleFormatError(f"{root / MANIFEST} lists {name!r}, which is not a file of a revision in pieces.")
         _check_file(root / name, digest, str(root))
     entries = list_vector_files(root)
@@ -610,39 +611,27 @@ def load_revision(root: Path) -> Bundle:
     return Bundle(root, embeddings, filenames, metadata, sources, manifest, pieces=parts)
 
 
-def _assemble_index(
-    snapshot: Path, head: Head, live: list[np.ndarray], staging: Path, in_place: bool = False
-) -> list[str]:
-    """The index files of the revision: its shared ones linked, its rows' lists and codes put together (codes in list
-    order, as approximate.load reads them). `in_place` (a mounted repo's): the codes are left in the pieces' files,
-    listed (approximate.CODES_LIST), to be read where they lie and put together once the index has answered."""
+def _assemble_index(snapshot: Path, head: Head, live: list[np.ndarray], staging: Path, lazy: bool) -> list[str]:
+    """The index files of the revision: its shared ones linked, its rows' lists put together, its pieces' codes files
+    listed (index_codes.CODES_LIST: read where they lie, and put together in list order once the index has answered;
+    `lazy`, a mounted repo's: not checked yet), and an earlier revision's codes put together linked as its base if
+    one holds most of its rows (index_codes.link_base: a swap then reads only the new pieces' codes)."""
     for path in head.index:
         link_or_copy(snapshot / path, staging / path.rsplit("/", 1)[1])
     lists = np.concatenate(
         [np.load(snapshot / piece.index_files[0], mmap_mode="r")[rows] for piece, rows in zip(head.pieces, live)]
     ).astype(np.int32)
-    if in_place:
-        files = [snapshot / piece.index_files[1] for piece in head.pieces]
-        listing = [
-            {"path": os.path.realpath(file), "size": file.stat().st_size, "sha256": piece.files[piece.index_files[1]]}
-            for piece, file in zip(head.pieces, files)
-        ]
-        _save(staging / INDEX_FILES[4], lists)
-        (staging / approximate.CODES_LIST).write_text(json.dumps({"pieces": listing}, indent=1), encoding="utf-8")
-        return [*INDEX_SHARED, INDEX_FILES[4], approximate.CODES_LIST]
-    order = np.argsort(lists, kind="stable")
-    position = np.empty_like(order)
-    position[order] = np.arange(len(order))
-    dims = np.load(snapshot / head.pieces[0].index_files[1], mmap_mode="r").shape[1]
-    codes = np.lib.format.open_memmap(staging / INDEX_FILES[5], mode="w+", dtype=np.float32, shape=(len(lists), dims))
-    start = 0
-    for piece, rows in zip(head.pieces, live):
-        codes[position[start : start + len(rows)]] = np.load(snapshot / piece.index_files[1], mmap_mode="r")[rows]
-        start += len(rows)
-    codes.flush()
-    del codes
     _save(staging / INDEX_FILES[4], lists)
-    return list(INDEX_FILES)
+    files = [snapshot / piece.index_files[1] for piece in head.pieces]
+    shas = [piece.files[piece.index_files[1]] for piece in head.pieces]
+    listing = [
+        {"path": os.path.realpath(file), "size": file.stat().st_size, "sha256": sha, "checked": not lazy}
+        for file, sha in zip(files, shas)
+    ]
+    (staging / index_codes.CODES_LIST).write_text(json.dumps({"pieces": listing}, indent=1), encoding="utf-8")
+    others = [folder for folder in staging.parent.iterdir() if folder.is_dir() and not folder.name.startswith(".")]
+    index_codes.link_base(staging, others, shas, [len(rows) for rows in live])
+    return [*INDEX_SHARED, INDEX_FILES[4], index_codes.CODES_LIST]
 
 
 def _check_file(path: Path, digest: str, where: str) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 
-from fashion_search import pieces
+from fashion_search import codes, pieces
 from fashion_search.bundle import (
     DATA_FILES,
     IMAGES,
@@ -63,9 +63,10 @@ def is_complete(folder: Path) -> bool:
         shards = read_shard_list(folder)["shards"]
         data = [name for name in files if not name.startswith(f"{IMAGES}/")]
         pieces_files = list_vector_files(folder) if VECTOR_LIST in files else []  # (their vectors and rows)
+        index_files = codes.read_list(folder) if codes.CODES_LIST in files else []  # (the index's codes)
         return (
             all(os.path.isfile(folder / name) for name in data)
-            and all(os.path.getsize(entry["path"]) == entry["size"] for entry in [*shards, *pieces_files])
+            and all(os.path.getsize(e["path"]) == e["size"] for e in [*shards, *pieces_files, *index_files])
             and all(os.path.isfile(entry["rows_path"]) for entry in pieces_files)
         )
     except (OSError, ValueError, KeyError, TypeError, BundleError):

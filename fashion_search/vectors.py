@@ -116,16 +116,23 @@ class StackedVectors:
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows out of range for {len(self)} rows")
         out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        if rows.size > 1 and np.all(rows[1:] > rows[:-1]):  # ascending: each part's rows are one run, in order
+            bounds = np.searchsorted(rows, self.starts)
+            for part in np.flatnonzero(np.diff(bounds)):
+                run = slice(bounds[part], bounds[part + 1])
+                array, live = self.parts[part]
+                local = live[rows[run] - self.starts[part]]
+                out[run] = array[local]  # the file is read front to back
+                if part in self._as_read:
+                    self._check(part, local, out[run])
+            return out
         part_of = np.searchsorted(self.starts, rows, side="right") - 1
         for part in np.unique(part_of):
             mine = np.flatnonzero(part_of == part)
             array, live = self.parts[part]
             local = live[rows[mine] - self.starts[part]]
-            if mine.size > 1 and np.all(np.diff(local) > 0):
-                out[mine] = array[local]  # sorted: the file is read front to back
-            else:
-                order = np.argsort(local, kind="stable")
-                out[mine[order]] = array[local[order]]
+            order = np.argsort(local, kind="stable")
+            out[mine[order]] = array[local[order]]
             if part in self._as_read:
                 self._check(part, local, out[mine])
         return out
@@ -236,18 +243,29 @@ def open_stacked(entries: list[dict], dim: int) -> StackedVectors:
     """
     parts = []
     for entry in entries:
-        file = entry["path"]
-        try:
-            if os.path.getsize(file) != entry["size"]:
-                raise BundleMissingFile(f"{file} has changed size since it was checked; start with the Hub reachable.")
-            array = np.load(file, allow_pickle=False, mmap_mode="r")
-        except OSError as exc:
-            raise BundleMissingFile(f"{file} is missing ({exc}); start with the Hub reachable to fetch again.") from exc
-        except (ValueError, EOFError) as exc:
-            raise BundleFormatError(f"{file} is not a plain .npy array ({exc}).") from exc
-        if array.dtype != np.float32 or array.shape != (entry["rows"], dim):
-            raise BundleShapeError(
-                f"{file} holds {array.dtype} {array.shape}, expected float32 ({entry['rows']}, {dim})."
-            )
+        array = map_rows(entry["path"], entry["size"], (entry["rows"], dim), "start with the Hub reachable.")
         parts.append((array, np.setdiff1d(np.arange(entry["rows"]), np.array(entry["removed"], dtype=np.int64))))
     return StackedVectors(parts)
+
+
+def map_rows(path: str, size: int, shape: tuple, again: str, random: bool = False) -> np.ndarray:
+    """The float32 array of `shape` in the .npy file `path`, memory-mapped (`random`: its rows are read a few at a
+    time, so no readahead around them), checked to still have `size` bytes, that dtype and that shape.
+
+    Raises:
+        BundleError: the file missing, changed in size or not such an array; the message ends with `again`.
+    """
+    try:
+        if os.path.getsize(path) != size:
+            raise BundleMissingFile(f"{path} has changed size since it was checked; {again}")
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+    except OSError as exc:
+        raise BundleMissingFile(f"{path} is missing ({exc}); {again}") from exc
+    except (ValueError, EOFError) as exc:
+        raise BundleFormatError(f"{path} is not a plain .npy array ({exc}); {again}") from exc
+    if array.dtype != np.float32 or array.shape != shape:
+        raise BundleShapeError(f"{path} holds {array.dtype} {array.shape}, expected float32 {shape}; {again}")
+    pages = getattr(array, "_mmap", None)  # (numpy.memmap's mmap object)
+    if random and pages is not None and hasattr(mmap, "MADV_RANDOM"):
+        pages.madvise(mmap.MADV_RANDOM)
+    return array

@@ -490,7 +490,7 @@ def test_the_hub_carries_the_index_like_the_other_data_files(tmp_path, monkeypat
         by_name = {name: row for row, name in enumerate(fetched.filenames)}
         rows = np.array([by_name[name] for name in load_bundle(root).filenames])
         np.testing.assert_array_equal(theirs.data.lists[rows], mine.data.lists)
-        np.testing.assert_array_equal(theirs.data.codes[theirs.position[rows]], mine.data.codes[mine.position])
+        np.testing.assert_array_equal(theirs.codes.take(theirs.position[rows]), mine.codes.take(mine.position))
         queries = embeddings[:5] + 0.01
         local = [
             [(n.rank, load_bundle(root).filenames[n.row], n.distance) for n in found]

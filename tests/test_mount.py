@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from test_live import DIM, MODEL, StubEmbedder, brute_force, names, product_vector, publish
 
 from fashion_search import live, pieces, webapp
+from fashion_search.files import sha256_file
 from fashion_search.hub import push_bundle
 from fashion_search.snapshot import open_snapshot
 from fashion_search.vectors import list_vector_files
@@ -240,7 +242,7 @@ def test_a_mounted_index_answers_from_the_pieces_files_then_from_its_codes_put_t
     """The approximate index of a mounted revision is read where its pieces' files lie: its first answer does not
     wait for the codes to be read whole; once it has answered, they are put together in list order in the
     background, every file checked, and the answers stay the same (and the brute force's: all lists probed)."""
-    from fashion_search import approximate
+    from fashion_search import approximate, codes
 
     folder, products, vectors = indexed_mount(tmp_path, 300, lists=16, dims=8)
     source, recommender, _ = following(folder, tmp_path / "cache", arrival=0)
@@ -256,7 +258,7 @@ def test_a_mounted_index_answers_from_the_pieces_files_then_from_its_codes_put_t
 
     before = answers()  # (each a search from the pieces' files: the first also starts the putting together)
     index.settle().join(60)
-    assert not index.in_place and (source.folders / snapshot.revision / approximate.ASSEMBLED).is_file()
+    assert not index.in_place and (source.folders / snapshot.revision / f"{codes.ASSEMBLED}.npy").is_file()
     assert answers() == before
     for number, name in enumerate(products[::37]):
         assert [f for f, _ in before[number]] == brute_force(snapshot.bundle, vectors[products.index(name)], 6)[1:]
@@ -289,6 +291,89 @@ def test_a_damaged_index_file_on_the_mount_fails_requests_once_found_not_the_ser
     assert len(said["approximate"]) == 1 and f"{codes.name} does not match its sha256" in said["approximate"][0]
     assert len(said["webapp"]) == 2  # one line for each request refused
     assert index.in_place  # nothing was put together from it
+
+
+def publish_indexed(folder: Path, products: list[str], previous: Path | None = None) -> Path:
+    """Build a bundle of `products` with the approximate index beside `folder` and swap it in, as precompute.py
+    does: trained anew, or carried over from the `previous` bundle's (its rows keep their lists)."""
+    from fashion_search import approximate
+    from fashion_search.bundle import load_bundle
+
+    publish(folder, products)
+    bundle = load_bundle(folder)
+    if previous is None:
+        data = approximate.train(np.asarray(bundle.embeddings), lists=16, dims=8)
+    else:
+        before = load_bundle(previous)
+        old = approximate.load(before.root, before.embeddings).data
+        at = {name: row for row, name in enumerate(before.filenames)}
+        old_rows = np.array([at.get(name, -1) for name in bundle.filenames])
+        data = approximate.update(old, np.asarray(bundle.embeddings), old_rows)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = approximate.write(folder, data)
+    for name in names:
+        manifest["files"][name] = sha256_file(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_a_swap_reads_only_the_new_pieces_codes_the_earlier_revisions_put_together_are_its_base(
+    hub, tmp_path, small_pieces
+):
+    """Issue 30: the codes an earlier revision put together after its first answer are linked as the new revision's
+    base (the same file, one set of pages): a swap reads the new pieces' codes and not the unchanged pieces' (their
+    files stay out of the page cache), answers as the brute force over the live products, and never returns one
+    sold out since."""
+    from mounted import drop_cached, resident
+
+    from fashion_search import codes
+
+    first, sold, new = names(1000, 120), names(1000, 120)[5::12], names(3000, 10)
+    second = [name for name in first if name not in sold] + new
+    trees = []
+    for products in (first, second):
+        copy = tmp_path / f"copy-{len(trees)}"  # the bundle before this one, for the index carried over
+        previous = copy if trees else None
+        publish_indexed(tmp_path / "bundle", products, previous)
+        shutil.copytree(tmp_path / "bundle", tmp_path / f"copy-{len(trees) + 1}")
+        sha = push_bundle(tmp_path / "bundle", REPO, endpoint=hub.url).commit_sha
+        trees.append({path: data for path, data in hub.files(REPO, sha).items() if path != ".gitattributes"})
+    folder = mount(tmp_path / "mount", trees[0])
+    source, recommender, follower = following(folder, tmp_path / "cache", arrival=0)
+    index = recommender.snapshot.searcher.index
+    recommender.similar(first[0], 5)  # the first answer: its codes are put together
+    index.settle().join(60)
+    assert isinstance(index.codes, codes.InList)
+
+    heads = [pieces.parse_head(tree[pieces.HEAD], "test") for tree in trees]
+    kept = {piece.index_files[1] for piece in heads[0].pieces} & {piece.index_files[1] for piece in heads[1].pieces}
+    fresh = {piece.index_files[1] for piece in heads[1].pieces} - kept
+    assert kept and fresh
+    mount(folder, trees[1])
+    drop_cached([folder / path for path in kept | fresh])
+    assert follower.check()
+
+    snapshot = recommender.snapshot
+    index = snapshot.searcher.index
+    assert isinstance(index.codes, codes.OnBase) and sorted(snapshot.rows) == sorted(second)
+    # 10 sold out and 10 new of 120: more than REASSEMBLE_SHARE, so once it has answered they are put together
+    # anew, from the base and the new pieces' files (in the background: perhaps during the queries below).
+    assert index.codes.stale > codes.REASSEMBLE_SHARE * len(second)
+    for name in [*second[::9], *new]:
+        product, found = recommender.similar(name, 5)
+        assert [m.filename for m in found] == brute_force(snapshot.bundle, product_vector(name), 6)[1:]
+        assert not set(sold) & {m.filename for m in found}
+    read = resident([folder / path for path in kept | fresh])
+    assert sum(read.get(str(folder / path), 0) for path in kept) == 0  # the unchanged pieces' codes: not read
+    assert all(read.get(str(folder / path), 0) > 0 for path in fresh)  # the new pieces': read where they lie
+
+    index.settle().join(60)
+    assert isinstance(index.codes, codes.InList)
+    for name in [*second[::9], *new]:
+        assert [m.filename for m in recommender.similar(name, 5)[1]] == brute_force(
+            snapshot.bundle, product_vector(name), 6
+        )[1:]
+    assert sum(resident([folder / path for path in kept]).values()) == 0
 
 
 def test_a_start_on_a_mounted_200k_folder_reads_its_listings_not_its_pictures_nor_its_index_rows_whole(

@@ -255,10 +255,8 @@ def index_by_name(root: Path) -> dict[str, tuple[int, bytes]]:
     """Each product's list and reduced vector in the catalogue's approximate index."""
     bundle, _ = load_catalogue(root)
     index = approximate.load(bundle.root, bundle.embeddings)
-    return {
-        name: (int(index.data.lists[row]), np.asarray(index.data.codes[index.position[row]]).tobytes())
-        for row, name in enumerate(bundle.filenames)
-    }
+    held = index.codes.take(index.position)  # (each row's, in row order)
+    return {name: (int(index.data.lists[row]), held[row].tobytes()) for row, name in enumerate(bundle.filenames)}
 
 
 def test_the_approximate_index_travels_in_the_pieces_its_rows_again_only_when_trained_again(
