@@ -61,7 +61,8 @@ class InList:
     kind = "in list order"
 
     def __init__(self, array: np.ndarray, norms: np.ndarray, layout: Layout):
-        self.array, self.norms, self.layout = array, norms, layout
+        self.array = np.asarray(array)  # (a memory-mapped file as a plain array: no numpy.memmap made per slice)
+        self.norms, self.layout = norms, layout
 
     def take(self, positions: np.ndarray) -> np.ndarray:
         return np.asarray(self.array[positions])
