@@ -316,23 +316,24 @@ def assemble(root: Path, codes, pieces: StackedVectors, block: int = 65536) -> I
 
 
 def link_base(folder: Path, revisions: list[Path], shas: list[str], rows: list[int]) -> bool:
-    """Link into `folder` (a revision being made) as its BASE the codes put together of whichever of `revisions`
-    holds most of its rows (`shas`: its pieces' codes sha256, `rows`: their live rows), if one holds at least
-    MIN_BASE_SHARE of them. Returns whether one was linked."""
+    """Link into `folder` (a revision being made) as its BASE the codes put together that hold most of its rows
+    (`shas`: its pieces' codes sha256, `rows`: their live rows) among those of `revisions` (each one's own, or its
+    base), if they hold at least MIN_BASE_SHARE of them. Returns whether some were linked."""
     best, most = None, 0
     for revision in revisions:
-        try:
-            held = set(json.loads((revision / f"{ASSEMBLED}.json").read_text(encoding="utf-8"))["pieces"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        covered = sum(count for sha, count in zip(shas, rows) if sha in held)
-        if covered > most and all((revision / f"{ASSEMBLED}.{suffix}").is_file() for suffix in ("npz", "npy")):
-            best, most = revision, covered
+        for name in (ASSEMBLED, BASE):  # its own, or the base it was made on (one that did not write its own)
+            try:
+                held = set(json.loads((revision / f"{name}.json").read_text(encoding="utf-8"))["pieces"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            covered = sum(count for sha, count in zip(shas, rows) if sha in held)
+            if covered > most and all((revision / f"{name}.{suffix}").is_file() for suffix in ("npz", "npy")):
+                best, most = revision / name, covered
     if best is None or most < MIN_BASE_SHARE * sum(rows):
         return False
     try:
         for suffix in ("json", "npz", "npy"):  # (hard links: the same file, one set of pages for both revisions)
-            link_or_copy(best / f"{ASSEMBLED}.{suffix}", folder / f"{BASE}.{suffix}")
+            link_or_copy(best.with_name(f"{best.name}.{suffix}"), folder / f"{BASE}.{suffix}")
     except (OSError, BundleError):
         for suffix in ("json", "npz", "npy"):
             (folder / f"{BASE}.{suffix}").unlink(missing_ok=True)

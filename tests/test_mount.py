@@ -317,6 +317,55 @@ def publish_indexed(folder: Path, products: list[str], previous: Path | None = N
     return folder
 
 
+def pushed_indexed(hub, tmp_path: Path, catalogues: list[list[str]]) -> list[dict[str, bytes]]:
+    """Each catalogue built with the approximate index (carried over from the one before) and pushed in turn: the
+    repo's files at each commit, as a mount of it would show them."""
+    trees = []
+    for products in catalogues:
+        previous = tmp_path / f"copy-{len(trees)}" if trees else None  # the bundle before, for the index carried over
+        publish_indexed(tmp_path / "bundle", products, previous)
+        shutil.copytree(tmp_path / "bundle", tmp_path / f"copy-{len(trees) + 1}")
+        sha = push_bundle(tmp_path / "bundle", REPO, endpoint=hub.url).commit_sha
+        trees.append({path: data for path, data in hub.files(REPO, sha).items() if path != ".gitattributes"})
+    return trees
+
+
+def test_a_base_is_carried_through_a_revision_that_did_not_write_its_own(hub, tmp_path, small_pieces):
+    """A small change (2 sold out, 2 new of 120: under REASSEMBLE_SHARE) keeps its base and writes no codes of its
+    own; the next revision still finds that base through it (the same file), though the revision that wrote it may be
+    gone, and answers as the brute force."""
+    from fashion_search import codes
+
+    first = names(1000, 120)
+    second = [name for name in first if name not in ("1005.jpg", "1050.jpg")] + names(3000, 2)
+    third = [name for name in second if name not in ("1013.jpg", "1090.jpg")] + names(4000, 2)
+    trees = pushed_indexed(hub, tmp_path, [first, second, third])
+    folder = mount(tmp_path / "mount", trees[0])
+    source, recommender, follower = following(folder, tmp_path / "cache", arrival=0)
+    recommender.similar(first[0], 5)
+    recommender.snapshot.searcher.index.settle().join(60)
+    written = os.stat(source.folders / recommender.snapshot.revision / f"{codes.ASSEMBLED}.npy").st_ino
+
+    mount(folder, trees[1])
+    assert follower.check()
+    index = recommender.snapshot.searcher.index
+    assert isinstance(index.codes, codes.OnBase) and index.codes.stale <= codes.REASSEMBLE_SHARE * len(second)
+    recommender.similar(second[0], 5)
+    index.settle().join(60)
+    assert isinstance(index.codes, codes.OnBase)  # (not due: nothing written)
+    assert not (source.folders / recommender.snapshot.revision / f"{codes.ASSEMBLED}.npy").exists()
+
+    mount(folder, trees[2])
+    assert follower.check()
+    snapshot = recommender.snapshot
+    assert isinstance(snapshot.searcher.index.codes, codes.OnBase)
+    assert os.stat(source.folders / snapshot.revision / f"{codes.BASE}.npy").st_ino == written
+    for name in [*third[::11], *names(4000, 2)]:
+        found = [m.filename for m in recommender.similar(name, 5)[1]]
+        assert found == brute_force(snapshot.bundle, product_vector(name), 6)[1:]
+        assert not {"1005.jpg", "1050.jpg", "1013.jpg", "1090.jpg"} & set(found)
+
+
 def test_a_swap_reads_only_the_new_pieces_codes_the_earlier_revisions_put_together_are_its_base(
     hub, tmp_path, small_pieces
 ):
@@ -330,14 +379,7 @@ def test_a_swap_reads_only_the_new_pieces_codes_the_earlier_revisions_put_togeth
 
     first, sold, new = names(1000, 120), names(1000, 120)[5::12], names(3000, 10)
     second = [name for name in first if name not in sold] + new
-    trees = []
-    for products in (first, second):
-        copy = tmp_path / f"copy-{len(trees)}"  # the bundle before this one, for the index carried over
-        previous = copy if trees else None
-        publish_indexed(tmp_path / "bundle", products, previous)
-        shutil.copytree(tmp_path / "bundle", tmp_path / f"copy-{len(trees) + 1}")
-        sha = push_bundle(tmp_path / "bundle", REPO, endpoint=hub.url).commit_sha
-        trees.append({path: data for path, data in hub.files(REPO, sha).items() if path != ".gitattributes"})
+    trees = pushed_indexed(hub, tmp_path, [first, second])
     folder = mount(tmp_path / "mount", trees[0])
     source, recommender, follower = following(folder, tmp_path / "cache", arrival=0)
     index = recommender.snapshot.searcher.index
