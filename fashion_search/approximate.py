@@ -469,7 +469,7 @@ class ApproximateIndex:
         self.sizes = np.diff(self.offsets)  # list i's rows: order[offsets[i]:offsets[i + 1]]
         codes = data.codes
         if not isinstance(codes, (stored.InList, stored.InPieces)):  # an array in list order (a bundle's)
-            codes = stored.InList(codes, _squared_norms(codes), layout)
+            codes = stored.InList(codes, stored.squared_norms(codes), layout)
         self.codes = codes  # what a search reads, once: settle replaces it
         self.centroid_norms = np.einsum("ij,ij->i", data.centroids, data.centroids)
         self.depth = depth_of(data.info)
@@ -625,15 +625,6 @@ class _Eligible:
         self.positions = np.flatnonzero(mask)  # sorted, without sorting
         self.bounds = np.searchsorted(self.positions, index.offsets)  # list i's: positions[bounds[i]:bounds[i + 1]]
         self.counts = np.diff(self.bounds)
-
-
-def _squared_norms(codes: np.ndarray, block: int = 65536) -> np.ndarray:
-    """(n,) float32: each row's squared norm, in blocks (a memory-mapped file is read once, not held)."""
-    out = np.empty(len(codes), dtype=np.float32)
-    for start in range(0, len(codes), block):
-        rows = np.asarray(codes[start : start + block])
-        out[start : start + block] = np.einsum("ij,ij->i", rows, rows)
-    return out
 
 
 def _project(embeddings: np.ndarray, mean: np.ndarray, components: np.ndarray, block: int = 65536) -> np.ndarray:

@@ -58,8 +58,6 @@ class Layout:
 class InList:
     """One (n, d') array in list order, and its rows' squared norms."""
 
-    kind = "in list order"
-
     def __init__(self, array: np.ndarray, norms: np.ndarray, layout: Layout):
         self.array = np.asarray(array)  # (a memory-mapped file as a plain array: no numpy.memmap made per slice)
         self.norms, self.layout = norms, layout
@@ -81,8 +79,6 @@ class InPieces:
     """The rows' codes in the pieces' files: `files`, the files of the pieces `numbers` (of the revision's), each
     with its live rows as the revision's vectors; `starts`, each one's first row in the revision."""
 
-    kind = "in the pieces' files"
-
     def __init__(self, files: StackedVectors, layout: Layout, numbers: np.ndarray, starts: np.ndarray):
         self.files, self.layout, self.numbers, self.starts = files, layout, numbers, starts
         self.to_files = np.full(len(layout.order), -1, dtype=np.int64)  # a row -> its row in `files`
@@ -96,14 +92,14 @@ class InPieces:
         """The codes of these rows (each in a piece of `files`), in that order."""
         rows = self.to_files[rows]
         ascending = np.argsort(rows, kind="stable")  # each file read front to back
-        out = np.empty((len(rows), self.layout_dims), dtype=np.float32)
+        out = np.empty((len(rows), self.dims), dtype=np.float32)
         if len(rows):
             out[ascending] = self.files.gather(rows[ascending])
         return out
 
     @property
-    def layout_dims(self) -> int:
-        return self.files.shape[1] if self.files is not None else self.array.shape[1]
+    def dims(self) -> int:
+        return self.files.shape[1]
 
     def score(self, positions: np.ndarray, reduced: np.ndarray) -> np.ndarray:
         block = self.take(positions)
@@ -120,11 +116,10 @@ class OnBase(InPieces):
     its positions' row in this revision, -1 for a row no longer live), and this revision's other rows in the files
     of the pieces that hold them (InPieces: the other pieces' files are not opened)."""
 
-    kind = "on an earlier revision's, and in the new pieces' files"
-
-    def __init__(self, base: tuple, row_base: np.ndarray, pieces: InPieces, lists: np.ndarray):
-        """`base`: (array, base_offsets, norms, base_rows); `row_base`: each row's base position, -1 for none."""
-        super().__init__(pieces.files, pieces.layout, pieces.numbers, pieces.starts)
+    def __init__(self, base: tuple, row_base: np.ndarray, pieces: tuple, lists: np.ndarray):
+        """`base`: (array, base_offsets, norms, base_rows); `row_base`: each row's base position, -1 for none;
+        `pieces`: InPieces' arguments, for the rows not in the base."""
+        super().__init__(*pieces)
         self.array, self.base_offsets, self.norms, self.base_rows = base
         self.row_base = row_base
         rest = np.flatnonzero(row_base < 0)
@@ -133,18 +128,25 @@ class OnBase(InPieces):
         self.rest_offsets = np.searchsorted(lists[rest][by_list], np.arange(len(self.layout.offsets)))
         self.stale = len(rest) + int((self.base_rows < 0).sum())  # rows read from pieces, and base rows skipped
 
+    @property
+    def dims(self) -> int:
+        return self.array.shape[1]
+
     def take(self, positions: np.ndarray) -> np.ndarray:
+        return self._take(positions)[0]
+
+    def _take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the codes at these positions, each one's base position or -1: read from its piece's file)."""
         rows = self.layout.order[positions]
         at = self.row_base[rows]
-        out = np.empty((len(rows), self.array.shape[1]), dtype=np.float32)
+        out = np.empty((len(rows), self.dims), dtype=np.float32)
         held = at >= 0
         out[held] = self.array[at[held]]
         out[~held] = self._rows(rows[~held])
-        return out
+        return out, at
 
     def score(self, positions: np.ndarray, reduced: np.ndarray) -> np.ndarray:
-        block = self.take(positions)
-        at = self.row_base[self.layout.order[positions]]
+        block, at = self._take(positions)
         squared = np.where(at >= 0, self.norms[np.maximum(at, 0)], np.einsum("ij,ij->i", block, block))
         return squared - 2 * (block @ reduced)
 
@@ -185,7 +187,7 @@ def open_codes(root: Path, files: StackedVectors | None, layout: Layout, lists: 
     held = np.flatnonzero(base_rows >= 0)
     row_base[base_rows[held]] = held
     numbers = np.unique(np.searchsorted(files.starts, np.flatnonzero(row_base < 0), side="right") - 1)
-    pieces = InPieces(_open_files(entries, files, numbers, dims), layout, numbers, files.starts[numbers])
+    pieces = (_open_files(entries, files, numbers, dims), layout, numbers, files.starts[numbers])
     return OnBase((array, meta["offsets"], norms, base_rows), row_base, pieces, lists)
 
 
@@ -277,7 +279,7 @@ def assemble(root: Path, codes, pieces: StackedVectors, block: int = 65536) -> I
     `check_new`); them, as InList."""
     check_new(root, codes)
     layout, files = codes.layout, codes.files
-    n, dims = len(layout.order), codes.layout_dims
+    n, dims = len(layout.order), codes.dims
     tag = f"{os.getpid()}.{threading.get_ident()}.partial"
     partial = {suffix: root / f".{ASSEMBLED}.{suffix}.{tag}" for suffix in ("npy", "npz")}
     try:
@@ -294,10 +296,7 @@ def assemble(root: Path, codes, pieces: StackedVectors, block: int = 65536) -> I
             wanted = ~held[rows]
             if wanted.any():
                 out[layout.position[rows[wanted]]] = array[live[wanted]]
-        norms = np.empty(n, dtype=np.float32)
-        for start in range(0, n, block):
-            rows = np.asarray(out[start : start + block])
-            norms[start : start + block] = np.einsum("ij,ij->i", rows, rows)
+        norms = squared_norms(out, block)
         out.flush()
         del out
         piece_of = np.searchsorted(pieces.starts, layout.order, side="right") - 1
@@ -339,6 +338,15 @@ def link_base(folder: Path, revisions: list[Path], shas: list[str], rows: list[i
             (folder / f"{BASE}.{suffix}").unlink(missing_ok=True)
         return False
     return True
+
+
+def squared_norms(codes: np.ndarray, block: int = 65536) -> np.ndarray:
+    """(n,) float32: each row's squared norm, in blocks (a memory-mapped file is read once, not held)."""
+    out = np.empty(len(codes), dtype=np.float32)
+    for start in range(0, len(codes), block):
+        rows = np.asarray(codes[start : start + block])
+        out[start : start + block] = np.einsum("ij,ij->i", rows, rows)
+    return out
 
 
 def ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
